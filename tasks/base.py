@@ -1,0 +1,224 @@
+"""The task plugin contract: what a task declares so the harness can train, decode and score it.
+
+A plugin is one file holding one `Task` subclass (plus its TFDS builder) and one line in
+`tasks/registry.py` (or a `paligemma_transfer.tasks` entry point for third-party packages). In the
+spirit of seqio's Task, each piece is a small pure function a test can call on one example:
+`example` (raw TFDS record -> prefix, targets, reference), `recipe`, `parse`, `score`.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Iterator, Mapping, Sequence
+
+import numpy as np
+
+# The paper's transfer lr sweep (§4.1): {0.03, 0.06, 0.1, 0.3, 0.6, 1.0, 3.0} x 1e-5.
+PAPER_LR_GRID: tuple[float, ...] = (3e-7, 6e-7, 1e-6, 3e-6, 6e-6, 1e-5, 3e-5)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Fine-tuning and decoding hyper-parameters for one (size, resolution).
+
+    Exactly one of `epochs` and `steps` is set. `weight_decay` is big_vision's: decoupled, applied to
+    `kernel` params only and not multiplied by the learning rate.
+    """
+
+    batch_size: int
+    lr: float
+    epochs: float | None = None
+    steps: int | None = None
+    lr_grid: tuple[float, ...] = PAPER_LR_GRID
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.0
+    dropout: float = 0.0
+    text_len: int = 32  # prefix + separator + suffix tokens, as big_vision's TEXT_LEN
+    decode: str = "greedy"  # "greedy" or "beam"
+    beam_size: int = 1
+    max_decode_len: int = 32
+    freeze_img: bool = False
+    freeze_llm: bool = False
+    pad_to_square: bool = False  # pad with white to a square before resizing (tables, molecules)
+    # Transfer soft-caps. big_vision's public transfer code turns only the final-logit cap off
+    # (`final_logits_softcap=0.0`, "better for transfer"); the paper says both are off in stage 3.
+    # We follow the public code by default; a recipe may switch the attention cap off too.
+    final_logits_softcap: bool = False
+    attn_logits_softcap: bool = True
+
+    def __post_init__(self) -> None:
+        if (self.epochs is None) == (self.steps is None):
+            raise ValueError("a Recipe sets exactly one of epochs and steps")
+        if self.decode not in ("greedy", "beam"):
+            raise ValueError(f"Recipe.decode must be 'greedy' or 'beam', got {self.decode!r}")
+
+    def replace(self, **changes: Any) -> "Recipe":
+        return dataclasses.replace(self, **changes)
+
+    def num_steps(self, num_train_examples: int) -> int:
+        if self.steps is not None:
+            return self.steps
+        return max(1, round(self.epochs * num_train_examples / self.batch_size))
+
+
+@dataclass(frozen=True)
+class Example:
+    """One example as the harness sees it, made from a raw TFDS record by `Task.example`.
+
+    `targets` are the suffixes training may use (one is sampled per step, as big_vision's
+    `choice`); `reference` is what the metric needs, JSON-serialisable.
+    """
+
+    id: str
+    image: np.ndarray  # H x W x 3 uint8
+    prefix: str
+    targets: tuple[str, ...]
+    reference: Any
+
+
+@dataclass
+class Scores:
+    """Metric values plus counts of malformed model outputs (scored as misses, never raised)."""
+
+    metrics: dict[str, float]
+    num_examples: int
+    num_unparsable: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class DataError(ValueError):
+    """Bad input data: the message names the file, line or field and what was expected."""
+
+
+class Task(abc.ABC):
+    """Base class of a task plugin. Subclasses set the class attributes and implement the methods."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    headline: ClassVar[str]  # the metric key shown in tables, e.g. "accuracy", "anls", "cider"
+    # Paper roles -> TFDS split expressions (slicing allowed), e.g. {"train": "train[:-5%]", ...}.
+    splits: ClassVar[Mapping[str, str]]
+    # Which raw files the manual directory must hold, where to get them, and where to put them.
+    download_instructions: ClassVar[str]
+
+    # --- data ---------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def builder(self, manual_dir: str | Path, data_dir: str | Path):
+        """The TFDS builder (file_format="array_record", images as PNG bytes) over `manual_dir`."""
+
+    @abc.abstractmethod
+    def example(self, record: Mapping[str, Any]) -> Example:
+        """A decoded TFDS record -> Example (prefix, training targets, metric reference)."""
+
+    # --- recipe -------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def recipe(self, size: str, resolution: int) -> Recipe:
+        """The paper's recipe for this size and resolution (cite where each number comes from)."""
+
+    # --- outputs ------------------------------------------------------------------------------
+    def parse(self, text: str) -> Any:
+        """Model text -> structured prediction. Must not raise on malformed text."""
+        return text.strip()
+
+    @abc.abstractmethod
+    def score(self, predictions: Mapping[str, Any], references: Mapping[str, Any]) -> Scores:
+        """Parsed predictions and references, both keyed by example id -> metrics.
+
+        An id in `references` with no prediction is scored as an empty prediction.
+        """
+
+    # --- demo ---------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def write_demo(self, manual_dir: str | Path, *, num_train: int, num_eval: int, seed: int) -> None:
+        """Write demo-scale data into `manual_dir` in the task's official raw format."""
+
+    # --- shared machinery ---------------------------------------------------------------------
+    def prepare(self, manual_dir: str | Path, data_dir: str | Path | None = None):
+        """Build the TFDS dataset from the raw files once; returns the prepared builder."""
+        import tensorflow_datasets as tfds
+
+        manual_dir = Path(manual_dir)
+        if not manual_dir.is_dir() or not any(manual_dir.iterdir()):
+            raise DataError(f"{self.name}: manual directory {manual_dir} is missing or empty.\n"
+                            f"{self.download_instructions}")
+        data_dir = Path(data_dir) if data_dir is not None else manual_dir / "_tfds"
+        builder = self.builder(manual_dir, data_dir)
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
+        return builder
+
+    def split_name(self, role: str) -> str:
+        if role not in self.splits:
+            raise KeyError(f"task {self.name!r} has no split {role!r}; it has {sorted(self.splits)}")
+        return self.splits[role]
+
+    def examples(self, manual_dir: str | Path, role: str,
+                 data_dir: str | Path | None = None) -> "ExampleSource":
+        """Random-access Examples of one split role ("train", "minival", "eval", "test")."""
+        builder = self.prepare(manual_dir, data_dir)
+        return ExampleSource(self, builder.as_data_source(split=self.split_name(role)))
+
+    def references(self, manual_dir: str | Path, role: str,
+                   data_dir: str | Path | None = None) -> dict[str, Any]:
+        return {ex.id: ex.reference for ex in self.examples(manual_dir, role, data_dir)}
+
+
+class ExampleSource(Sequence[Example]):
+    """A TFDS data source viewed through `Task.example`: len() and random access, no tensorflow."""
+
+    def __init__(self, task: Task, source: Sequence[Mapping[str, Any]]):
+        self._task, self._source = task, source
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __getitem__(self, index: int) -> Example:  # type: ignore[override]
+        return self._task.example(self._source[index])
+
+    def __iter__(self) -> Iterator[Example]:
+        for i in range(len(self)):
+            yield self[i]
+
+
+def text(value: Any) -> str:
+    """TFDS data sources return Text features as bytes; plugins read them through this."""
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def read_json(path: Path) -> Any:
+    """json.load with an error naming the file, line and column."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}:{e.colno}: malformed JSON: {e.msg}") from None
+
+
+def read_jsonl(path: Path) -> Iterator[dict]:
+    """Yield JSON objects, one per non-empty line, with an error naming the file and line."""
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: malformed JSON line: {e.msg}") from None
+            if not isinstance(obj, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            yield obj
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """Encode an H x W x 3 uint8 array as PNG (TFDS stores images as PNG bytes without tensorflow)."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(image, dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
