@@ -17,6 +17,13 @@ from tasks.base import Task
 ENTRY_POINT_GROUP = "paligemma_transfer.tasks"
 
 BUILTIN: dict[str, str] = {
+    "vqav2": "tasks.vqav2:VQAv2",
+    "docvqa": "tasks.docvqa:DocVQA",
+    "coco_captions": "tasks.coco_captions:CocoCaptions",
+    "pubtabnet": "tasks.pubtabnet:PubTabNet",
+    "chemdraw": "tasks.chemdraw:ChemDraw",
+    "mimic_cxr": "tasks.mimic_cxr:MimicCxr",
+    "icdar15": "tasks.icdar15:Icdar15",
 }
 
 
