@@ -1,0 +1,1 @@
+"""Test-only reference implementations (third-party metrics ported for parity tests)."""
