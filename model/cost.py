@@ -18,7 +18,7 @@ pass costs twice the forward):
 N/K heads/kv-heads, H head dim, F mlp dim, V vocab (paligemma2-facts.md §1.1-§1.3). The prefix-LM
 attention is counted dense because big_vision (and this project's model) computes the whole masked
 matrix. Norms, softmax, soft-caps and remat recomputation are left out: this is model FLOPs, not
-hardware FLOPs.
+hardware FLOPs. Tests check the forward terms against the matmuls of the traced model, exactly.
 
 Table 1 of the paper (facts §3.1) gives measured relative costs on TPUs in the pretraining setup;
 `cost_table` puts the FLOP ratios beside them. For 3B and 10B the FLOP ratios come out at 0.65-1.0x

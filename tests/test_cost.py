@@ -2,8 +2,11 @@
 
 import dataclasses
 import json
+import math
 
+import jax
 import pytest
+from jax.extend import core as jax_core
 
 from model.config import LLMConfig, PaliGemmaConfig, VisionConfig, config_for, get_config
 from model.cost import (PRETRAIN_TEXT_LEN, TABLE1_RELATIVE_COST, cost_table, cost_table_json,
@@ -24,14 +27,12 @@ def test_params_round_like_table1(size, billions):
 
 
 def test_param_count_equals_eval_shape_of_the_model():
-    paligemma = pytest.importorskip("model.paligemma")
-    import jax
-    import numpy as np
+    from model import paligemma
 
-    for name in ("nano-s-32", "nano-l-128", "3b-224", "3b-448"):
+    for name in ("nano-s-32", "nano-l-128", "3b-224", "3b-448", "28b-896"):
         config = get_config(name)
         shapes = jax.eval_shape(lambda rng, c=config: paligemma.init_params(c, rng), jax.random.key(0))
-        total = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(shapes))
+        total = sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(shapes))
         assert total == param_count(config), name
 
 
@@ -40,6 +41,63 @@ TOY = PaliGemmaConfig(
     vision=VisionConfig(width=8, depth=2, mlp_dim=16, num_heads=2, patch_size=14, image_size=28),
     llm=LLMConfig(width=6, depth=3, mlp_dim=10, num_heads=2, num_kv_heads=1, head_dim=4,
                   vocab_size=50, query_pre_attn_scalar=4))
+
+
+def _subjaxprs(eqn):
+    for value in eqn.params.values():
+        for x in value if isinstance(value, (tuple, list)) else (value,):
+            if isinstance(x, jax_core.ClosedJaxpr):
+                yield x.jaxpr
+            elif isinstance(x, jax_core.Jaxpr):
+                yield x
+
+
+def _matmul_flops(jaxpr) -> int:
+    """Reference count: 2 x MACs of every dot_general / convolution the traced program runs.
+
+    XLA's own cost_analysis counts a scan (while loop) body once, not `depth` times, so it cannot be
+    the reference for scanned layers; walking the jaxpr and multiplying scan bodies by their length can.
+    """
+    total = 0
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        if name == "dot_general":
+            (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
+            lhs, rhs = eqn.invars[0].aval.shape, eqn.invars[1].aval.shape
+            total += 2 * math.prod(lhs) * math.prod(d for i, d in enumerate(rhs) if i not in (*rc, *rb))
+        elif name == "conv_general_dilated":
+            out, kernel = eqn.outvars[0].aval.shape, eqn.invars[1].aval.shape
+            total += 2 * math.prod(out) * math.prod(kernel) // kernel[eqn.params["dimension_numbers"].rhs_spec[0]]
+        else:
+            inner = [_matmul_flops(j) for j in _subjaxprs(eqn)]
+            assert name != "while" or not any(inner), "a while loop's trip count is unknown"
+            total += eqn.params["length"] * sum(inner) if name == "scan" else sum(inner)
+    return total
+
+
+def _model_jaxpr(name, text_len, grad=False):
+    from model import paligemma
+
+    config = get_config(name)
+    model = paligemma.PaliGemma(config)
+    res = config.vision.image_size
+    images = jax.ShapeDtypeStruct((1, res, res, 3), "float32")
+    tokens = jax.ShapeDtypeStruct((1, text_len), "int32")
+    valid = jax.ShapeDtypeStruct((1, text_len), "bool")
+    fwd = lambda p, i, t, a, v: model.apply({"params": p}, i, t, a, v)
+    fn = jax.grad(lambda *args: fwd(*args).sum()) if grad else fwd
+    return jax.make_jaxpr(fn)(paligemma.param_shapes(config), images, tokens, tokens, valid).jaxpr
+
+
+@pytest.mark.parametrize("name,text_len", [("nano-s-32", 32), ("nano-l-128", 48), ("3b-224", 32)])
+def test_forward_flops_equal_the_models_matmuls(name, text_len):
+    assert _matmul_flops(_model_jaxpr(name, text_len)) == forward_flops(get_config(name), text_len).forward
+
+
+def test_backward_is_twice_the_forward():
+    # Within 1%: the patch conv needs no input gradient and the embedding gather is no matmul.
+    total = _matmul_flops(_model_jaxpr("nano-m-64", 32, grad=True))
+    assert total == pytest.approx(flops_per_example(get_config("nano-m-64"), 32), rel=0.01)
 
 
 def test_forward_flops_by_hand_on_a_toy_config():

@@ -1,0 +1,133 @@
+"""Device mesh and partition rules: FSDP over 'data', optional tensor parallelism over 'model'.
+
+big_vision trains PaliGemma with FSDP over a `data` mesh axis (paligemma2-facts.md §1.4, §1.8): every
+parameter is split along one axis across the data-parallel devices and gathered for its matmul. The
+optional `model` axis splits attention heads and the MLP hidden dimension, for models whose single
+layer or activations do not fit one device. Rules are keyed on big_vision's parameter names (facts
+§1.5), which this project's modules mirror; axes are counted from the end so the same rule holds
+with or without the leading scan (layer) axis.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+
+import jax
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+DATA, MODEL = "data", "model"
+
+# (path regex, axis split over 'model'), first match wins. Shapes without the scan axis:
+MODEL_AXIS_RULES: tuple[tuple[str, int], ...] = (
+    (r"attn/q_einsum/w$", -3),                # (N, D, H): query heads
+    (r"attn/qkv_einsum/w$", -3),              # (3, N, D, H): heads, when kv_heads == heads
+    (r"attn/kv_einsum/w$", -3),               # (2, K, D, H): kv heads
+    (r"attn/attn_vec_einsum/w$", -3),         # (N, H, D): heads
+    (r"mlp/gating_einsum$", -1),              # (2, D, F): hidden
+    (r"mlp/linear$", -2),                     # (F, D): hidden
+    (r"MultiHeadDotProductAttention_0/(query|key|value)/kernel$", -2),  # (W, heads, hd)
+    (r"MultiHeadDotProductAttention_0/(query|key|value)/bias$", -2),    # (heads, hd)
+    (r"MultiHeadDotProductAttention_0/out/kernel$", -3),                # (heads, hd, W)
+    (r"MlpBlock_0/Dense_0/kernel$", -1),      # (W, M): hidden
+    (r"MlpBlock_0/Dense_0/bias$", -1),        # (M,)
+    (r"MlpBlock_0/Dense_1/kernel$", -2),      # (M, W): hidden
+)
+
+
+def make_mesh(model_parallel: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A (data, model) mesh over `devices` (default: all), with `model_parallel` devices per model group."""
+    devices = list(jax.devices() if devices is None else devices)
+    if model_parallel < 1 or len(devices) % model_parallel:
+        raise ValueError(f"model_parallel={model_parallel} must be >= 1 and divide the "
+                         f"{len(devices)} devices")
+    shape = (len(devices) // model_parallel, model_parallel)
+    return jax.make_mesh(shape, (DATA, MODEL), axis_types=(AxisType.Auto, AxisType.Auto), devices=devices)
+
+
+def partition_spec(path: str, shape: Sequence[int], mesh_shape: Mapping[str, int],
+                   rules: Sequence[tuple[str, int]] = MODEL_AXIS_RULES) -> PartitionSpec:
+    """Where one parameter lives: its rule's axis over 'model', its largest other divisible axis over 'data'.
+
+    An axis that does not divide by the mesh size stays whole (e.g. 4 kv heads on 8 model devices),
+    so any config runs on any mesh, at worst with more replication.
+    """
+    spec: list[str | None] = [None] * len(shape)
+    model_size, data_size = mesh_shape.get(MODEL, 1), mesh_shape.get(DATA, 1)
+    if model_size > 1:
+        for pattern, axis in rules:
+            if re.search(pattern, path):
+                if len(shape) >= -axis and shape[axis] % model_size == 0:
+                    spec[axis] = MODEL
+                break
+    if data_size > 1:
+        free = [i for i in range(len(shape)) if spec[i] is None and shape[i] % data_size == 0]
+        if free:
+            spec[max(free, key=lambda i: shape[i])] = DATA
+    return PartitionSpec(*spec)
+
+
+def _path_str(path: tuple) -> str:
+    parts = []
+    for key in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(key, attr):
+                parts.append(str(getattr(key, attr)))
+                break
+    return "/".join(parts)
+
+
+def param_shardings(params, mesh: Mesh, rules: Sequence[tuple[str, int]] = MODEL_AXIS_RULES):
+    """A NamedSharding per leaf of `params` (arrays or jax.ShapeDtypeStruct, e.g. from eval_shape)."""
+    mesh_shape = dict(mesh.shape)
+    return jax.tree_util.tree_map_with_path(
+        lambda path, x: NamedSharding(mesh, partition_spec(_path_str(path), x.shape, mesh_shape, rules)),
+        params)
+
+
+def shard_params(params, mesh: Mesh, rules: Sequence[tuple[str, int]] = MODEL_AXIS_RULES):
+    """`params` placed on `mesh` by the partition rules."""
+    return jax.device_put(params, param_shardings(params, mesh, rules))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Batch axis (the leading one) split over 'data', replicated over 'model'."""
+    return NamedSharding(mesh, PartitionSpec(DATA))
+
+
+def initialize_distributed() -> bool:
+    """Join a multi-host job when the environment describes one; on one host, do nothing.
+
+    Recognised: JAX_COORDINATOR_ADDRESS (+ JAX_NUM_PROCESSES, JAX_PROCESS_ID), SLURM with more than one
+    task, Open MPI with more than one rank, and Cloud TPU pods listing several workers; JAX fills
+    in what these do not give. Returns whether it initialised.
+    """
+    env = os.environ
+    explicit = "JAX_COORDINATOR_ADDRESS" in env
+    multi_host = (
+        explicit
+        or _env_int("SLURM_NTASKS", 1) > 1
+        or _env_int("OMPI_COMM_WORLD_SIZE", 1) > 1
+        or len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1
+    )
+    if not multi_host:
+        return False
+    kwargs = {}
+    if explicit:
+        kwargs["coordinator_address"] = env["JAX_COORDINATOR_ADDRESS"]
+        for name, key in (("num_processes", "JAX_NUM_PROCESSES"), ("process_id", "JAX_PROCESS_ID")):
+            if key in env:
+                kwargs[name] = _env_int(key, 0)
+    jax.distributed.initialize(**kwargs)
+    return True
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={value!r}; expected an integer") from None
