@@ -21,6 +21,17 @@ import numpy as np
 PAPER_LR_GRID: tuple[float, ...] = (3e-7, 6e-7, 1e-6, 3e-6, 6e-6, 1e-5, 3e-5)
 
 
+# The nano family stands for the paper's family point by point (model/config.py): a nano size or
+# resolution uses the recipe of the paper size / resolution in the same position.
+_PAPER_SIZE = {"nano-s": "3b", "nano-m": "10b", "nano-l": "28b"}
+_PAPER_RES = {32: 224, 64: 448, 128: 896}
+
+
+def paper_point(size: str, resolution: int) -> tuple[str, int]:
+    """(size, resolution) of the paper family whose recipe applies: identity for '3b'..'28b'."""
+    return _PAPER_SIZE.get(size, size), _PAPER_RES.get(resolution, resolution)
+
+
 @dataclass(frozen=True)
 class Recipe:
     """Fine-tuning and decoding hyper-parameters for one (size, resolution).
