@@ -34,7 +34,8 @@ def test_fsdp_shards_the_largest_divisible_axis():
 
 def test_model_axis_takes_heads_and_mlp_hidden():
     assert partition_spec("llm/layers/attn/q_einsum/w", (3, 4, 128, 32), MESH_2x2) == P(None, MODEL, DATA, None)
-    assert partition_spec("llm/layers/attn/kv_einsum/w", (3, 2, 2, 128, 32), MESH_2x2) == P(None, None, MODEL, DATA, None)
+    kv = "llm/layers/attn/kv_einsum/w"
+    assert partition_spec(kv, (3, 2, 2, 128, 32), MESH_2x2) == P(None, None, MODEL, DATA, None)
     assert partition_spec("llm/layers/mlp/gating_einsum", (3, 2, 128, 512), MESH_2x2) == P(None, None, DATA, MODEL)
     assert partition_spec("llm/layers/mlp/linear", (3, 512, 128), MESH_2x2) == P(None, MODEL, DATA)
     vit = "img/Transformer/encoderblock/MultiHeadDotProductAttention_0"
@@ -43,7 +44,7 @@ def test_model_axis_takes_heads_and_mlp_hidden():
     # Unscanned (no layer axis): the same rule, counted from the end.
     assert partition_spec("llm/layers/mlp/linear", (512, 128), MESH_2x2) == P(MODEL, DATA)
     # Heads not divisible by the model axis: replicated over 'model', still FSDP over 'data'.
-    assert partition_spec("llm/layers/attn/kv_einsum/w", (3, 2, 1, 128, 32), MESH_2x2) == P(None, None, None, DATA, None)
+    assert partition_spec(kv, (3, 2, 1, 128, 32), MESH_2x2) == P(None, None, None, DATA, None)
 
 
 def test_make_mesh_checks_the_model_axis():
@@ -88,7 +89,8 @@ SCRIPT = textwrap.dedent("""
         out[name] = {jax.tree_util.keystr(k): [list(v.sharding.spec), list(v.addressable_shards[0].data.shape)]
                      for k, v in flat}
         # Logits-style matmul: batch-sharded activations times the FSDP-sharded embedding table.
-        emb = jax.device_put(np.ones((4096, 128), np.float32), param_shardings(params, mesh)["llm"]["embedder"]["input_embedding"])
+        emb_sharding = param_shardings(params, mesh)["llm"]["embedder"]["input_embedding"]
+        emb = jax.device_put(np.ones((4096, 128), np.float32), emb_sharding)
         x = np.arange(8 * 128, dtype=np.float32).reshape(8, 128) / 1000
         matmul = jax.jit(lambda x, w: x @ w.T, out_shardings=batch_sharding(mesh),
                          in_shardings=(batch_sharding(mesh), param_shardings(emb, mesh)))
@@ -123,7 +125,8 @@ def test_params_shard_over_four_devices(four_devices):
     dense0 = "['img']['Transformer']['encoderblock']['MlpBlock_0']['Dense_0']['kernel']"
     assert tp[dense0] == [[None, "data", "model"], [4, 64, 256]]
     assert tp["['llm']['layers']['attn']['q_einsum']['w']"] == [[None, "model", "data", None], [3, 2, 64, 32]]
-    assert tp["['llm']['layers']['attn']['kv_einsum']['w']"] == [[None, None, "model", "data", None], [3, 2, 1, 64, 32]]
+    kv = "['llm']['layers']['attn']['kv_einsum']['w']"
+    assert tp[kv] == [[None, None, "model", "data", None], [3, 2, 1, 64, 32]]
     assert tp["['llm']['layers']['mlp']['gating_einsum']"] == [[None, None, "data", "model"], [3, 2, 64, 256]]
     assert tp["['llm']['layers']['mlp']['linear']"] == [[None, "model", "data"], [3, 256, 64]]
     # Every parameter is split over 'data' somewhere (all nano-s dims are even) and none is whole.
