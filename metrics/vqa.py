@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from fractions import Fraction
-from typing import Mapping, Sequence
+from typing import Sequence
 
 # The 21 characters of HEAD's list (an older revision had ':' and "'" and lacked '{', '}', '-', '!').
 PUNCTUATION: tuple[str, ...] = (
@@ -146,21 +146,22 @@ def vqa_scores(predictions: Sequence[str], answers: Sequence[Sequence[str]]) -> 
 
 def vqa_accuracy(predictions: Sequence[str], answers: Sequence[Sequence[str]],
                  answer_types: Sequence[str] | None = None) -> dict[str, float]:
-    """Mean VQA accuracy ("accuracy") and, given answer types, "accuracy/yesno|number|other".
+    """Mean VQA accuracy ("accuracy") and, given answer types, "accuracy/yesno|number|other"."""
+    return summarize(vqa_scores(predictions, answers), answer_types)
+
+
+def summarize(scores: Sequence[float], answer_types: Sequence[str] | None = None) -> dict[str, float]:
+    """Per-question scores -> the overall mean and, given answer types, the mean per type.
 
     A type with no question is left out rather than reported as 0.
     """
-    scores = vqa_scores(predictions, answers)
     metrics = {"accuracy": sum(scores) / len(scores) if scores else 0.0}
     if answer_types is not None:
         if len(answer_types) != len(scores):
             raise ValueError(f"{len(answer_types)} answer types but {len(scores)} questions")
-        metrics.update(_per_type(scores, answer_types))
+        by_type: dict[str, list[float]] = {}
+        for score, answer_type in zip(scores, answer_types):
+            by_type.setdefault(answer_type, []).append(score)
+        for answer_type, values in sorted(by_type.items()):
+            metrics[f"accuracy/{ANSWER_TYPES.get(answer_type, answer_type)}"] = sum(values) / len(values)
     return metrics
-
-
-def _per_type(scores: Sequence[float], answer_types: Sequence[str]) -> Mapping[str, float]:
-    by_type: dict[str, list[float]] = {}
-    for score, answer_type in zip(scores, answer_types):
-        by_type.setdefault(answer_type, []).append(score)
-    return {f"accuracy/{ANSWER_TYPES.get(t, t)}": sum(v) / len(v) for t, v in sorted(by_type.items())}
