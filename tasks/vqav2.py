@@ -166,7 +166,8 @@ class VQAv2Builder(tfds.core.GeneratorBasedBuilder):
         splits = {}
         for split, subtype in SUBTYPES.items():
             questions = self._manual_dir / f"v2_OpenEnded_mscoco_{subtype}_questions.json"
-            annotations = None if split == "test" else self._manual_dir / f"v2_mscoco_{subtype}_annotations.json"
+            annotations = (None if split == "test"
+                           else self._manual_dir / f"v2_mscoco_{subtype}_annotations.json")
             if split == "test" and not questions.is_file():
                 continue  # the test questions are optional
             missing = [p for p in (questions, annotations) if p is not None and not p.is_file()]
@@ -230,7 +231,8 @@ class VQAv2(Task):
     def builder(self, manual_dir: str | Path, data_dir: str | Path) -> VQAv2Builder:
         return VQAv2Builder(manual_dir=manual_dir, data_dir=data_dir)
 
-    def examples(self, manual_dir: str | Path, role: str, data_dir: str | Path | None = None) -> ExampleSource:
+    def examples(self, manual_dir: str | Path, role: str,
+                 data_dir: str | Path | None = None) -> ExampleSource:
         """Demo-sized validation splits (< 10,240 questions) resolve by Python slicing: minival is then the
         whole validation split and train is the train split alone (see `resolve_split`)."""
         return examples_of(self, manual_dir, role, data_dir)

@@ -5,8 +5,7 @@ import random
 
 import pytest
 
-from metrics.vqa import (CONTRACTIONS, PUNCTUATION, normalize_answer, process_punctuation, vqa_accuracy,
-                         vqa_score)
+from metrics.vqa import CONTRACTIONS, PUNCTUATION, normalize_answer, vqa_accuracy, vqa_score
 from tests.reference.vqa_eval_official import VQAEval, QA, official_eval
 
 NO_ANSWERS = QA({})
@@ -121,7 +120,8 @@ def test_parity_with_the_official_script_on_random_inputs():
     ours = vqa_accuracy(predictions, answers, types)
     official = official_eval(predictions, [list(a) for a in answers], types, n=10)
     per_question = [vqa_score(p, a) for p, a in zip(predictions, answers)]
-    assert [official.evalQA[i] for i in range(len(per_question))] == [round(100 * s, 10) for s in per_question]
+    official_per_question = [official.evalQA[i] for i in range(len(per_question))]
+    assert official_per_question == [round(100 * s, 10) for s in per_question]
     assert official.accuracy["overall"] == pytest.approx(100 * ours["accuracy"], abs=1e-9)
     for official_type, key in [("yes/no", "yesno"), ("number", "number"), ("other", "other")]:
         assert official.accuracy["perAnswerType"][official_type] == pytest.approx(

@@ -111,7 +111,8 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: 
         s = r * 0.85
         draw.rectangle([cx - s, cy - s, cx + s, cy + s], fill=fill)
     else:
-        draw.polygon([(cx, cy - r), (cx - r * 0.95, cy + r * 0.75), (cx + r * 0.95, cy + r * 0.75)], fill=fill)
+        corners = [(cx, cy - r), (cx - r * 0.95, cy + r * 0.75), (cx + r * 0.95, cy + r * 0.75)]
+        draw.polygon(corners, fill=fill)
 
 
 def _questions(objects: list[tuple[str, str]], count: int, rng: np.random.Generator) -> list[dict]:
@@ -135,8 +136,8 @@ def _questions(objects: list[tuple[str, str]], count: int, rng: np.random.Genera
     if rng.random() < 0.5:  # ask about a present object half of the time (a scene has at least one)
         color, shape = objects[int(rng.integers(len(objects)))]
     article = "an" if color[0] in "aeiou" else "a"
-    candidates.append(_qa(f"is there {article} {color} {shape}?", "yes" if (color, shape) in objects else "no",
-                          "yes/no", f"is there {article}"))
+    present = "yes" if (color, shape) in objects else "no"
+    candidates.append(_qa(f"is there {article} {color} {shape}?", present, "yes/no", f"is there {article}"))
     # At least the three count / yes-no candidates exist, so `count` <= QUESTIONS_PER_IMAGE always fits.
     return [candidates[i] for i in rng.permutation(len(candidates))[:count]]
 
