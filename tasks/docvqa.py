@@ -21,7 +21,8 @@ SPLITS = ("train", "val", "test")
 DOWNLOAD_INSTRUCTIONS = """\
 DocVQA needs the RRC single-page DocVQA files (https://rrc.cvc.uab.es/?ch=17, Downloads, Task 1; also
 https://www.docvqa.org) in the manual directory:
-    train_v1.0_withQT.json   val_v1.0_withQT.json   test_v1.0_withQT.json (optional: only for `test`)
+    train_v1.0_withQT.json   val_v1.0_withQT.json
+    test_v1.0_withQT.json or test_v1.0.json          (optional: only for the `test` role)
     documents/<ucsf_document_id>_<page>.png         (the images the JSONs' "image" fields name)
 Image paths are resolved relative to the folder holding each JSON, so the per-split layout
 (train/train_v1.0_withQT.json + train/documents/...) works too.
@@ -29,11 +30,13 @@ Image paths are resolved relative to the folder holding each JSON, so the per-sp
 
 
 def _qa_file(manual_dir: Path, split: str) -> Path | None:
-    """The split's JSON in the flat RRC layout or in a per-split folder; None when absent."""
-    name = f"{split}_v1.0_withQT.json"
-    for candidate in (manual_dir / name, manual_dir / split / name):
-        if candidate.is_file():
-            return candidate
+    """The split's JSON in the flat RRC layout or in a per-split folder; None when absent. The RRC
+    release names the test file without "_withQT" (it carries no question types), so both are accepted."""
+    names = [f"{split}_v1.0_withQT.json"] + (["test_v1.0.json"] if split == "test" else [])
+    for name in names:
+        for candidate in (manual_dir / name, manual_dir / split / name):
+            if candidate.is_file():
+                return candidate
     return None
 
 

@@ -102,6 +102,19 @@ def test_hand_written_files_and_a_damaged_prediction(task, tmp_path):
     assert damaged.extra["per_example"]["2001"] == pytest.approx(8 / 9)
 
 
+def test_per_split_layout_and_the_test_file_without_question_types(task, tmp_path):
+    _write_tiny(tmp_path / "train", [(["a"], "L")])
+    (tmp_path / "train" / "val_v1.0_withQT.json").rename(tmp_path / "val_v1.0_withQT.json")
+    (tmp_path / "documents").symlink_to(tmp_path / "train" / "documents")
+    data = json.loads((tmp_path / "val_v1.0_withQT.json").read_text())["data"]
+    for r in data:
+        del r["answers"], r["question_types"]
+    (tmp_path / "test_v1.0.json").write_text(json.dumps({"data": data}))
+    assert len(task.examples(tmp_path, "train")) == 1  # train/train_v1.0_withQT.json + train/documents
+    (test,) = task.examples(tmp_path, "test")
+    assert test.id == "2000" and test.targets == ()
+
+
 def test_unparsable_and_missing_predictions_are_misses(task, tmp_path):
     _write_tiny(tmp_path, [(["a"], "L"), (["b"], "L")])
     refs = task.references(tmp_path, "eval")
