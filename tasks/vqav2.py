@@ -3,8 +3,8 @@
 Recipe, prompt and splits are big_vision's `configs/proj/paligemma/transfers/vqav2.py` (sweep_best), as
 summarised in paligemma2-facts.md §2.1; the metric is metrics/vqa.py (metric-facts.md §1).
 
-This module also holds three small helpers that DocVQA shares (`paper_size_res`, `resolve_split`,
-`image_source`); they would sit better in tasks/base.py.
+This module also holds the small helpers DocVQA shares (`paper_size_res`, `resolve_split`, `examples_of`,
+`image_source`, `field`); they are task-independent and would sit better in tasks/base.py.
 """
 
 from __future__ import annotations
