@@ -157,6 +157,7 @@ class Task(abc.ABC):
             raise DataError(f"{self.name}: manual directory {manual_dir} is missing or empty.\n"
                             f"{self.download_instructions}")
         data_dir = Path(data_dir) if data_dir is not None else manual_dir / "_tfds"
+        tfds.disable_progress_bar()  # the harness shows its own progress; TFDS's bars drown it
         builder = self.builder(manual_dir, data_dir)
         builder.download_and_prepare(
             download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))

@@ -1,0 +1,72 @@
+"""Decode an eval split with the plugin's decode settings, parse, score, and keep every prediction.
+
+Each prediction row is {"id": the dataset's own id, "prediction": raw model text, "parsed": task.parse(text)};
+the rows are what `paligemma-transfer score` reads back, so a table can be rescored without a model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from harness.data import TextSpec, eval_batches
+from model.config import PaliGemmaConfig
+from model.decode import generate
+from tasks.base import Example, Recipe, Scores, Task
+
+
+def predict(config: PaliGemmaConfig, params: Any, examples: Sequence[Example], tokenizer,
+            recipe: Recipe, spec: TextSpec, *, batch_size: int, progress: bool = True,
+            desc: str = "decode") -> list[dict]:
+    """Generate text for every example; returns prediction rows in example order."""
+    rows: list[dict] = []
+    beam = recipe.beam_size if recipe.decode == "beam" else 1
+    total = -(-len(examples) // batch_size)
+    for batch in tqdm(eval_batches(examples, tokenizer, spec, batch_size=batch_size), total=total,
+                      desc=desc, disable=not progress, leave=False, unit="batch", dynamic_ncols=True):
+        a = batch.arrays
+        out = generate(config, params, a["image"], a["text"], a["mask_ar"], a["mask_input"],
+                       max_decode_len=recipe.max_decode_len, beam_size=beam, eos_id=tokenizer.eos_id)
+        for i, ex_id in enumerate(batch.ids):
+            rows.append({"id": ex_id, "prediction": tokenizer.decode(np.asarray(out[i]).tolist())})
+    return rows
+
+
+def score_rows(task: Task, rows: Iterable[dict], references: dict[str, Any]) -> tuple[Scores, list[dict]]:
+    """Parse raw predictions and score them against references (ids missing from rows score as misses)."""
+    rows = list(rows)
+    parsed = {}
+    for row in rows:
+        row["parsed"] = task.parse(row["prediction"])
+        parsed[str(row["id"])] = row["parsed"]
+    unknown = sorted(set(parsed) - set(references))
+    if unknown:
+        raise KeyError(f"{len(unknown)} prediction id(s) are not in the references, e.g. {unknown[:3]}")
+    return task.score(parsed, references), rows
+
+
+def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
+    """Atomic JSONL write: temp file in the same folder, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False, default=_jsonable) + "\n")
+    os.replace(tmp, path)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    if hasattr(value, "__dict__"):
+        return vars(value)
+    return str(value)

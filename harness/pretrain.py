@@ -1,0 +1,150 @@
+"""Pretrain the nano family with the project's own trainer, in stages like PaliGemma 2's (issue 4).
+
+PaliGemma 2 (paligemma2-facts.md §1.4): stage 1 trains at 224 px on a broad multitask mixture; stage 2
+continues at 448 and then 896 px with the resolution-hungry tasks upweighted and longer text. Here: stage 1
+at the family's lowest resolution on a mixture of all seven tasks' formats (captioning, OCR / document VQA,
+VQA, text detection with loc tokens, table and molecule transcription, reports), then stage 2 continues at
+each higher resolution, upweighting the text-heavy tasks. The data comes from the tasks' own demo
+generators run with a different seed than any demo grid (`configs/pretrain/nano.yaml`), so fine-tuning
+never sees its eval images here. Soft-caps stay on during pretraining, as in the paper's stages 1-2.
+
+Each stage's result is the base checkpoint for that (size, resolution): `{out}/{size}-{res}.npz`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import jax
+import yaml
+
+from harness.data import Source, mixture_batches
+from harness.train import TrainConfig, train
+from model import checkpoint
+from model.config import config_for
+from model.paligemma import init_params
+from model.posemb import resample_posemb
+from model.tokenizer import Tokenizer
+from tasks.registry import BUILTIN, get_task
+
+ALL = "all"
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    resolution: int
+    steps: int
+    text_len: int
+    weights: Mapping[str, float]
+
+    def weight(self, task: str) -> float:
+        return float(self.weights.get(task, self.weights.get(ALL, 0.0)))
+
+
+@dataclass(frozen=True)
+class PretrainSpec:
+    sizes: tuple[str, ...]
+    stages: tuple[Stage, ...]
+    tokenizer: Path
+    data_root: Path
+    num_train: int
+    data_seed: int
+    lr: float
+    batch_size: int
+    weight_decay: float
+    out: Path
+
+
+def load_spec(path: str | Path) -> PretrainSpec:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        raise ValueError(f"{path}{where}: malformed YAML: {getattr(e, 'problem', e)}") from None
+    root = path.resolve().parent.parent.parent  # configs/pretrain/x.yaml -> repo root
+    try:
+        stages = tuple(Stage(name=s["name"], resolution=int(s["resolution"]), steps=int(s["steps"]),
+                             text_len=int(s["text_len"]), weights=dict(s["weights"]))
+                       for s in raw["stages"])
+        return PretrainSpec(
+            sizes=tuple(raw["sizes"]), stages=stages, tokenizer=root / raw["tokenizer"],
+            data_root=root / raw["data"]["root"], num_train=int(raw["data"]["num_train"]),
+            data_seed=int(raw["data"]["seed"]), lr=float(raw["optimizer"]["lr"]),
+            batch_size=int(raw["optimizer"]["batch_size"]),
+            weight_decay=float(raw["optimizer"].get("weight_decay", 0.0)), out=root / raw["out"])
+    except KeyError as e:
+        raise ValueError(f"{path}: missing field {e.args[0]!r}") from None
+
+
+def pretraining_sources(spec: PretrainSpec, stage: Stage) -> list[Source]:
+    """Each built-in task's generated train split, weighted as the stage says."""
+    sources = []
+    for name in sorted(BUILTIN):
+        weight = stage.weight(name)
+        if weight <= 0:
+            continue
+        task = get_task(name)
+        manual = spec.data_root / name
+        if not manual.is_dir() or not any(manual.iterdir()):
+            task.write_demo(manual, num_train=spec.num_train, num_eval=8, seed=spec.data_seed)
+        pad = task.recipe("3b", 224).pad_to_square
+        sources.append(Source(task.examples(manual, "train"), weight=weight, square_pad=pad))
+    return sources
+
+
+def continue_at(params: Any, resolution_config) -> Any:
+    """Params of one resolution -> the next: only the position embedding's grid changes."""
+    img = dict(params["img"])
+    img["pos_embedding"] = resample_posemb(img["pos_embedding"], resolution_config.num_image_tokens)
+    return {**params, "img": img}
+
+
+def pretrain_size(spec: PretrainSpec, size: str, *, progress: bool = True) -> list[Path]:
+    tokenizer = Tokenizer(spec.tokenizer)
+    written, params = [], None
+    for i, stage in enumerate(spec.stages):
+        config = config_for(size, stage.resolution)
+        params = (init_params(config, jax.random.key(0)) if params is None
+                  else continue_at(params, config))
+        batches = mixture_batches(pretraining_sources(spec, stage), tokenizer, text_len=stage.text_len,
+                                  resolution=stage.resolution, batch_size=spec.batch_size,
+                                  num_steps=stage.steps, seed=spec.data_seed + i)
+        cfg = TrainConfig(lr=spec.lr, num_steps=stage.steps, weight_decay=spec.weight_decay, seed=i)
+        t0 = time.perf_counter()
+        params, summary = train(config, params, batches, cfg, progress=progress,
+                                desc=f"{size} {stage.name} @{stage.resolution}px")
+        out = spec.out / f"{size}-{stage.resolution}.npz"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        checkpoint.save_npz(out, params)
+        written.append(out)
+        print(f"{size} {stage.name} @{stage.resolution}px: {stage.steps} steps in "
+              f"{time.perf_counter() - t0:.0f}s, final loss {summary['final_loss']:.3f} -> {out}")
+    return written
+
+
+def pretrain(spec_path: str | Path, sizes: tuple[str, ...] | None = None, *,
+             progress: bool = True) -> list[Path]:
+    spec = load_spec(spec_path)
+    return [p for size in (sizes or spec.sizes) for p in pretrain_size(spec, size, progress=progress)]
+
+
+def make_tokenizer(spec: PretrainSpec, vocab_size: int) -> Path:
+    """Train the nano SentencePiece model on the prompts and targets of every task's generated data."""
+    from model.train_tokenizer import train_tokenizer
+
+    lines = []
+    for name in sorted(BUILTIN):
+        task = get_task(name)
+        manual = spec.data_root / name
+        if not manual.is_dir() or not any(manual.iterdir()):
+            task.write_demo(manual, num_train=spec.num_train, num_eval=8, seed=spec.data_seed)
+        for ex in task.examples(manual, "train"):
+            lines.append(ex.prefix)
+            lines.extend(ex.targets)
+    return train_tokenizer(lines, vocab_size, spec.tokenizer)

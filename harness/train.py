@@ -1,0 +1,205 @@
+"""Fine-tuning with big_vision's transfer semantics (paligemma2-facts.md §0.9, §0.10, §1.8).
+
+Optimizer: global-norm clip 1.0 -> scale_by_adam(b2=0.999) -> x lr -> + wd * param on `kernel` params only
+(decoupled, NOT multiplied by lr) -> x schedule(t) (5% linear warmup, cosine to 0) -> x -1. Frozen groups
+(`img`, `llm`) get zero updates and stay out of the clip norm, as big_vision's per-subtree `None` schedule.
+Loss: next-token cross-entropy on suffix tokens, averaged per example, then over the batch; label smoothing
+puts 1 - ls on the target and ls / (V - 1) on every other class.
+
+The run is resumable: orbax checkpoints (params, optimizer state, step) every `checkpoint_every` steps, and
+the data pipeline is indexed by step (harness/data.py), so a killed run continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from model.config import PaliGemmaConfig
+from model.paligemma import PaliGemma
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    lr: float
+    num_steps: int
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.0
+    dropout: float = 0.0
+    warmup_fraction: float = 0.05
+    grad_clip_norm: float = 1.0
+    b2: float = 0.999
+    freeze_img: bool = False
+    freeze_llm: bool = False
+    compute_dtype: str = "float32"  # or "bfloat16" (params stay float32)
+    remat: bool = False
+    checkpoint_every: int = 0  # 0: no intermediate checkpoints
+    seed: int = 0
+
+
+def schedule(num_steps: int, warmup_fraction: float) -> optax.Schedule:
+    """Multiplier in [0, 1]: linear warmup over the first 5% of steps, then cosine decay to 0."""
+    warmup = int(round(num_steps * warmup_fraction))
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=1.0, warmup_steps=warmup, decay_steps=max(num_steps, warmup + 1),
+        end_value=0.0)
+
+
+def _is_kernel(path: tuple, _leaf: Any) -> bool:
+    return getattr(path[-1], "key", None) == "kernel"
+
+
+def make_optimizer(params: Any, cfg: TrainConfig) -> optax.GradientTransformation:
+    trainable = optax.chain(
+        optax.clip_by_global_norm(cfg.grad_clip_norm),
+        optax.scale_by_adam(b2=cfg.b2),
+        optax.scale(cfg.lr),
+        optax.add_decayed_weights(cfg.weight_decay,
+                                  mask=lambda p: jax.tree_util.tree_map_with_path(_is_kernel, p)),
+        optax.scale_by_schedule(schedule(cfg.num_steps, cfg.warmup_fraction)),
+        optax.scale(-1.0),
+    )
+    frozen = {"img": cfg.freeze_img, "llm": cfg.freeze_llm}
+    labels = {group: jax.tree_util.tree_map(lambda _, f=frozen.get(group, False): "frozen" if f else "train",
+                                            subtree)
+              for group, subtree in params.items()}
+    return optax.multi_transform({"train": trainable, "frozen": optax.set_to_zero()}, labels)
+
+
+def per_example_loss(logits: jax.Array, targets: jax.Array, mask: jax.Array,
+                     label_smoothing: float) -> jax.Array:
+    """Mean smoothed cross-entropy over each example's loss tokens -> [B]."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    if label_smoothing:
+        vocab = logits.shape[-1]
+        others = -jnp.sum(logp, axis=-1) - nll  # sum of -log p over the non-target classes
+        token_loss = (1.0 - label_smoothing) * nll + label_smoothing * others / (vocab - 1)
+    else:
+        token_loss = nll
+    mask = mask.astype(jnp.float32)
+    return jnp.sum(token_loss * mask, axis=-1) / jnp.maximum(jnp.sum(mask, axis=-1), 1.0)
+
+
+def build_model(config: PaliGemmaConfig, cfg: TrainConfig) -> PaliGemma:
+    return PaliGemma(config, dtype=jnp.dtype(cfg.compute_dtype), dropout=cfg.dropout, remat=cfg.remat)
+
+
+def make_train_step(model: PaliGemma, tx: optax.GradientTransformation,
+                    label_smoothing: float) -> Callable:
+    def loss_fn(params, batch, rng):
+        logits = model.apply({"params": params}, batch["image"], batch["text"][:, :-1],
+                             batch["mask_ar"][:, :-1], batch["mask_input"][:, :-1], train=True,
+                             rngs={"dropout": rng})
+        return jnp.mean(per_example_loss(logits, batch["text"][:, 1:], batch["mask_loss"][:, 1:],
+                                         label_smoothing))
+
+    def step(params, opt_state, batch, rng):
+        loss, grads = jax.value_and_grad(loss_fn)(params, batch, rng)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, {
+            "loss": loss, "grad_norm": optax.global_norm(grads)}
+
+    return jax.jit(step, donate_argnums=(0, 1))
+
+
+class _Checkpoints:
+    """Orbax manager for (params, opt_state, step); writes are atomic (temp dir + rename)."""
+
+    def __init__(self, directory: Path, every: int):
+        import orbax.checkpoint as ocp
+
+        self._ocp = ocp
+        self.every = every
+        self.manager = ocp.CheckpointManager(
+            directory.absolute(), options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+
+    def restore(self, like: dict) -> dict | None:
+        step = self.manager.latest_step()
+        if step is None:
+            return None
+        abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), like)
+        return self.manager.restore(step, args=self._ocp.args.StandardRestore(abstract))
+
+    def save(self, step: int, state: dict) -> None:
+        self.manager.save(step, args=self._ocp.args.StandardSave(state))
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def train(config: PaliGemmaConfig, params: Any, batches: Sequence[dict], cfg: TrainConfig, *,
+          workdir: Path | None = None, progress: bool = True, desc: str = "train") -> tuple[Any, dict]:
+    """Fine-tune `params` for cfg.num_steps on `batches[step]`; returns (params, summary).
+
+    With `workdir`, a per-step CSV log goes to workdir/train_log.csv and, when cfg.checkpoint_every > 0,
+    checkpoints to workdir/ckpt; an existing checkpoint is resumed from.
+    """
+    model = build_model(config, cfg)
+    tx = make_optimizer(params, cfg)
+    opt_state = tx.init(params)
+    start = 0
+    ckpt = None
+    if workdir is not None and cfg.checkpoint_every > 0:
+        ckpt = _Checkpoints(Path(workdir) / "ckpt", cfg.checkpoint_every)
+        restored = ckpt.restore({"params": params, "opt_state": opt_state, "step": np.int64(0)})
+        if restored is not None:
+            params, opt_state, start = restored["params"], restored["opt_state"], int(restored["step"])
+    step_fn = make_train_step(model, tx, cfg.label_smoothing)
+    log = _StepLog(Path(workdir) / "train_log.csv" if workdir is not None else None, resume_from=start)
+    rng = jax.random.key(cfg.seed)
+    bar = tqdm(total=cfg.num_steps, initial=start, desc=desc, disable=not progress, leave=False,
+               unit="step", dynamic_ncols=True)
+    batch_size = None
+    t0, loss = time.perf_counter(), float("nan")
+    for step in range(start, cfg.num_steps):
+        batch = batches[step]
+        batch_size = len(batch["text"])
+        params, opt_state, stats = step_fn(params, opt_state, batch, jax.random.fold_in(rng, step))
+        loss = float(stats["loss"])
+        elapsed = time.perf_counter() - t0
+        ex_per_s = (step + 1 - start) * batch_size / max(elapsed, 1e-9)
+        log.write(step + 1, loss, float(stats["grad_norm"]), ex_per_s)
+        bar.set_postfix(loss=f"{loss:.3f}", ex_s=f"{ex_per_s:.1f}")
+        bar.update(1)
+        if ckpt is not None and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.num_steps:
+            ckpt.save(step + 1, {"params": params, "opt_state": opt_state, "step": np.int64(step + 1)})
+    bar.close()
+    if ckpt is not None:
+        ckpt.close()
+    log.close()
+    return params, {"steps": cfg.num_steps, "resumed_from": start, "final_loss": loss,
+                    "train_seconds": time.perf_counter() - t0}
+
+
+class _StepLog:
+    """Per-step metrics as CSV (step, loss, grad_norm, examples_per_s), appended across resumes."""
+
+    def __init__(self, path: Path | None, resume_from: int):
+        self._file = None
+        if path is None:
+            return
+        fresh = resume_from == 0 or not path.exists()
+        self._file = open(path, "w" if fresh else "a", newline="")
+        self._writer = csv.writer(self._file)
+        if fresh:
+            self._writer.writerow(["step", "loss", "grad_norm", "examples_per_s"])
+
+    def write(self, step: int, loss: float, grad_norm: float, ex_per_s: float) -> None:
+        if self._file is not None:
+            self._writer.writerow([step, f"{loss:.6f}", f"{grad_norm:.6f}", f"{ex_per_s:.2f}"])
+            self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
