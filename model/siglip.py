@@ -1,0 +1,119 @@
+"""SigLIP ViT image encoder with the PaliGemma linear projector (`head`).
+
+Module and parameter names mirror big_vision's `models/vit.py` with `scan=True`, so a released `.npz`
+loads by renaming only (paligemma2-facts.md §1.2, §1.5): `embedding`, `pos_embedding`,
+`Transformer/encoderblock/{LayerNorm_0, MultiHeadDotProductAttention_0, LayerNorm_1, MlpBlock_0}`
+(stacked on a leading depth axis), `Transformer/encoder_norm`, `head`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from model.config import VisionConfig
+
+# flax's LayerNorm default, which big_vision's ViT uses (paligemma2-facts.md §1.2).
+LAYER_NORM_EPS = 1e-6
+
+
+class MlpBlock(nn.Module):
+    """Dense -> gelu (tanh approximation, flax's default) -> Dense."""
+
+    mlp_dim: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        width = x.shape[-1]
+        init = dict(kernel_init=nn.initializers.xavier_uniform(), bias_init=nn.initializers.normal(1e-6))
+        x = nn.Dense(self.mlp_dim, dtype=self.dtype, name="Dense_0", **init)(x)
+        x = nn.gelu(x, approximate=True)
+        return nn.Dense(width, dtype=self.dtype, name="Dense_1", **init)(x)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with flax's MultiHeadDotProductAttention parameter layout.
+
+    Written out (not flax's module) so the softmax runs in float32 whatever the compute dtype.
+    """
+
+    num_heads: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        width = x.shape[-1]
+        head_dim = width // self.num_heads
+        dense = lambda name: nn.DenseGeneral((self.num_heads, head_dim), dtype=self.dtype, name=name,
+                                             kernel_init=nn.initializers.xavier_uniform())
+        q, k, v = dense("query")(x), dense("key")(x), dense("value")(x)
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q * head_dim**-0.5, k, preferred_element_type=jnp.float32)
+        probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+        out = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+        return nn.DenseGeneral(width, axis=(-2, -1), dtype=self.dtype, name="out",
+                               kernel_init=nn.initializers.xavier_uniform())(out)
+
+
+class Encoder1DBlock(nn.Module):
+    """Pre-LN transformer block; the (carry, None) signature is what nn.scan expects."""
+
+    mlp_dim: int
+    num_heads: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, _: None) -> tuple[jax.Array, None]:
+        y = nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=self.dtype, name="LayerNorm_0")(x)
+        x = x + SelfAttention(self.num_heads, self.dtype, name="MultiHeadDotProductAttention_0")(y)
+        y = nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=self.dtype, name="LayerNorm_1")(x)
+        x = x + MlpBlock(self.mlp_dim, self.dtype, name="MlpBlock_0")(y)
+        return x, None
+
+
+class Encoder(nn.Module):
+    """The stack of blocks, scanned over depth (params stacked on axis 0), then the final LayerNorm."""
+
+    config: VisionConfig
+    dtype: Any = jnp.float32
+    remat: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        block = Encoder1DBlock
+        if self.remat:
+            block = nn.remat(block, prevent_cse=False, policy=jax.checkpoint_policies.nothing_saveable)
+        scanned = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
+                          in_axes=nn.broadcast, length=self.config.depth)
+        x, _ = scanned(self.config.mlp_dim, self.config.num_heads, self.dtype, name="encoderblock")(x, None)
+        return nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=self.dtype, name="encoder_norm")(x)
+
+
+class SigLIP(nn.Module):
+    """Image [B, H, W, 3] in [-1, 1] -> image tokens [B, (H/p)*(W/p), out_dim] in the LLM's width."""
+
+    config: VisionConfig
+    out_dim: int
+    dtype: Any = jnp.float32
+    remat: bool = False
+
+    @nn.compact
+    def __call__(self, images: jax.Array) -> jax.Array:
+        c = self.config
+        if images.shape[1:] != (c.image_size, c.image_size, 3):
+            raise ValueError(f"images: expected [B, {c.image_size}, {c.image_size}, 3], got {images.shape}")
+        p = c.patch_size
+        x = nn.Conv(c.width, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
+                    name="embedding")(images.astype(self.dtype))
+        x = x.reshape(x.shape[0], -1, c.width)
+        # Learned position embedding, big_vision's `posemb='learn'` init (normal, std 1/sqrt(width)).
+        pos = self.param("pos_embedding", nn.initializers.normal(stddev=c.width**-0.5),
+                         (1, c.num_patches, c.width))
+        x = x + pos.astype(self.dtype)
+        x = Encoder(c, self.dtype, self.remat, name="Transformer")(x)
+        # The projector: big_vision's ViT classification head with pool_type='none', applied per token
+        # and zero-initialised as in big_vision (paligemma2-facts.md §0.4).
+        return nn.Dense(self.out_dim, dtype=self.dtype, kernel_init=nn.initializers.zeros, name="head")(x)
