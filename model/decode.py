@@ -1,0 +1,151 @@
+"""Greedy and beam-search decoding over PaliGemma's KV cache.
+
+Each (config, dtype, max_decode_len, beam_size, eos_id) gets one jax.jit function that prefills the
+cache once and then loops (lax.while_loop) one token at a time until every example is finished or
+max_decode_len is reached; jit keeps one compiled version per input shape.
+
+Prompts of different lengths share one cache without re-aligning: every example writes its prompt at
+slots [0, P) (padding slots are masked) and generated token t at slot P + t, with its own position
+(number of real prompt tokens + t), so the attention sees the same sequence as an unpadded run.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from model.config import PaliGemmaConfig
+from model.paligemma import Cache, PaliGemma, Params
+
+
+def _reorder(cache: Cache, index: jax.Array) -> Cache:
+    """Picks batch rows `index` of every per-example cache entry (beam search's parent beams)."""
+    out = dict(cache)
+    for key in ("k", "v"):
+        out[key] = jnp.take(cache[key], index, axis=1)
+    for key in ("pos", "valid", "next_pos"):
+        out[key] = jnp.take(cache[key], index, axis=0)
+    return out
+
+
+def _greedy(logits, cache, extend, max_len: int, eos_id: int) -> jax.Array:
+    """Argmax decoding; after an example's EOS its outputs are 0."""
+    b = logits.shape[0]
+    token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    out = jnp.zeros((b, max_len), jnp.int32).at[:, 0].set(token)
+
+    def cond(state):
+        i, _, _, _, done = state
+        return (i < max_len) & ~jnp.all(done)
+
+    def body(state):
+        i, token, cache, out, done = state
+        logits, cache = extend(token, cache)
+        token = jnp.where(done, 0, jnp.argmax(logits, axis=-1).astype(jnp.int32))
+        out = jax.lax.dynamic_update_slice(out, token[:, None], (0, i))
+        return i + 1, token, cache, out, done | (token == eos_id)
+
+    return jax.lax.while_loop(cond, body, (1, token, cache, out, token == eos_id))[3]
+
+
+def _beam(logits, cache, extend, max_len: int, eos_id: int, beam: int) -> jax.Array:
+    """big_vision's beam_decode (paligemma2-facts.md §1.8; predict_fns `_beam_sample_output`).
+
+    A sequence's score is its summed log-probability, without length normalisation. At every step
+    each live beam may end now (its EOS log-prob added) and the best ended sequence so far is kept;
+    live beams are the top `beam` non-EOS extensions (of the top beam+1 tokens of each beam). Decoding
+    stops when no live beam can beat the best ended one (scores only fall), or at max_decode_len; the
+    output is the best ended sequence, so it always ends in EOS within max_decode_len tokens.
+    """
+    b, vocab = logits.shape
+    neg = jnp.float32(-jnp.inf)
+    rows = (jnp.arange(b)[:, None] * beam)
+    cache = _reorder(cache, jnp.repeat(jnp.arange(b), beam))
+    logits = jnp.repeat(logits, beam, axis=0)
+    # Only beam 0 is live at the start, so the first expansion draws from one distribution.
+    state = dict(tokens=jnp.zeros((b, beam, max_len), jnp.int32),
+                 scores=jnp.full((b, beam), neg).at[:, 0].set(0.0),
+                 best_tokens=jnp.zeros((b, max_len), jnp.int32), best_score=jnp.full((b,), neg))
+
+    def select(i, logits, cache, s):
+        logp = jax.nn.log_softmax(logits.astype(jnp.float32).reshape(b, beam, vocab))
+        # Ending now: candidates = [best so far, each live beam + EOS]; ties keep the earlier best.
+        ended = jax.lax.dynamic_update_slice(s["tokens"], jnp.full((b, beam, 1), eos_id, jnp.int32), (0, 0, i))
+        cand_scores = jnp.concatenate([s["best_score"][:, None], s["scores"] + logp[..., eos_id]], axis=1)
+        cand_tokens = jnp.concatenate([s["best_tokens"][:, None], ended], axis=1)
+        pick = jnp.argmax(cand_scores, axis=1)
+        best_score = jnp.take_along_axis(cand_scores, pick[:, None], axis=1)[:, 0]
+        best_tokens = jnp.take_along_axis(cand_tokens, pick[:, None, None], axis=1)[:, 0]
+        # Continuing: the top `beam` of each beam's top beam+1 non-EOS tokens.
+        top_logp, top_tokens = jax.lax.top_k(logp, beam + 1)
+        cand = jnp.where(top_tokens == eos_id, neg, s["scores"][..., None] + top_logp).reshape(b, -1)
+        scores, index = jax.lax.top_k(cand, beam)
+        parent = index // (beam + 1)
+        new_token = jnp.take_along_axis(top_tokens.reshape(b, -1), index, axis=1)
+        tokens = jnp.take_along_axis(s["tokens"], parent[..., None], axis=1)
+        tokens = jax.lax.dynamic_update_slice(tokens, new_token[..., None], (0, 0, i))
+        cache = _reorder(cache, (rows + parent).reshape(-1))
+        done = jnp.all(jnp.max(scores, axis=1) < best_score)
+        s = dict(tokens=tokens, scores=scores, best_tokens=best_tokens, best_score=best_score)
+        return new_token.reshape(-1), cache, s, done
+
+    def cond(carry):
+        i, _, _, _, done = carry
+        return (i < max_len) & ~done
+
+    def body(carry):
+        i, token, cache, s, _ = carry
+        logits, cache = extend(token, cache)
+        token, cache, s, done = select(i, logits, cache, s)
+        return i + 1, token, cache, s, done
+
+    token, cache, state, done = select(0, logits, cache, state)
+    return jax.lax.while_loop(cond, body, (1, token, cache, state, done))[3]["best_tokens"]
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(config: PaliGemmaConfig, dtype: np.dtype, max_len: int, beam_size: int, eos_id: int):
+    model = PaliGemma(config, dtype=dtype)
+
+    def run(params, images, tokens, mask_ar, mask_input):
+        variables = {"params": params}
+        cache_size = config.num_image_tokens + tokens.shape[1] + max_len
+        logits, cache = model.apply(variables, images, tokens, mask_ar, mask_input, cache_size=cache_size,
+                                    method=PaliGemma.prefill)
+        extend = functools.partial(model.apply, variables, method=PaliGemma.extend)
+        if beam_size == 1:
+            return _greedy(logits, cache, extend, max_len, eos_id)
+        return _beam(logits, cache, extend, max_len, eos_id, beam_size)
+
+    return jax.jit(run)
+
+
+def generate(config: PaliGemmaConfig, params: Params, images: Any, tokens: Any, mask_ar: Any,
+             mask_input: Any, *, max_decode_len: int, beam_size: int = 1, eos_id: int = 1,
+             dtype: Any = jnp.float32) -> np.ndarray:
+    """Decodes after each prompt; returns int32 [B, max_decode_len]: the generated ids, EOS included,
+    0 after it.
+
+    The prompt is big_vision's eval layout [BOS, prefix, "\\n"] (mask_ar all 0), right-padded with
+    mask_input 0; images [B, H, W, 3] in [-1, 1]. beam_size 1 is greedy. Pass params already on the
+    device (jax arrays) when calling repeatedly, or they are copied over on every call.
+    """
+    tokens = np.asarray(tokens, np.int32)
+    b, t = tokens.shape
+    res = config.vision.image_size
+    checks = {"images": (np.shape(images), (b, res, res, 3)), "mask_ar": (np.shape(mask_ar), (b, t)),
+              "mask_input": (np.shape(mask_input), (b, t))}
+    for name, (got, want) in checks.items():
+        if tuple(got) != want:
+            raise ValueError(f"generate: {name} has shape {tuple(got)}, expected {want}")
+    if max_decode_len < 1 or not 1 <= beam_size < config.llm.vocab_size:
+        raise ValueError(f"generate: need max_decode_len >= 1 and 1 <= beam_size < vocab "
+                         f"(got {max_decode_len}, {beam_size})")
+    fn = _compiled(config, jnp.dtype(dtype), max_decode_len, beam_size, eos_id)
+    out = fn(params, jnp.asarray(images, jnp.float32), tokens, jnp.asarray(mask_ar, jnp.int32),
+             jnp.asarray(mask_input, bool))
+    return np.asarray(out, np.int32)
