@@ -1,0 +1,488 @@
+"""Grid YAML -> cells, and the paper's transfer protocol (paligemma2-facts.md §3.2 "Protocol (§4.1)").
+
+Protocol: sweep the lr at one resolution (default: the lowest) on minival with one seed; per
+(task, size) keep the lr with the best headline metric (higher is better; a tie goes to the smaller
+lr, the cheaper and more stable choice); reuse it at every final resolution and retrain with N seeds
+on the eval split. A task with a single lr has no sweep. The schema is documented at the top of
+configs/grids/paper.yaml. Validation happens entirely in `load_grid`, before anything is written,
+and every error is one line naming the file, line and field.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib.util
+import json
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import yaml
+
+from model.config import config_for, family_of
+from tasks.registry import available
+
+DEFAULT_RUNNER = "harness.cell:run_cell"
+RANDOM_INIT = "random"
+FIELDS = ("name", "demo", "tasks", "sizes", "resolutions", "lrs", "protocol", "data_root",
+          "checkpoints", "overrides", "runner")
+REQUIRED = ("name", "tasks", "sizes", "resolutions", "lrs", "checkpoints")
+SWEEP_FIELDS = ("resolution", "split", "seed")
+FINAL_FIELDS = ("seeds", "split", "resolutions")
+DEMO_FIELDS = ("num_train", "num_eval", "seed")
+ALL_TASKS = "all"  # the overrides key that applies to every task
+
+
+class GridError(ValueError):
+    """A grid file that cannot be used; the message is one line naming file, line and field."""
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))
+
+
+@dataclass(frozen=True)
+class DemoData:
+    """Generate data_root/<task> with the plugin's write_demo when it is missing."""
+
+    num_train: int
+    num_eval: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One fine-tune + evaluation. Everything that changes its result is a field, and is hashed."""
+
+    task: str
+    size: str
+    resolution: int
+    lr: float
+    seed: int
+    phase: str  # "sweep" | "final"
+    split: str  # the split role evaluated
+    checkpoint: str  # a file path, or "random"
+    data_dir: str  # the task's manual dir, data_root/<task>
+    overrides: tuple[tuple[str, Any], ...] = ()  # sorted (key, value) pairs
+    # Labels outputs "demo scale"; it does not change what the cell computes, so it is not hashed.
+    demo: bool = False
+
+    def config(self) -> dict[str, Any]:
+        """The effective config as JSON-able data: what the hash and the record's `config` hold."""
+        return {"task": self.task, "size": self.size, "resolution": self.resolution, "lr": self.lr,
+                "seed": self.seed, "phase": self.phase, "split": self.split,
+                "checkpoint": self.checkpoint, "data_dir": self.data_dir,
+                "overrides": {k: v for k, v in self.overrides}}
+
+    @property
+    def config_hash(self) -> str:
+        blob = json.dumps(self.config(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:8]
+
+    @property
+    def cell_id(self) -> str:
+        """Readable prefix + stable hash, e.g. vqav2-nano-s-32-lr3e-04-s0-1a2b3c4d."""
+        return f"{self.task}-{self.size}-{self.resolution}-lr{format_lr(self.lr)}-s{self.seed}-{self.config_hash}"
+
+
+@dataclass(frozen=True)
+class Protocol:
+    sweep_resolution: int
+    sweep_split: str
+    sweep_seed: int
+    final_seeds: tuple[int, ...]
+    final_split: str
+    final_resolutions: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Grid:
+    name: str
+    demo: bool
+    demo_data: DemoData | None
+    tasks: tuple[str, ...]
+    sizes: tuple[str, ...]
+    resolutions: tuple[int, ...]
+    lrs: Mapping[str, tuple[float, ...]]  # per task
+    protocol: Protocol
+    data_root: str
+    checkpoints: str  # pattern with {size} and {resolution}, or "random"
+    overrides: Mapping[str, tuple[tuple[str, Any], ...]]  # per task, "all" already merged in
+    runner: str
+    source: Path
+    text: str  # the file as read, copied into the workdir by the scheduler
+
+    def swept(self, task: str) -> bool:
+        return len(self.lrs[task]) > 1
+
+    def checkpoint(self, size: str, resolution: int) -> str:
+        if self.checkpoints == RANDOM_INIT:
+            return RANDOM_INIT
+        return self.checkpoints.format(size=size, resolution=resolution)
+
+    def data_dir(self, task: str) -> str:
+        return os.path.join(self.data_root, task)
+
+    def _cell(self, task: str, size: str, resolution: int, lr: float, seed: int, phase: str,
+              split: str) -> Cell:
+        return Cell(task=task, size=size, resolution=resolution, lr=lr, seed=seed, phase=phase,
+                    split=split, checkpoint=self.checkpoint(size, resolution),
+                    data_dir=self.data_dir(task), overrides=self.overrides[task], demo=self.demo)
+
+    def sweep_cells(self) -> list[Cell]:
+        p = self.protocol
+        return [self._cell(t, s, p.sweep_resolution, lr, p.sweep_seed, "sweep", p.sweep_split)
+                for t in self.tasks if self.swept(t) for s in self.sizes for lr in self.lrs[t]]
+
+    def fixed_lrs(self) -> dict[tuple[str, str], float]:
+        """The lr of every (task, size) that has no sweep."""
+        return {(t, s): self.lrs[t][0] for t in self.tasks if not self.swept(t) for s in self.sizes}
+
+    def final_plan(self) -> list[tuple[str, str, int, int]]:
+        """(task, size, resolution, seed) of every final cell, in run order."""
+        p = self.protocol
+        return [(t, s, r, seed) for t in self.tasks for s in self.sizes
+                for r in p.final_resolutions for seed in p.final_seeds]
+
+    def final_cells(self, best_lrs: Mapping[tuple[str, str], float]) -> list[Cell]:
+        """Final cells of the (task, size) pairs whose lr is known (swept or fixed)."""
+        p = self.protocol
+        return [self._cell(t, s, r, best_lrs[t, s], seed, "final", p.final_split)
+                for t, s, r, seed in self.final_plan() if (t, s) in best_lrs]
+
+
+@dataclass(frozen=True)
+class LrChoice:
+    """The protocol's pick for one (task, size), with the sweep it was picked from."""
+
+    task: str
+    size: str
+    lr: float
+    headline: str
+    scores: tuple[tuple[float, float | None], ...]  # (lr, mean headline metric) in lr order
+
+
+def select_best_lrs(records: Iterable[Any]) -> dict[tuple[str, str], LrChoice]:
+    """Best lr per (task, size) from sweep records (anything with task/size/lr/phase/headline/metrics).
+
+    Higher headline is better; a tie goes to the smaller lr; a missing or NaN metric never wins.
+    Several records of one lr (e.g. seeds) are averaged.
+    """
+    by_pair: dict[tuple[str, str], dict[float, list[float]]] = {}
+    headlines: dict[tuple[str, str], str] = {}
+    for r in records:
+        if r.phase != "sweep":
+            continue
+        value = r.metrics.get(r.headline)
+        bucket = by_pair.setdefault((r.task, r.size), {}).setdefault(float(r.lr), [])
+        if value is not None and not math.isnan(float(value)):
+            bucket.append(float(value))
+        headlines[r.task, r.size] = r.headline
+    choices = {}
+    for pair, per_lr in by_pair.items():
+        scores = tuple((lr, sum(v) / len(v) if v else None) for lr, v in sorted(per_lr.items()))
+        # max over (score, -lr): the higher score wins, and among equal scores the smaller lr.
+        best = max(scores, key=lambda s: (-math.inf if s[1] is None else s[1], -s[0]))
+        choices[pair] = LrChoice(pair[0], pair[1], best[0], headlines[pair], scores)
+    return choices
+
+
+def format_lr(lr: float) -> str:
+    """3e-04 style, with more digits only when one digit would not round-trip."""
+    text = f"{lr:.0e}"
+    return text if float(text) == lr else f"{lr:.3e}"
+
+
+# --- loading and validation -----------------------------------------------------------------------
+
+class _Where:
+    """Maps a field path to its line in the YAML file, for error messages."""
+
+    def __init__(self, path: Path, root: yaml.Node):
+        self.path, self.root = path, root
+
+    def line(self, field: Sequence[str | int]) -> int | None:
+        node, line = self.root, None
+        for key in field:
+            if isinstance(node, yaml.MappingNode):
+                match = [(k, v) for k, v in node.value if k.value == key]
+                if not match:
+                    break
+                line = match[0][0].start_mark.line + 1
+                node = match[0][1]
+            elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+                node = node.value[key]
+                line = node.start_mark.line + 1
+            else:
+                break
+        return line
+
+    def error(self, field: Sequence[str | int], message: str) -> GridError:
+        name = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in field).lstrip(".")
+        line = self.line(field)
+        place = f"{self.path}:{line}" if line else str(self.path)
+        return GridError(f"{place}: {name}: {message}" if name else f"{place}: {message}")
+
+
+def _parse(path: Path, text: str) -> tuple[Any, _Where]:
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        place = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(e, "problem", None) or str(e)
+        raise GridError(f"{place}: malformed YAML: {problem}") from None
+    where = _Where(path, root)
+    _reject_duplicate_keys(root, where, ())
+    return data, where
+
+
+def _reject_duplicate_keys(node: yaml.Node | None, where: _Where, field: tuple) -> None:
+    """PyYAML keeps the last of two equal keys silently; a grid file must not say a thing twice."""
+    if isinstance(node, yaml.MappingNode):
+        seen = set()
+        for k, v in node.value:
+            if k.value in seen:
+                raise GridError(f"{where.path}:{k.start_mark.line + 1}: {'.'.join(field + (k.value,))}: "
+                                "duplicate key")
+            seen.add(k.value)
+            _reject_duplicate_keys(v, where, field + (k.value,))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            _reject_duplicate_keys(v, where, field + (str(i),))
+
+
+def _check_keys(data: Mapping, allowed: Sequence[str], where: _Where, field: tuple) -> None:
+    for key in data:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise where.error(field + (key,), f"unknown field{hint}; expected one of {', '.join(allowed)}")
+
+
+def _mapping(value: Any, where: _Where, field: tuple) -> Mapping:
+    if not isinstance(value, Mapping):
+        raise where.error(field, f"expected a mapping, got {type(value).__name__}")
+    return value
+
+
+def _str(value: Any, where: _Where, field: tuple) -> str:
+    if not isinstance(value, str) or not value:
+        raise where.error(field, f"expected a non-empty string, got {value!r}")
+    return value
+
+
+def _int(value: Any, where: _Where, field: tuple, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise where.error(field, f"expected an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _list(value: Any, where: _Where, field: tuple) -> list:
+    if not isinstance(value, list) or not value:
+        raise where.error(field, f"expected a non-empty list, got {value!r}")
+    if len(set(map(repr, value))) != len(value):
+        raise where.error(field, f"has duplicates: {value!r}")
+    return value
+
+
+def _lr(value: Any, where: _Where, field: tuple) -> float:
+    # YAML 1.1 reads 3e-7 (no dot) as a string, so numeric strings are accepted as numbers.
+    try:
+        lr = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        lr = math.nan
+    if not (lr > 0 and math.isfinite(lr)):
+        raise where.error(field, f"expected a positive learning rate, got {value!r}")
+    return lr
+
+
+def _lr_list(value: Any, where: _Where, field: tuple) -> tuple[float, ...]:
+    if not isinstance(value, list) or not value:
+        raise where.error(field, f"empty lr list; expected a non-empty list of learning rates, got {value!r}")
+    lrs = tuple(_lr(v, where, field + (i,)) for i, v in enumerate(value))
+    if len(set(lrs)) != len(lrs):
+        raise where.error(field, f"has duplicate learning rates: {value!r}")
+    return tuple(sorted(lrs))
+
+
+def _lrs(value: Any, tasks: Sequence[str], where: _Where) -> dict[str, tuple[float, ...]]:
+    """`lrs` is a list for every task, or a mapping {default: [...], <task>: [...]}."""
+    if not isinstance(value, Mapping):
+        lrs = _lr_list(value, where, ("lrs",))
+        return {t: lrs for t in tasks}
+    _check_keys(value, ("default", *tasks), where, ("lrs",))
+    per = {k: _lr_list(v, where, ("lrs", k)) for k, v in value.items()}
+    missing = [t for t in tasks if t not in per and "default" not in per]
+    if missing:
+        raise where.error(("lrs",), f"no lr list for task(s) {', '.join(missing)}; add them or a 'default' list")
+    return {t: per.get(t, per.get("default")) for t in tasks}
+
+
+def _override_value(value: Any, where: _Where, field: tuple) -> Any:
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, list) and all(isinstance(v, (str, int, float, bool)) for v in value):
+        return tuple(value)
+    raise where.error(field, f"expected a scalar or a list of scalars, got {value!r}")
+
+
+def _overrides(value: Any, tasks: Sequence[str], where: _Where) -> dict[str, tuple[tuple[str, Any], ...]]:
+    """`overrides` is {all: {key: value}, <task>: {key: value}}; a task's own keys win over `all`."""
+    value = _mapping(value, where, ("overrides",))
+    _check_keys(value, (ALL_TASKS, *tasks), where, ("overrides",))
+    parsed = {}
+    for scope, entries in value.items():
+        entries = _mapping(entries if entries is not None else {}, where, ("overrides", scope))
+        for key in entries:
+            if key == "lr":
+                raise where.error(("overrides", scope, key), "the lr comes from `lrs` and the sweep, "
+                                  "not from overrides")
+        parsed[scope] = {str(k): _override_value(v, where, ("overrides", scope, k)) for k, v in entries.items()}
+    return {t: tuple(sorted({**parsed.get(ALL_TASKS, {}), **parsed.get(t, {})}.items())) for t in tasks}
+
+
+def _protocol(value: Any, resolutions: tuple[int, ...], sizes: Sequence[str], where: _Where) -> Protocol:
+    value = _mapping(value if value is not None else {}, where, ("protocol",))
+    _check_keys(value, ("sweep", "final"), where, ("protocol",))
+    sweep = _mapping(value.get("sweep") or {}, where, ("protocol", "sweep"))
+    final = _mapping(value.get("final") or {}, where, ("protocol", "final"))
+    _check_keys(sweep, SWEEP_FIELDS, where, ("protocol", "sweep"))
+    _check_keys(final, FINAL_FIELDS, where, ("protocol", "final"))
+
+    sweep_res = _int(sweep.get("resolution", min(resolutions)), where, ("protocol", "sweep", "resolution"), 1)
+    for size in sizes:
+        try:
+            config_for(size, sweep_res)
+        except KeyError as e:
+            raise where.error(("protocol", "sweep", "resolution"), e.args[0]) from None
+
+    seeds = final.get("seeds", 1)
+    field = ("protocol", "final", "seeds")
+    if isinstance(seeds, list):
+        seeds = tuple(_int(s, where, field + (i,)) for i, s in enumerate(_list(seeds, where, field)))
+    else:
+        seeds = tuple(range(_int(seeds, where, field, 1)))
+
+    field = ("protocol", "final", "resolutions")
+    final_res = tuple(_list(final["resolutions"], where, field)) if "resolutions" in final else resolutions
+    for i, r in enumerate(final_res):
+        if r not in resolutions:
+            raise where.error(field + (i,), f"{r!r} is not one of the grid's resolutions {list(resolutions)}")
+    return Protocol(
+        sweep_resolution=sweep_res,
+        sweep_split=_str(sweep.get("split", "minival"), where, ("protocol", "sweep", "split")),
+        sweep_seed=_int(sweep.get("seed", 0), where, ("protocol", "sweep", "seed")),
+        final_seeds=seeds,
+        final_split=_str(final.get("split", "eval"), where, ("protocol", "final", "split")),
+        final_resolutions=final_res)
+
+
+def _demo(value: Any, where: _Where) -> tuple[bool, DemoData | None]:
+    """`demo: true|false`, or a block {num_train, num_eval, seed}: demo scale plus generated data."""
+    if isinstance(value, bool):
+        return value, None
+    value = _mapping(value, where, ("demo",))
+    _check_keys(value, DEMO_FIELDS, where, ("demo",))
+    missing = [k for k in DEMO_FIELDS if k not in value]
+    if missing:
+        raise where.error(("demo",), f"missing {', '.join(missing)}; a demo block needs {', '.join(DEMO_FIELDS)}")
+    return True, DemoData(num_train=_int(value["num_train"], where, ("demo", "num_train"), 1),
+                          num_eval=_int(value["num_eval"], where, ("demo", "num_eval"), 1),
+                          seed=_int(value["seed"], where, ("demo", "seed")))
+
+
+def _checkpoints(value: Any, sizes: Sequence[str], resolutions: Iterable[int], where: _Where,
+                 check_files: bool) -> str:
+    pattern = _str(value, where, ("checkpoints",))
+    if pattern == RANDOM_INIT:
+        return pattern
+    for size in sizes:
+        for res in resolutions:
+            try:
+                path = pattern.format(size=size, resolution=res)
+            except (KeyError, IndexError, ValueError) as e:
+                raise where.error(("checkpoints",), f"bad pattern {pattern!r} ({e!r}); it may use "
+                                  "{size} and {resolution}, or be 'random'") from None
+            if check_files and not Path(path).is_file():
+                raise where.error(("checkpoints",), f"checkpoint file {path} does not exist (size {size}, "
+                                  f"resolution {res}); relative paths are read from {os.getcwd()}")
+    return pattern
+
+
+def _runner(value: Any, where: _Where) -> str:
+    runner = _str(value, where, ("runner",))
+    module, _, function = runner.partition(":")
+    if not module or not function.isidentifier():
+        raise where.error(("runner",), f"expected 'module:function', got {runner!r}")
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        found = False
+    if not found:
+        raise where.error(("runner",), f"module {module!r} cannot be imported")
+    return runner
+
+
+def load_grid(path: str | Path, *, check_files: bool = True) -> Grid:
+    """Read and validate a grid file; raises GridError (one line: file:line: field: problem).
+
+    Relative paths in the file (data_root, checkpoints) are relative to the current directory.
+    `check_files=False` skips the checkpoint existence check, e.g. to plan the paper grid on a
+    machine without its checkpoints.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise GridError(f"{path}: cannot read grid file ({e.__class__.__name__}: {e})") from None
+    data, where = _parse(path, text)
+    data = _mapping(data if data is not None else {}, where, ())
+    _check_keys(data, FIELDS, where, ())
+    missing = [k for k in REQUIRED if k not in data]
+    if missing:
+        raise where.error((), f"missing required field(s) {', '.join(missing)}")
+
+    name = _str(data["name"], where, ("name",))
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise where.error(("name",), f"{name!r} must be letters, digits, '_', '.' or '-' (it names a folder)")
+    demo, demo_data = _demo(data.get("demo", False), where)
+
+    known = available()
+    tasks = tuple(_list(data["tasks"], where, ("tasks",)))
+    for i, task in enumerate(tasks):
+        if task not in known:
+            raise where.error(("tasks", i), f"unknown task {task!r}; known tasks: {', '.join(sorted(known))}")
+
+    sizes = tuple(_list(data["sizes"], where, ("sizes",)))
+    for i, size in enumerate(sizes):
+        try:
+            family_of(str(size))
+        except KeyError as e:
+            raise where.error(("sizes", i), e.args[0]) from None
+    resolutions = tuple(_int(r, where, ("resolutions", i), 1)
+                        for i, r in enumerate(_list(data["resolutions"], where, ("resolutions",))))
+    for i, res in enumerate(resolutions):
+        for size in sizes:
+            try:
+                config_for(size, res)
+            except KeyError as e:
+                raise where.error(("resolutions", i), e.args[0]) from None
+
+    lrs = _lrs(data["lrs"], tasks, where)
+    protocol = _protocol(data.get("protocol"), resolutions, sizes, where)
+    used_res = set(protocol.final_resolutions)
+    if any(len(v) > 1 for v in lrs.values()):
+        used_res.add(protocol.sweep_resolution)
+    return Grid(
+        name=name, demo=demo, demo_data=demo_data, tasks=tasks, sizes=sizes, resolutions=resolutions,
+        lrs=lrs, protocol=protocol,
+        data_root=_str(data.get("data_root", "data"), where, ("data_root",)),
+        checkpoints=_checkpoints(data["checkpoints"], sizes, sorted(used_res), where, check_files),
+        overrides=_overrides(data.get("overrides") or {}, tasks, where),
+        runner=_runner(data.get("runner", DEFAULT_RUNNER), where),
+        source=path, text=text)

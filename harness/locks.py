@@ -1,0 +1,124 @@
+"""A per-cell lock file, so two schedulers on one workdir never run the same cell at once.
+
+The lock is created with O_CREAT | O_EXCL (atomic on local and NFSv3+ filesystems) and holds the
+owner's host, pid and a random token. A lock whose owner is on this host and no longer alive is
+stale (its scheduler was killed) and is taken over; a lock from another host cannot be checked and
+counts as live, so the message names it for a person to remove if that host is gone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class LockOwner:
+    host: str
+    pid: int
+    token: str
+
+    def alive(self) -> bool:
+        """False only when we can tell: same host and no such process, or our own pid with another
+        token (left by an earlier process that had this pid, as after a container restart)."""
+        if self.host != socket.gethostname():
+            return True
+        if self.pid == os.getpid():
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # exists, owned by another user
+            return True
+        return True
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.pid}"
+
+
+# The holder of a lock file that is empty or garbled: its creator died between creating and writing
+# it (one small write), or is writing it right now. It counts as live until UNREADABLE_GRACE_S old.
+UNREADABLE = LockOwner("?", 0, "unreadable")
+UNREADABLE_GRACE_S = 10.0
+
+
+class CellLock:
+    """acquire() -> True when this process now holds the lock; release() gives it back."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.me = LockOwner(socket.gethostname(), os.getpid(), secrets.token_hex(8))
+        self.held = False
+
+    def owner(self) -> LockOwner | None:
+        """The current holder, or None when there is no lock (or it is being written right now)."""
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            return LockOwner(str(data["host"]), int(data["pid"]), str(data["token"]))
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError):
+            return UNREADABLE
+
+    def _create(self) -> bool:
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump({"host": self.me.host, "pid": self.me.pid, "token": self.me.token}, f)
+        self.held = True
+        return True
+
+    def acquire(self) -> bool:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self._create():
+            return True
+        owner = self.owner()
+        if owner is None:  # released between our attempt and the read
+            return self._create()
+        if owner == UNREADABLE:
+            try:
+                stale = time.time() - self.path.stat().st_mtime > UNREADABLE_GRACE_S
+            except FileNotFoundError:
+                return self._create()
+            return self._take_over(owner) if stale else False
+        if owner.alive():
+            return False
+        return self._take_over(owner)
+
+    def _take_over(self, stale: LockOwner) -> bool:
+        """Move the stale lock aside atomically, check that it was the stale one, then create ours.
+
+        Two schedulers may both see the same stale lock; os.rename lets only one of them move it.
+        If what we moved is not the lock we judged stale (someone took it over in between), we put it
+        back with os.link, which fails rather than overwrite a lock created meanwhile.
+        """
+        aside = self.path.with_name(f"{self.path.name}.stale-{self.me.host}-{self.me.pid}-{self.me.token}")
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return self._create()
+        try:
+            moved = CellLock(aside).owner()
+            if moved != stale:
+                try:
+                    os.link(aside, self.path)
+                except FileExistsError:
+                    pass
+                return False
+        finally:
+            aside.unlink(missing_ok=True)
+        return self._create()
+
+    def release(self) -> None:
+        """Remove the lock if it is still ours."""
+        if self.held and self.owner() == self.me:
+            self.path.unlink(missing_ok=True)
+        self.held = False

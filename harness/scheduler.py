@@ -1,0 +1,399 @@
+"""Run a grid's cells, resumably: sweep, pick the lr, then the final runs (harness/grid.py protocol).
+
+Workdir layout:
+    grid.yaml                  the grid file this workdir was last run with (copied atomically)
+    cells/<cell_id>/           the runner's own state (checkpoints, progress) and the cell's lock
+    predictions/<cell_id>.jsonl
+    records/<cell_id>.json     written last: a record on disk means the cell is done
+    best_lr.json               the lr picked per (task, size), and the sweep it was picked from
+
+A cell with a record is never run again; a killed cell is simply called again and its runner resumes
+from what it left in cells/<cell_id>/. The runner is `runner(cell, cell_dir) -> dict` with at least
+{"metrics", "headline", "steps"}; other keys are kept in the record's `extra`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import numbers
+import os
+import shutil
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+from tqdm import tqdm
+
+from harness.grid import Cell, Grid, LrChoice, format_lr, select_best_lrs
+from harness.locks import CellLock
+from results.store import (Record, atomic_write_text, has_record, predictions_path, read_record,
+                           record_path, versions, write_record)
+
+BACKENDS = ("local", "ray")
+BEST_LR_RULE = ("per (task, size), the sweep lr with the highest headline metric on the sweep split; "
+                "ties go to the smaller lr; a missing metric never wins (paligemma2-facts.md §3.2)")
+
+
+class RunError(RuntimeError):
+    """Cells that failed; each one's traceback is in cells/<cell_id>/error.txt."""
+
+
+def cell_dir(workdir: str | Path, cell_id: str) -> Path:
+    return Path(workdir) / "cells" / cell_id
+
+
+def load_runner(target: str) -> Callable[[Cell, Path], Mapping[str, Any]]:
+    module, _, name = target.partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise RunError(f"runner {target!r} cannot be loaded: {e}") from None
+
+
+def execute_cell(cell: Cell, workdir: str | Path, runner: str) -> dict[str, Any]:
+    """Call the runner in cells/<id>/ and publish its predictions; the caller then writes the record.
+
+    This is what a Ray worker runs, so it takes the runner by name and returns plain data.
+    """
+    directory = cell_dir(workdir, cell.cell_id)
+    directory.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    result = load_runner(runner)(cell, directory)
+    wall = time.monotonic() - start
+    if not (isinstance(result, Mapping) and isinstance(result.get("metrics"), Mapping)
+            and isinstance(result.get("headline"), str) and isinstance(result.get("steps"), numbers.Integral)):
+        raise RunError(f"runner {runner} returned {result!r} for {cell.cell_id}; expected a dict with "
+                       "'metrics' (a mapping), 'headline' (str) and 'steps' (int)")
+    produced = directory / "predictions.jsonl"
+    if produced.exists():
+        target = predictions_path(workdir, cell.cell_id)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(produced, target)
+    return {"result": dict(result), "wall_time_s": wall}
+
+
+def make_record(cell: Cell, outcome: Mapping[str, Any]) -> Record:
+    result = outcome["result"]
+    metrics = {k: float(v) if isinstance(v, numbers.Real) else v for k, v in result["metrics"].items()}
+    return Record(
+        cell_id=cell.cell_id, task=cell.task, size=cell.size, resolution=cell.resolution, lr=cell.lr,
+        seed=cell.seed, phase=cell.phase, split=cell.split, metrics=metrics,
+        headline=result["headline"], steps=int(result["steps"]), wall_time_s=round(outcome["wall_time_s"], 3),
+        config_hash=cell.config_hash, config=cell.config(), versions=versions(),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"), demo=cell.demo,
+        extra={k: v for k, v in result.items() if k not in ("metrics", "headline", "steps")})
+
+
+def prepare_demo_data(grid: Grid) -> None:
+    """Write demo data for tasks whose data_root/<task> is missing, when the grid has a demo block.
+
+    Written into a temp folder and renamed into place, so a killed run never leaves half a dataset.
+    """
+    if grid.demo_data is None:
+        return
+    from tasks.registry import get_task
+
+    for task in grid.tasks:
+        target = Path(grid.data_dir(task))
+        if target.is_dir() and any(target.iterdir()):
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        d = grid.demo_data
+        get_task(task).write_demo(tmp, num_train=d.num_train, num_eval=d.num_eval, seed=d.seed)
+        if target.is_dir() and not any(target.iterdir()):
+            target.rmdir()
+        try:
+            os.rename(tmp, target)
+        except OSError:  # another scheduler generated it meanwhile
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def best_lrs(grid: Grid, workdir: Path) -> tuple[dict[tuple[str, str], float], dict[tuple[str, str], LrChoice]]:
+    """(lr per (task, size) known so far, the sweep choices), from the grid's own sweep records.
+
+    A swept pair's lr is known once every one of its sweep cells has a record.
+    """
+    sweep = grid.sweep_cells()
+    complete = {(c.task, c.size) for c in sweep} - {
+        (c.task, c.size) for c in sweep if not has_record(workdir, c.cell_id)}
+    records = [read_record(record_path(workdir, c.cell_id)) for c in sweep if (c.task, c.size) in complete]
+    choices = select_best_lrs(records)
+    return {**grid.fixed_lrs(), **{pair: ch.lr for pair, ch in choices.items()}}, choices
+
+
+def write_best_lrs(workdir: Path, grid: Grid, choices: Mapping[tuple[str, str], LrChoice]) -> None:
+    data = {"rule": BEST_LR_RULE,
+            "swept": [{"task": c.task, "size": c.size, "lr": c.lr, "headline": c.headline,
+                       "sweep": [{"lr": lr, "score": s} for lr, s in c.scores]}
+                      for c in choices.values()],
+            "fixed": [{"task": t, "size": s, "lr": lr} for (t, s), lr in grid.fixed_lrs().items()]}
+    atomic_write_text(workdir / "best_lr.json", json.dumps(data, indent=2) + "\n")
+
+
+@dataclass
+class _Phase:
+    """Runs one phase's cells under their locks; cells locked by a live process are waited for."""
+
+    workdir: Path
+    runner: str
+    bar: tqdm
+    backend: str
+    num_cpus: float
+    poll_s: float
+    done_before: int = 0  # records of earlier phases, for the progress bar
+    failures: dict[str, str] = field(default_factory=dict)
+    reported: set[str] = field(default_factory=set)
+    cells: list[Cell] = field(default_factory=list)
+
+    def sync_bar(self) -> None:
+        """Progress = records on disk, so cells finished by another scheduler count too."""
+        self.bar.n = self.done_before + sum(has_record(self.workdir, c.cell_id) for c in self.cells)
+        self.bar.refresh()
+
+    def run(self, cells: list[Cell]) -> None:
+        self.cells = cells
+        self.sync_bar()
+        pending = [c for c in cells if not has_record(self.workdir, c.cell_id)]
+        while pending:
+            if self.backend == "ray":
+                self._run_ray(pending)
+            else:
+                self._run_local(pending)
+            pending = [c for c in pending
+                       if c.cell_id not in self.failures and not has_record(self.workdir, c.cell_id)]
+            self.sync_bar()
+            if pending:  # locked by another scheduler: wait for its record or for its lock to go stale
+                self.bar.set_postfix_str(f"waiting for {len(pending)} locked cell(s)")
+                time.sleep(self.poll_s)
+
+    def _claim(self, cell: Cell) -> CellLock | None:
+        """The cell's lock, or None when the cell is done or a live process holds the lock."""
+        if has_record(self.workdir, cell.cell_id):
+            return None
+        lock = CellLock(cell_dir(self.workdir, cell.cell_id) / "lock")
+        if not lock.acquire():
+            if cell.cell_id not in self.reported:
+                self.reported.add(cell.cell_id)
+                self.bar.write(f"{cell.cell_id}: locked by {lock.owner()} ({lock.path}); waiting for it")
+            return None
+        if has_record(self.workdir, cell.cell_id):  # finished by its previous holder
+            lock.release()
+            return None
+        return lock
+
+    def _finish(self, cell: Cell, outcome: Mapping[str, Any] | BaseException, lock: CellLock) -> None:
+        try:
+            if isinstance(outcome, BaseException):
+                text = "".join(traceback.format_exception(outcome))
+                atomic_write_text(cell_dir(self.workdir, cell.cell_id) / "error.txt", text)
+                message = " ".join(str(outcome).split())  # one line; Ray's errors hold a traceback
+                self.failures[cell.cell_id] = f"{type(outcome).__name__}: {message[:300]}"
+                self.bar.write(f"{cell.cell_id}: FAILED: {self.failures[cell.cell_id]}")
+            else:
+                write_record(self.workdir, make_record(cell, outcome))
+                self.sync_bar()
+        finally:
+            lock.release()
+
+    def _run_local(self, cells: list[Cell]) -> None:
+        for cell in cells:
+            lock = self._claim(cell)
+            if lock is None:
+                continue
+            self.bar.set_postfix_str(cell.cell_id)
+            try:
+                outcome: Any = execute_cell(cell, self.workdir, self.runner)
+            except Exception as e:  # noqa: BLE001 - recorded in error.txt; the phase goes on
+                outcome = e
+            except BaseException:
+                lock.release()
+                raise
+            self._finish(cell, outcome, lock)
+
+    def _run_ray(self, cells: list[Cell]) -> None:
+        """All claimable cells at once; Ray places them. This process holds their locks, so a killed
+        driver leaves stale locks on its own host, as the local backend does. Every node must see the
+        workdir (a shared filesystem): the runner writes its state and predictions there."""
+        ray = import_ray()
+        if not ray.is_initialized():
+            ray.init()  # joins the cluster named by RAY_ADDRESS, or starts a local one
+        remote = ray.remote(num_cpus=self.num_cpus)(execute_cell)
+        claimed = {}
+        for cell in cells:
+            lock = self._claim(cell)
+            if lock is not None:
+                claimed[remote.remote(cell, str(self.workdir), self.runner)] = (cell, lock)
+        try:
+            while claimed:
+                self.bar.set_postfix_str(f"{len(claimed)} cell(s) running on Ray")
+                (ref,), _ = ray.wait(list(claimed), num_returns=1)
+                cell, lock = claimed.pop(ref)
+                try:
+                    outcome: Any = ray.get(ref)
+                except Exception as e:  # noqa: BLE001 - a RayTaskError wrapping the runner's error
+                    outcome = e
+                self._finish(cell, outcome, lock)
+        finally:
+            for ref, (_, lock) in claimed.items():
+                ray.cancel(ref, force=True)
+                lock.release()
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise RunError("backend 'ray' needs Ray: pip install -e '.[ray]'") from None
+    return ray
+
+
+@dataclass(frozen=True)
+class PlanRow:
+    """One line of a dry run. A final cell whose lr awaits the sweep has no id yet."""
+
+    phase: str
+    cell_id: str
+    task: str
+    size: str
+    resolution: int
+    lr: str
+    seed: int
+    split: str
+    status: str  # done | locked by host:pid | todo | after sweep
+    steps: str  # "400", or "3 ep" for an epoch recipe (steps depend on the data size)
+    batch: int
+    flops: float | None  # training FLOPs of the cell (model/cost.py), None when steps are unknown
+
+
+class _Costs:
+    """Steps, batch and training FLOPs of a (task, size, resolution), from overrides or the recipe."""
+
+    def __init__(self, grid: Grid):
+        self.grid, self.cache = grid, {}
+
+    def __call__(self, task: str, size: str, resolution: int) -> tuple[str, int, float | None]:
+        key = (task, size, resolution)
+        if key not in self.cache:
+            self.cache[key] = self._compute(*key)
+        return self.cache[key]
+
+    def _compute(self, task: str, size: str, resolution: int) -> tuple[str, int, float | None]:
+        from model.config import config_for
+        from model.cost import flops_per_example
+
+        ov = dict(self.grid.overrides[task])
+        if not ({"batch_size", "text_len"} <= set(ov) and ("steps" in ov or "epochs" in ov)):
+            from tasks.registry import get_task
+
+            recipe = get_task(task).recipe(size, resolution)
+            base = {"batch_size": recipe.batch_size, "text_len": recipe.text_len}
+            if "steps" not in ov and "epochs" not in ov:  # an override of either replaces both
+                base.update(steps=recipe.steps, epochs=recipe.epochs)
+            ov = {**base, **ov}
+        batch, text_len = int(ov["batch_size"]), int(ov["text_len"])
+        if ov.get("steps") is None:
+            return f"{ov['epochs']:g} ep", batch, None
+        steps = int(ov["steps"])
+        return str(steps), batch, steps * batch * flops_per_example(config_for(size, resolution), text_len)
+
+
+def plan_rows(grid: Grid, workdir: str | Path) -> list[PlanRow]:
+    """Every cell of the grid with its status and cost; reads the workdir, writes nothing."""
+    workdir = Path(workdir)
+    costs = _Costs(grid)
+    lrs, _ = best_lrs(grid, workdir)
+
+    def status(cell: Cell) -> str:
+        if has_record(workdir, cell.cell_id):
+            return "done"
+        owner = CellLock(cell_dir(workdir, cell.cell_id) / "lock").owner()
+        return f"locked by {owner}" if owner is not None and owner.alive() else "todo"
+
+    rows = [PlanRow(c.phase, c.cell_id, c.task, c.size, c.resolution, format_lr(c.lr), c.seed, c.split,
+                    status(c), *costs(c.task, c.size, c.resolution))
+            for c in grid.sweep_cells()]
+    known = {(c.task, c.size, c.resolution, c.seed): c for c in grid.final_cells(lrs)}
+    for t, s, r, seed in grid.final_plan():
+        cell = known.get((t, s, r, seed))
+        if cell is not None:
+            rows.append(PlanRow("final", cell.cell_id, t, s, r, format_lr(cell.lr), seed, cell.split,
+                                status(cell), *costs(t, s, r)))
+        else:
+            rows.append(PlanRow("final", "-", t, s, r, "best of sweep", seed, grid.protocol.final_split,
+                                "after sweep", *costs(t, s, r)))
+    return rows
+
+
+def format_plan(grid: Grid, rows: list[PlanRow]) -> str:
+    """A fixed-width table of the plan, with totals of what is left to run."""
+    header = ("phase", "cell id", "task", "size", "res", "lr", "seed", "split", "steps", "batch",
+              "train FLOPs", "status")
+    table = [header] + [(r.phase, r.cell_id, r.task, r.size, str(r.resolution), r.lr, str(r.seed), r.split,
+                         r.steps, str(r.batch), "-" if r.flops is None else f"{r.flops:.2e}", r.status)
+                        for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    left = [r for r in rows if r.status != "done"]
+    flops = sum(r.flops for r in left if r.flops is not None)
+    unknown = sum(r.flops is None for r in left)
+    scale = " [demo scale]" if grid.demo else ""
+    summary = (f"{grid.name}{scale}: {len(rows)} cells ({sum(r.phase == 'sweep' for r in rows)} sweep, "
+               f"{sum(r.phase == 'final' for r in rows)} final), {len(rows) - len(left)} done; "
+               f"left to run: {len(left)} cells, {flops:.2e} training FLOPs"
+               + (f" (+{unknown} cells with epoch recipes: steps depend on the data size)" if unknown else ""))
+    return "\n".join([summary, ""] + lines)
+
+
+def run_grid(grid: Grid, workdir: str | Path, *, backend: str = "local", dry_run: bool = False,
+             progress: bool = True, num_cpus_per_cell: float = 1, poll_s: float = 2.0) -> list[Record]:
+    """Run (or with dry_run, list) every cell of `grid` in `workdir`; returns the grid's records.
+
+    Safe to call again after a crash or on a grid with cells added: finished cells are skipped.
+    A dry run prints the plan with cost estimates and writes nothing.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    workdir = Path(workdir)
+    if dry_run:
+        print(format_plan(grid, plan_rows(grid, workdir)))
+        return _records(workdir, grid.sweep_cells() + grid.final_cells(best_lrs(grid, workdir)[0]))
+    if backend == "ray":
+        import_ray()
+    load_runner(grid.runner)  # fail now, not once per cell
+    workdir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(workdir / "grid.yaml", grid.text)
+    prepare_demo_data(grid)
+
+    sweep = grid.sweep_cells()
+    total = len(sweep) + len(grid.final_plan())
+    with tqdm(total=total, unit="cell", desc=grid.name, disable=not progress, file=sys.stderr) as bar:
+        phase = _Phase(workdir, grid.runner, bar, backend, num_cpus_per_cell, poll_s)
+        phase.run(sweep)
+        _raise_failures(phase, workdir, "sweep")
+        lrs, choices = best_lrs(grid, workdir)
+        write_best_lrs(workdir, grid, choices)
+        final = grid.final_cells(lrs)
+        phase.done_before = len(sweep)
+        phase.run(final)
+        _raise_failures(phase, workdir, "final")
+    return _records(workdir, sweep + final)
+
+
+def _raise_failures(phase: _Phase, workdir: Path, name: str) -> None:
+    if phase.failures:
+        lines = "; ".join(f"{cid}: {msg}" for cid, msg in phase.failures.items())
+        raise RunError(f"{len(phase.failures)} {name} cell(s) failed (tracebacks in "
+                       f"{workdir / 'cells'}/<cell_id>/error.txt): {lines}")
+
+
+def _records(workdir: Path, cells: Iterable[Cell]) -> list[Record]:
+    return [read_record(record_path(workdir, c.cell_id)) for c in cells if has_record(workdir, c.cell_id)]

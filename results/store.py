@@ -1,0 +1,153 @@
+"""One JSON record per finished cell, written atomically; the record is a cell's commit point.
+
+The scheduler publishes a cell's predictions first and writes its record last (temp file + os.replace,
+DESIGN.md "results/"), so a record on disk always means a complete cell and a rerun skips it. Records
+hold everything a table needs (config, metrics, versions), so `results/` never reads anything else.
+This module imports nothing from the rest of the project: any layer may read records.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import tempfile
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+RECORDS_DIR = "records"
+PREDICTIONS_DIR = "predictions"
+VERSIONED_PACKAGES = ("jax", "flax", "optax", "paligemma-transfer")
+
+
+class RecordError(ValueError):
+    """A record file that cannot be read: the message names the file and what is wrong."""
+
+
+@dataclass(frozen=True)
+class Record:
+    """The outcome of one cell. Metric values are fractions as the metric returns them (CIDEr too)."""
+
+    cell_id: str
+    task: str
+    size: str
+    resolution: int
+    lr: float
+    seed: int
+    phase: str  # "sweep" | "final"
+    split: str  # the split role evaluated ("minival", "eval", ...)
+    metrics: dict[str, float]
+    headline: str  # the key of `metrics` that tables show
+    steps: int
+    wall_time_s: float
+    config_hash: str  # the hash at the end of cell_id: sorted-JSON hash of `config`
+    config: dict[str, Any]  # the cell's effective config (checkpoint, data_dir, overrides, ...)
+    versions: dict[str, str | None]
+    created: str  # UTC, ISO 8601
+    demo: bool
+    extra: dict[str, Any] = field(default_factory=dict)  # whatever else the runner returned
+
+    @property
+    def score(self) -> float | None:
+        """The headline metric, or None when the runner did not report it."""
+        value = self.metrics.get(self.headline)
+        return None if value is None else float(value)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+REQUIRED = tuple(f.name for f in dataclasses.fields(Record) if f.name != "extra")
+
+
+def versions() -> dict[str, str | None]:
+    """Python and the packages whose version changes results (None where one is not installed)."""
+    found: dict[str, str | None] = {"python": platform.python_version()}
+    for name in VERSIONED_PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temp file in the same folder and os.replace, so readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def record_path(workdir: str | Path, cell_id: str) -> Path:
+    return Path(workdir) / RECORDS_DIR / f"{cell_id}.json"
+
+
+def predictions_path(workdir: str | Path, cell_id: str) -> Path:
+    return Path(workdir) / PREDICTIONS_DIR / f"{cell_id}.jsonl"
+
+
+def has_record(workdir: str | Path, cell_id: str) -> bool:
+    return record_path(workdir, cell_id).is_file()
+
+
+def _jsonable(value: Any) -> Any:
+    """numpy/JAX scalars and arrays (common in a runner's extras) as plain JSON values."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable: {value!r}")
+
+
+def write_record(workdir: str | Path, record: Record) -> Path:
+    path = record_path(workdir, record.cell_id)
+    text = json.dumps(record.to_json(), indent=2, sort_keys=True, default=_jsonable)
+    atomic_write_text(path, text + "\n")
+    return path
+
+
+def read_record(path: str | Path) -> Record:
+    """One record file -> Record, with an error naming the file for bad JSON or missing fields."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise RecordError(f"{path}:{e.lineno}:{e.colno}: corrupt record (malformed JSON: {e.msg})") from None
+    except UnicodeDecodeError:
+        raise RecordError(f"{path}: corrupt record (not UTF-8 text)") from None
+    if not isinstance(data, dict):
+        raise RecordError(f"{path}: corrupt record (expected a JSON object, got {type(data).__name__})")
+    missing = [k for k in REQUIRED if k not in data]
+    if missing:
+        raise RecordError(f"{path}: corrupt record (missing field(s) {', '.join(missing)})")
+    unknown = sorted(set(data) - set(REQUIRED) - {"extra"})
+    if unknown:
+        raise RecordError(f"{path}: corrupt record (unknown field(s) {', '.join(unknown)})")
+    if not isinstance(data["metrics"], dict):
+        raise RecordError(f"{path}: corrupt record (metrics must be an object)")
+    return Record(**data)
+
+
+def load_records(workdir: str | Path) -> list[Record]:
+    """Every record under workdir/records, sorted by cell id (an empty list when none are written)."""
+    workdir = Path(workdir)
+    if not workdir.is_dir():
+        raise FileNotFoundError(f"workdir {workdir} does not exist")
+    folder = workdir / RECORDS_DIR
+    if not folder.is_dir():
+        return []
+    # Dot-files are temp files of writes in flight (atomic_write_text).
+    paths = sorted(p for p in folder.glob("*.json") if not p.name.startswith("."))
+    return [read_record(p) for p in paths]

@@ -1,0 +1,1 @@
+"""Test-only helpers (a fast stand-in runner for the scheduler tests)."""

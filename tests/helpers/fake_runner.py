@@ -1,0 +1,65 @@
+"""A fast stand-in for harness.cell:run_cell, named in test grids as `tests.helpers.fake_runner:run`.
+
+It "trains" STEPS steps, sleeping a little and saving its step in cell_dir/progress.json after each,
+resumes from that file when called again, appends "start <id> <from_step> <pid>" and "done <id>" to
+workdir/runner.log (so tests can count runs), writes predictions.jsonl, and returns metrics that
+are a fixed function of the cell's fields (so an interrupted and an uninterrupted run agree).
+Sleeps come from the environment so a kill test can widen its windows.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+STEPS = 5
+SIZE_GAIN = {"nano-s": 0.0, "nano-m": 0.10, "nano-l": 0.12}
+RES_GAIN = {32: 0.0, 64: 0.04, 128: 0.06}
+BEST_LR = {"nano-s": 1e-3, "nano-m": 1e-4, "nano-l": 1e-4}
+
+
+def log_path(cell_dir: Path) -> Path:
+    return Path(cell_dir).parent.parent / "runner.log"
+
+
+def score(cell: Any) -> float:
+    """Peaks at BEST_LR[size]; grows with size and resolution; seeds differ a little."""
+    lr_penalty = 0.05 * abs(math.log10(cell.lr) - math.log10(BEST_LR[cell.size]))
+    return round(0.5 + SIZE_GAIN[cell.size] + RES_GAIN[cell.resolution] - lr_penalty + 0.01 * cell.seed, 6)
+
+
+def _log(cell_dir: Path, line: str) -> None:
+    with open(log_path(cell_dir), "a", encoding="utf-8") as f:
+        f.write(line + "\n")
+
+
+def run(cell: Any, cell_dir: Path) -> dict:
+    start_s = float(os.environ.get("FAKE_RUNNER_START_S", "0"))
+    step_s = float(os.environ.get("FAKE_RUNNER_STEP_S", "0.002"))
+    progress = Path(cell_dir) / "progress.json"
+    step = json.loads(progress.read_text())["step"] if progress.exists() else 0
+    time.sleep(start_s)
+    _log(cell_dir, f"start {cell.cell_id} {step} {os.getpid()}")
+    first = step
+    while step < STEPS:
+        time.sleep(step_s)
+        step += 1
+        tmp = progress.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"step": step}))
+        os.replace(tmp, progress)
+    value = score(cell)
+    (Path(cell_dir) / "predictions.jsonl").write_text(json.dumps({"id": "0", "prediction": value}) + "\n")
+    _log(cell_dir, f"done {cell.cell_id}")
+    return {"metrics": {"accuracy": value, "loss": 1.0 - value}, "headline": "accuracy", "steps": STEPS,
+            "resumed_from": first}
+
+
+def run_failing_nano_m(cell: Any, cell_dir: Path) -> dict:
+    """Like `run`, but every nano-m cell raises: for the scheduler's failure handling."""
+    if cell.size == "nano-m":
+        raise RuntimeError(f"simulated failure in {cell.cell_id}")
+    return run(cell, cell_dir)
