@@ -1,0 +1,86 @@
+"""PNG plots of the results (matplotlib, Agg: no display needed): Fig. 3 and Fig. 5 of the paper, in style.
+
+- gains_scatter: per task, the resolution gain (x) against the size gain (y), each point labelled
+  with its task and sensitivity label, and the diagonal where both gains are equal.
+- lr_sweep_curves: one panel per task, headline metric x100 against lr (log axis), a line per size,
+  the protocol's pick starred.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Mapping
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
+import pandas as pd  # noqa: E402
+
+from results.sensitivity import Sensitivity  # noqa: E402
+
+
+def _no_data(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
+    ax.set_axis_off()
+
+
+def gains_scatter(sens: list[Sensitivity], path: str | Path) -> Path:
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    points = [s for s in sens if s.resolution is not None and s.size is not None]
+    if not points:
+        _no_data(ax, "no task has both a resolution and a size gain yet")
+    else:
+        xs = [s.resolution.value for s in points]
+        ys = [s.size.value for s in points]
+        ax.errorbar(xs, ys, xerr=[2 * s.resolution.se for s in points], yerr=[2 * s.size.se for s in points],
+                    fmt="o", capsize=3)
+        for s, x, y in zip(points, xs, ys):
+            ax.annotate(f"{s.task} ({s.label})", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ends = [(g.value - 2 * g.se, g.value + 2 * g.se) for s in points for g in (s.resolution, s.size)]
+        lo, hi = min(0.0, *(a for a, _ in ends)), max(0.0, *(b for _, b in ends))
+        pad = 0.1 * (hi - lo) or 1.0
+        ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], "k--", lw=0.8, label="equal gains")
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.axvline(0, color="grey", lw=0.5)
+        ax.set_xlim(lo - pad, hi + pad)
+        ax.set_ylim(lo - pad, hi + pad)
+        ax.legend(loc="lower right", fontsize=8)
+    ax.set_xlabel("gain from the next resolution (points x100)")
+    ax.set_ylabel("gain from the next model size (points x100)")
+    ax.set_title("Resolution vs size sensitivity (error bars: 2 se)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def lr_sweep_curves(sweep: pd.DataFrame, chosen: Mapping, path: str | Path) -> Path:
+    """`sweep`: the tidy sweep frame of results.tables (task, size, lr, metric, score, best)."""
+    tasks = sorted(sweep["task"].unique())
+    cols = min(3, max(1, len(tasks)))
+    rows = max(1, math.ceil(len(tasks) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    if not tasks:
+        _no_data(axes[0][0], "no sweep records")
+    for ax, task in zip(axes.flat, tasks):
+        part = sweep[sweep["task"] == task]
+        for size, line in part.groupby("size", sort=False):
+            line = line.sort_values("lr")
+            ax.plot(line["lr"], line["score"], "o-", label=size)
+            best = chosen.get((task, size))
+            hit = line[line["lr"] == (best.lr if best is not None else math.nan)]
+            ax.plot(hit["lr"], hit["score"], "*", color="k", markersize=12)
+        ax.set_xscale("log")
+        ax.set_title(task)
+        ax.set_xlabel("learning rate")
+        ax.set_ylabel(f"{part['metric'].iloc[0]} x100")
+        ax.legend(fontsize=8)
+    for ax in list(axes.flat)[len(tasks):] if tasks else []:
+        ax.set_axis_off()
+    fig.suptitle("Learning-rate sweep (star: the protocol's pick)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,93 @@
+"""Is a task resolution-sensitive, size-sensitive, or both? (the paper's Fig. 3, facts §3.2 "Task grouping")
+
+Per task, from the final-phase mean ± std over seeds of the headline metric (x100), with s1 < s2 the
+two smallest sizes and r1 < r2 the two lowest resolutions present in the records:
+
+    res gain  = score(s1, r2) - score(s1, r1)     going up one resolution at the smallest size
+    size gain = score(s2, r1) - score(s1, r1)     going up one size at the lowest resolution
+
+A gain is *significant* when it is positive and larger than twice its standard error
+se = sqrt(sd_a^2 / n_a + sd_b^2 / n_b) (sample std over seeds of the two cells compared); with a single
+seed there is no noise estimate and any positive gain counts. The label is then
+    - "resolution": only the resolution gain is significant, or both are and it is >= 2x the size gain;
+    - "size":       only the size gain is significant, or both are and it is >= 2x the resolution gain;
+    - "both":       both are significant and neither is twice the other;
+    - "neither":    neither is significant;
+    - "–":          a cell needed for either gain is missing.
+The factor 2 is ours (the paper groups tasks by eye): it says one axis "mostly" explains the gain.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pandas as pd
+
+RULE = ("A gain is significant when it is positive and exceeds 2 standard errors of the difference of the "
+        "two seed means (sqrt(sd_a²/n_a + sd_b²/n_b); any positive gain with one seed). Label: "
+        "*resolution* if only the resolution gain is significant or both are and it is at least twice the "
+        "size gain; *size* likewise; *both* if both are significant and neither is twice the other; "
+        "*neither* if none is significant; – if a cell is missing.")
+DOMINANCE = 2.0
+SIGNIFICANCE = 2.0
+
+
+@dataclass(frozen=True)
+class Gain:
+    value: float  # points (x100)
+    se: float  # standard error of the difference of the two means
+
+    @property
+    def significant(self) -> bool:
+        return self.value > 0 and self.value > SIGNIFICANCE * self.se
+
+
+@dataclass(frozen=True)
+class Sensitivity:
+    task: str
+    metric: str
+    base: float | None  # score(s1, r1)
+    resolution: Gain | None
+    size: Gain | None
+
+    @property
+    def label(self) -> str:
+        if self.resolution is None or self.size is None:
+            return "–"
+        res, size = self.resolution, self.size
+        if res.significant and size.significant:
+            if res.value >= DOMINANCE * size.value:
+                return "resolution"
+            if size.value >= DOMINANCE * res.value:
+                return "size"
+            return "both"
+        if res.significant:
+            return "resolution"
+        if size.significant:
+            return "size"
+        return "neither"
+
+
+def _gain(cells: pd.DataFrame, a: tuple, b: tuple) -> Gain | None:
+    if a not in cells.index or b not in cells.index:
+        return None
+    ca, cb = cells.loc[a], cells.loc[b]
+    var = sum((c["std"] ** 2 / c["n"]) if c["n"] > 1 and not math.isnan(c["std"]) else 0.0 for c in (ca, cb))
+    return Gain(value=cb["mean"] - ca["mean"], se=math.sqrt(var))
+
+
+def sensitivities(cells: pd.DataFrame, sizes: list[str], resolutions: list[int]) -> list[Sensitivity]:
+    """`cells`: mean, std, n, metric indexed by (task, size, resolution); sizes/resolutions in order."""
+    out = []
+    s1, r1 = (sizes[0] if sizes else None), (resolutions[0] if resolutions else None)
+    s2 = sizes[1] if len(sizes) > 1 else None
+    r2 = resolutions[1] if len(resolutions) > 1 else None
+    for task in sorted(cells.index.get_level_values(0).unique()):
+        base = (task, s1, r1)
+        out.append(Sensitivity(
+            task=task, metric=str(cells.xs(task, level=0)["metric"].iloc[0]),
+            base=float(cells.loc[base, "mean"]) if base in cells.index else None,
+            resolution=_gain(cells, base, (task, s1, r2)) if r2 is not None else None,
+            size=_gain(cells, base, (task, s2, r1)) if s2 is not None else None))
+    return out

@@ -1,0 +1,231 @@
+"""Records -> the paper's tables as Markdown, CSV and LaTeX (plus the PNG plots of results/plots.py).
+
+- Table 13 layout (facts §3.2): task rows, size-resolution columns, mean ± std over seeds of the
+  headline metric x100, final phase.
+- Table 14 layout (facts §3.3.1): rows task x size, columns the swept lrs, sweep phase, the lr the
+  protocol picks in bold (harness.grid.select_best_lrs: the same rule the scheduler used).
+- Sensitivity (Fig. 3): results/sensitivity.py.
+Metric values are stored as fractions (CIDEr as pycocoevalcap returns it) and shown x100. A missing
+cell shows "–". Only records are read, so tables can be rebuilt anywhere from a copied workdir.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+
+from harness.grid import format_lr, select_best_lrs
+from model.config import FAMILIES
+from results import plots
+from results.sensitivity import RULE, sensitivities
+from results.store import Record, load_records
+
+MISSING = "–"
+DEMO_BANNER = ("> **Demo scale.** These numbers come from tiny models trained on generated data. They show "
+               "that the pipeline and the protocol work, not what PaliGemma 2 scores.")
+SIZE_ORDER = [s for spec in FAMILIES.values() for s in spec["sizes"]]
+
+
+def size_key(size: str) -> tuple[int, str]:
+    return (SIZE_ORDER.index(size) if size in SIZE_ORDER else len(SIZE_ORDER), size)
+
+
+def latest_records(records: Iterable[Record]) -> tuple[list[Record], int]:
+    """One record per (phase, task, size, resolution, lr, seed), the newest; and how many were dropped.
+
+    A cell rerun with changed overrides gets a new id, so a workdir can hold two runs of one cell.
+    """
+    latest: dict[tuple, Record] = {}
+    records = list(records)
+    for r in sorted(records, key=lambda r: r.created):
+        latest[r.phase, r.task, r.size, r.resolution, r.lr, r.seed] = r
+    return list(latest.values()), len(records) - len(latest)
+
+
+def records_frame(records: Iterable[Record]) -> pd.DataFrame:
+    """One row per record; score = headline metric x100 (NaN when the runner did not report it)."""
+    columns = ["phase", "task", "size", "resolution", "lr", "seed", "split", "metric", "score"]
+    rows = [{"phase": r.phase, "task": r.task, "size": r.size, "resolution": r.resolution, "lr": r.lr,
+             "seed": r.seed, "split": r.split, "metric": r.headline,
+             "score": math.nan if r.score is None else 100.0 * r.score} for r in records]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def final_cells(df: pd.DataFrame, chosen: dict[tuple[str, str], float]) -> tuple[pd.DataFrame, list[str]]:
+    """mean/std/n per (task, size, resolution) of the final phase, and notes on what was dropped.
+
+    A (task, size) should have one final lr. If a changed grid left several, the sweep's choice is
+    kept (or, without sweep records, the lr with most runs).
+    """
+    final = df[df["phase"] == "final"]
+    notes, keep = [], []
+    for (task, size), group in final.groupby(["task", "size"], sort=False):
+        lrs = group["lr"].unique()
+        lr = lrs[0]
+        if len(lrs) > 1:
+            lr = chosen.get((task, size), group["lr"].value_counts().idxmax())
+            notes.append(f"{task} {size}: final runs exist at lrs {', '.join(format_lr(x) for x in sorted(lrs))}; "
+                         f"showing lr {format_lr(lr)}")
+        keep.append(group[group["lr"] == lr])
+    final = pd.concat(keep) if keep else final
+    cells = final.groupby(["task", "size", "resolution"]).agg(
+        mean=("score", "mean"), std=("score", "std"), n=("score", "count"), metric=("metric", "first"))
+    return cells, notes
+
+
+def _mean_std(mean: float, std: float, n: int, n_max: int) -> str:
+    if n == 0 or math.isnan(mean):
+        return MISSING
+    text = f"{mean:.1f}" if n < 2 else f"{mean:.1f} ± {std:.1f}"
+    return text if n == n_max else f"{text} (n={n})"
+
+
+def table13(cells: pd.DataFrame, sizes: list[str], resolutions: list[int]) -> pd.DataFrame:
+    columns = [(s, r) for r in resolutions for s in sizes]
+    n_max = int(cells["n"].max()) if len(cells) else 0
+    rows = {}
+    for task in sorted(cells.index.get_level_values(0).unique()):
+        row = {"metric": cells.xs(task, level=0)["metric"].iloc[0]}
+        for s, r in columns:
+            c = cells.loc[(task, s, r)] if (task, s, r) in cells.index else None
+            row[f"{s}-{r}"] = MISSING if c is None else _mean_std(c["mean"], c["std"], int(c["n"]), n_max)
+        rows[task] = row
+    return pd.DataFrame.from_dict(rows, orient="index", columns=["metric"] + [f"{s}-{r}" for s, r in columns])
+
+
+def sweep_table(df: pd.DataFrame, chosen: dict) -> tuple[pd.DataFrame, set[tuple[str, str]], pd.DataFrame]:
+    """(display frame, cells to bold, tidy CSV frame) of the lr sweep."""
+    sweep = df[df["phase"] == "sweep"]
+    scores = sweep.groupby(["task", "size", "lr"]).agg(score=("score", "mean"), metric=("metric", "first"))
+    lrs = sorted(sweep["lr"].unique())
+    pairs = sorted({(t, s) for t, s, _ in scores.index}, key=lambda p: (p[0], size_key(p[1])))
+    rows, bold, tidy = {}, set(), []
+    for task, size in pairs:
+        label = f"{task} {size}"
+        best = chosen[task, size].lr
+        row = {"metric": scores.loc[(task, size)]["metric"].iloc[0]}
+        for lr in lrs:
+            value = scores["score"].get((task, size, lr), math.nan)
+            row[format_lr(lr)] = MISSING if math.isnan(value) else f"{value:.1f}"
+            if lr == best and not math.isnan(value):
+                bold.add((label, format_lr(lr)))
+            if (task, size, lr) in scores.index:
+                tidy.append({"task": task, "size": size, "lr": lr, "metric": row["metric"],
+                             "score": value, "best": lr == best})
+        row["best lr"] = format_lr(best)
+        rows[label] = row
+    display = pd.DataFrame.from_dict(rows, orient="index",
+                                     columns=["metric"] + [format_lr(lr) for lr in lrs] + ["best lr"])
+    return display, bold, pd.DataFrame(tidy, columns=["task", "size", "lr", "metric", "score", "best"])
+
+
+def sensitivity_table(sens: list, sizes: list[str], resolutions: list[int]) -> pd.DataFrame:
+    s1, r1 = sizes[0], resolutions[0]
+    res_col = f"res gain {r1}→{resolutions[1]} @{s1}" if len(resolutions) > 1 else "res gain"
+    size_col = f"size gain {s1}→{sizes[1]} @{r1}" if len(sizes) > 1 else "size gain"
+
+    def gain(g) -> str:
+        return MISSING if g is None else f"{g.value:+.1f} (2se {2 * g.se:.1f})"
+
+    rows = {s.task: {"metric": s.metric, f"{s1}-{r1}": MISSING if s.base is None else f"{s.base:.1f}",
+                     res_col: gain(s.resolution), size_col: gain(s.size), "label": s.label} for s in sens}
+    return pd.DataFrame.from_dict(rows, orient="index",
+                                  columns=["metric", f"{s1}-{r1}", res_col, size_col, "label"])
+
+
+def sensitivity_csv(sens: list) -> pd.DataFrame:
+    return pd.DataFrame([{"task": s.task, "metric": s.metric, "base": s.base,
+                          "res_gain": None if s.resolution is None else s.resolution.value,
+                          "res_se": None if s.resolution is None else s.resolution.se,
+                          "size_gain": None if s.size is None else s.size.value,
+                          "size_se": None if s.size is None else s.size.se, "label": s.label} for s in sens],
+                        columns=["task", "metric", "base", "res_gain", "res_se", "size_gain", "size_se", "label"])
+
+
+# --- rendering ------------------------------------------------------------------------------------
+
+def markdown(df: pd.DataFrame, index_name: str, bold: set = frozenset()) -> str:
+    header = [index_name] + list(df.columns)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for label, row in df.iterrows():
+        cells = [f"**{v}**" if (label, col) in bold else str(v) for col, v in row.items()]
+        lines.append("| " + " | ".join([str(label)] + cells) + " |")
+    return "\n".join(lines)
+
+
+LATEX_ESCAPES = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
+                 "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}",
+                 "±": r"$\pm$", "–": "--", "→": r"$\to$"}
+
+
+def _tex(value: object) -> str:
+    return "".join(LATEX_ESCAPES.get(ch, ch) for ch in str(value))
+
+
+def latex(df: pd.DataFrame, index_name: str, caption: str, bold: set = frozenset()) -> str:
+    header = [index_name] + list(df.columns)
+    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{_tex(caption)}}}",
+             r"\begin{tabular}{l" + "r" * len(df.columns) + "}", r"\toprule",
+             " & ".join(_tex(h) for h in header) + r" \\", r"\midrule"]
+    for label, row in df.iterrows():
+        cells = [rf"\textbf{{{_tex(v)}}}" if (label, col) in bold else _tex(v) for col, v in row.items()]
+        lines.append(" & ".join([_tex(label)] + cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(workdir: str | Path, out_dir: str | Path | None = None) -> str:
+    """Write tables.md, *.csv, *.tex and *.png into out_dir (default workdir/tables); return the Markdown."""
+    workdir = Path(workdir)
+    out = Path(out_dir) if out_dir is not None else workdir / "tables"
+    records, superseded = latest_records(load_records(workdir))
+    df = records_frame(records)
+    chosen = select_best_lrs(records)
+    chosen_lr = {pair: c.lr for pair, c in chosen.items()}
+    cells, notes = final_cells(df, chosen_lr)
+    final = df[df["phase"] == "final"]
+    sizes = sorted(final["size"].unique(), key=size_key)
+    resolutions = sorted(int(r) for r in final["resolution"].unique())
+    out.mkdir(parents=True, exist_ok=True)
+
+    parts = [DEMO_BANNER, ""] if any(r.demo for r in records) else []
+    parts += [f"# Results: {workdir.name}", "", f"{len(records)} records."]
+    if superseded:
+        parts.append(f"{superseded} older record(s) of rerun cells are superseded by newer ones.")
+
+    t13 = table13(cells, sizes, resolutions)
+    splits = ", ".join(sorted(final["split"].unique())) or MISSING
+    caption13 = (f"Final runs (Table 13 layout): mean ± std over seeds (sample std) of the headline metric "
+                 f"x100, split: {splits}. – = no record.")
+    parts += ["", "## Final runs (Table 13 layout)", "", markdown(t13, "task"), "", caption13]
+    parts += [f"Note: {n}." for n in notes]
+    cells.reset_index().to_csv(out / "table13.csv", index=False)
+    (out / "table13.tex").write_text(latex(t13, "task", caption13), encoding="utf-8")
+
+    sweep, bold, sweep_csv = sweep_table(df, chosen)
+    sweep_split = ", ".join(sorted(df[df["phase"] == "sweep"]["split"].unique())) or MISSING
+    caption14 = (f"Learning-rate sweep (Table 14 layout): headline metric x100, split: {sweep_split}. "
+                 "Bold: the lr the protocol picks (highest; ties to the smaller lr). – = no record.")
+    parts += ["", "## Learning-rate sweep (Table 14 layout)", "", markdown(sweep, "task size", bold), "",
+              caption14]
+    sweep_csv.to_csv(out / "lr_sweep.csv", index=False)
+    (out / "lr_sweep.tex").write_text(latex(sweep, "task size", caption14, bold), encoding="utf-8")
+
+    sens = sensitivities(cells, sizes, resolutions)
+    if sens:
+        st = sensitivity_table(sens, sizes, resolutions)
+        caption = ("Sensitivity (Fig. 3): gain in points x100 from the lowest to the next resolution at the "
+                   "smallest size, and from the smallest to the next size at the lowest resolution. " + RULE)
+        parts += ["", "## Resolution vs size sensitivity (Fig. 3)", "", markdown(st, "task"), "", caption]
+        (out / "sensitivity.tex").write_text(latex(st, "task", caption), encoding="utf-8")
+    sensitivity_csv(sens).to_csv(out / "sensitivity.csv", index=False)
+
+    plots.gains_scatter(sens, out / "sensitivity.png")
+    plots.lr_sweep_curves(sweep_csv, chosen, out / "lr_sweep.png")
+    parts += ["", "Plots beside this file: sensitivity.png, lr_sweep.png."]
+    text = "\n".join(parts) + "\n"
+    (out / "tables.md").write_text(text, encoding="utf-8")
+    return text
