@@ -3,7 +3,8 @@
 An independent transcription of the definition in metric-facts.md §4, kept deliberately simple: lxml
 builds the tree, the `apted` package computes the tree edit distance, and a plain pure-Python
 Levenshtein (like the official dependency `distance.levenshtein`: equal sequences short-cut to 0,
-otherwise one DP column) prices cell renames. `metrics.teds` must return the same floats, faster.
+otherwise one DP column) prices cell renames. `metrics.teds` must return the same scores, faster (to
+the bit on tables, but for a rare last-bit difference where APTED sums in another order).
 
 Shared with metrics.teds by decision: the parser is passed by keyword (the official positional call hits
 lxml's `base_url`), and inputs the official code would crash on score 0.0 (two empty tables: 1.0).
