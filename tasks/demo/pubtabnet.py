@@ -97,9 +97,11 @@ def _pick(rng: np.random.Generator, words: tuple[str, ...]) -> str:
     return words[int(rng.integers(len(words)))]
 
 
-def random_table(rng: np.random.Generator) -> Table:
-    """A small random table: 2-5 columns, 2-6 body rows, spans and empty cells now and then."""
-    num_cols = int(rng.integers(2, 6))
+def random_table(rng: np.random.Generator, body_rows: tuple[int, int] = (2, 6),
+                 cols: tuple[int, int] = (2, 5)) -> Table:
+    """A random table (by default small: 2-5 columns, 2-6 body rows; bounds inclusive), with spans and
+    empty cells now and then."""
+    num_cols = int(rng.integers(cols[0], cols[1] + 1))
     headers = [_pick(rng, HEADER_WORDS) for _ in range(num_cols)]
     if num_cols >= 3 and rng.random() < 0.3:
         # Two header levels: a group label spans columns 1-2; the other headers span both rows.
@@ -112,7 +114,7 @@ def random_table(rng: np.random.Generator) -> Table:
         head = (tuple(_cell(h, True) for h in [first] + headers[1:]),)
 
     body: list[tuple[Cell, ...]] = []
-    num_rows = int(rng.integers(2, 7))
+    num_rows = int(rng.integers(body_rows[0], body_rows[1] + 1))
     covered = 0  # body rows whose first column is still covered by a row-spanning label
     for _ in range(num_rows):
         if covered == 0 and rng.random() < 0.12:
