@@ -6,9 +6,11 @@ plus `train/<filename>` and `val/<filename>` PNGs, so the same builder reads dem
 
 The tables look like PubTabNet's: a bold header row (sometimes two levels, with a column group spanning
 two columns), short words and numbers, now and then a row-spanning group label, a section row spanning
-the whole table, and empty cells. The text is small (10-13 px in a table a few hundred pixels wide), so
-after the square padding a 32 px input cannot resolve it while 128 px partly can: the paper's finding
-that tables need resolution (paligemma2-facts.md §2.6) has room to show.
+the whole table, and empty cells. They are small by default (2-3 columns, 1-3 body rows: ~7 cells, a
+~520-character target with its loc tokens) so that a tiny model's short text budget holds a whole
+table. The text is small (9-12 px in a table at least 240 px wide), so after the square padding a 32 px
+input cannot resolve it (~1 px) while 128 px partly can (~3.5 px): the paper's finding that tables need
+resolution (paligemma2-facts.md §2.6) has room to show.
 """
 
 from __future__ import annotations
@@ -97,9 +99,9 @@ def _pick(rng: np.random.Generator, words: tuple[str, ...]) -> str:
     return words[int(rng.integers(len(words)))]
 
 
-def random_table(rng: np.random.Generator, body_rows: tuple[int, int] = (2, 6),
-                 cols: tuple[int, int] = (2, 5)) -> Table:
-    """A random table (by default small: 2-5 columns, 2-6 body rows; bounds inclusive), with spans and
+def random_table(rng: np.random.Generator, body_rows: tuple[int, int] = (1, 3),
+                 cols: tuple[int, int] = (2, 3)) -> Table:
+    """A random table (by default small: 2-3 columns, 1-3 body rows; bounds inclusive), with spans and
     empty cells now and then."""
     num_cols = int(rng.integers(cols[0], cols[1] + 1))
     headers = [_pick(rng, HEADER_WORDS) for _ in range(num_cols)]
@@ -186,9 +188,9 @@ def _grid_positions(table: Table) -> list[tuple[int, int]]:
 
 def render(table: Table, rng: np.random.Generator) -> tuple[bytes, list[list[int] | None]]:
     """PNG bytes of the table and each cell's text box [x0, y0, x1, y1] (None for empty cells)."""
-    size = int(rng.integers(10, 14))
+    size = int(rng.integers(9, 13))
     fonts = {False: ImageFont.truetype(str(REGULAR), size), True: ImageFont.truetype(str(BOLD), size)}
-    pad_x, pad_y, margin = int(rng.integers(6, 13)), int(rng.integers(3, 7)), int(rng.integers(4, 11))
+    pad_x, pad_y, margin = int(rng.integers(14, 29)), int(rng.integers(3, 7)), int(rng.integers(4, 11))
     cells = cells_in_order(table)
     positions = _grid_positions(table)
     num_rows = len(table.head) + len(table.body)
@@ -198,6 +200,11 @@ def render(table: Table, rng: np.random.Generator) -> tuple[bytes, list[list[int
         need = w + 2 * pad_x - sum(widths[c:c + cell.colspan])
         if need > 0:
             widths[c + cell.colspan - 1] += int(np.ceil(need))
+    # Tables at least 240-320 px wide, as PubMed tables span a text column: the text stays small
+    # relative to the padded square even with two columns.
+    spare = int(rng.integers(240, 321)) - sum(widths)
+    if spare > 0:
+        widths = [w + spare // table.num_cols for w in widths]
     ascent, descent = fonts[False].getmetrics()
     row_h = ascent + descent + 2 * pad_y
     xs = np.concatenate([[margin], margin + np.cumsum(widths)]).astype(int)
