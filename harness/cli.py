@@ -47,7 +47,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from harness.scheduler import run_grid
     from results.tables import write_tables
 
-    grid = load_grid(args.grid)
+    grid = load_grid(args.grid, check_files=not args.dry_run)
     workdir = Path(args.workdir or Path("runs") / grid.name)
     if grid.demo:
         print(f"[demo scale] {grid.name}: tiny models on generated data; numbers show that the pipeline "

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import io
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Iterator, Mapping, Sequence
 
@@ -28,7 +29,12 @@ _PAPER_RES = {32: 224, 64: 448, 128: 896}
 
 
 def paper_point(size: str, resolution: int) -> tuple[str, int]:
-    """(size, resolution) of the paper family whose recipe applies: identity for '3b'..'28b'."""
+    """(size, resolution) of the paper family whose recipe applies: identity for '3b'..'28b'.
+
+    Raises KeyError for a size or resolution neither family has."""
+    from model.config import config_for
+
+    config_for(size, resolution)  # validates, naming what the family has
     return _PAPER_SIZE.get(size, size), _PAPER_RES.get(resolution, resolution)
 
 
@@ -98,7 +104,7 @@ class Scores:
     metrics: dict[str, float]
     num_examples: int
     num_unparsable: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 class DataError(ValueError):
@@ -170,9 +176,16 @@ class Task(abc.ABC):
 
     def examples(self, manual_dir: str | Path, role: str,
                  data_dir: str | Path | None = None) -> "ExampleSource":
-        """Random-access Examples of one split role ("train", "minival", "eval", "test")."""
+        """Random-access Examples of one split role ("train", "minival", "eval", "test").
+
+        The role's split expression is resolved against the prepared split sizes (tasks/splits.py), so
+        the paper's slices also work on demo-sized data."""
+        from tasks.splits import resolve_split
+
         builder = self.prepare(manual_dir, data_dir)
-        return ExampleSource(self, builder.as_data_source(split=self.split_name(role)))
+        sizes = {name: info.num_examples for name, info in builder.info.splits.items()}
+        split = resolve_split(self.split_name(role), sizes)
+        return ExampleSource(self, builder.as_data_source(split=split))
 
     def references(self, manual_dir: str | Path, role: str,
                    data_dir: str | Path | None = None) -> dict[str, Any]:
@@ -223,6 +236,33 @@ def read_jsonl(path: Path) -> Iterator[dict]:
             if not isinstance(obj, dict):
                 raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
             yield obj
+
+
+def image_source(path: Path, encoding: str) -> str | io.BytesIO:
+    """What the TFDS Image feature gets for one image file: the file itself when it is RGB or grayscale
+    (TFDS stores its bytes as they are and expands grayscale to 3 channels on read), otherwise (CMYK,
+    palette, alpha) the image converted to RGB and re-encoded, so that every example decodes to H x W x 3.
+    """
+    from PIL import Image
+
+    with Image.open(path) as image:
+        if image.mode in ("RGB", "L"):
+            return str(path)
+        buf = io.BytesIO()
+        image.convert("RGB").save(buf, format=encoding.upper())
+    buf.seek(0)
+    return buf
+
+
+def field(obj: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    """obj[key] checked for type, with an error naming the file, record and field."""
+    if not isinstance(obj, dict) or key not in obj:
+        raise DataError(f"{where}: missing field {key!r}")
+    value = obj[key]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        expected = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise DataError(f"{where}: field {key!r} should be {expected}, got {type(value).__name__}")
+    return value
 
 
 def png_bytes(image: np.ndarray) -> bytes:

@@ -30,8 +30,7 @@ from rdkit import Chem, rdBase
 from rdkit.Chem.Draw import rdMolDraw2D
 
 from metrics.smiles import smiles_scores
-from tasks.base import DataError, Example, ExampleSource, Recipe, Scores, Task, text
-from tasks.vqav2 import examples_of, image_source, paper_size_res
+from tasks.base import DataError, Example, Recipe, Scores, Task, image_source, paper_point, text
 
 TRAIN_CSV = "pubchem/train_pubchem.csv"
 TEST_CSV = "synthetic/chemdraw.csv"
@@ -175,10 +174,6 @@ class ChemDraw(Task):
     def builder(self, manual_dir: str | Path, data_dir: str | Path) -> ChemDrawBuilder:
         return ChemDrawBuilder(manual_dir=manual_dir, data_dir=data_dir)
 
-    def examples(self, manual_dir: str | Path, role: str,
-                 data_dir: str | Path | None = None) -> ExampleSource:
-        """The 1% holdout keeps a molecule on each side of demo-sized train splits (`resolve_split`)."""
-        return examples_of(self, manual_dir, role, data_dir)
 
     def example(self, record: Mapping[str, Any]) -> Example:
         smiles = text(record["smiles"])
@@ -188,7 +183,7 @@ class ChemDraw(Task):
     def recipe(self, size: str, resolution: int) -> Recipe:
         """One recipe for every size and resolution (facts §2.6; the paper found 448 best and 896 no
         better). Weight decay and dropout: unstated, so big_vision's transfer default of 0; greedy."""
-        paper_size_res(size, resolution)  # validates; the recipe is the same at every point
+        paper_point(size, resolution)  # validates; the recipe is the same at every point
         return Recipe(batch_size=BATCH_SIZE, steps=STEPS, lr=LR, lr_grid=LR_GRID,
                       label_smoothing=LABEL_SMOOTHING, text_len=TEXT_LEN, max_decode_len=MAX_OUTPUT,
                       pad_to_square=True)

@@ -13,8 +13,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from metrics.anls import anls_bv_scores, anls_scores
-from tasks.base import DataError, Example, ExampleSource, Recipe, Scores, Task, read_json, text
-from tasks.vqav2 import examples_of, field, image_source, paper_size_res
+from tasks.base import DataError, Example, Recipe, Scores, Task, field, image_source, paper_point, read_json, text
 
 SPLITS = ("train", "val", "test")
 
@@ -122,11 +121,6 @@ class DocVQA(Task):
     def builder(self, manual_dir: str | Path, data_dir: str | Path) -> DocVQABuilder:
         return DocVQABuilder(manual_dir=manual_dir, data_dir=data_dir)
 
-    def examples(self, manual_dir: str | Path, role: str,
-                 data_dir: str | Path | None = None) -> ExampleSource:
-        """On demo-sized train splits the 5% holdout keeps at least one question on each side
-        (see `tasks.vqav2.resolve_split`); real sizes give TFDS's own slices."""
-        return examples_of(self, manual_dir, role, data_dir)
 
     def example(self, record: Mapping[str, Any]) -> Example:
         answers = tuple(text(a) for a in record["answers"])
@@ -145,7 +139,7 @@ class DocVQA(Task):
         The lr is big_vision's; the paper's own sweep picks lower ones per size (Table 14: 6e-6 / 3e-6 /
         3e-6 for 3B / 10B / 28B), which the grid's lr sweep over `lr_grid` reproduces.
         """
-        paper_size_res(size, resolution)  # validates the size and resolution; the recipe is the same
+        paper_point(size, resolution)  # validates the size and resolution; the recipe is the same
         return Recipe(batch_size=256, epochs=10, lr=1e-5, weight_decay=1e-6, text_len=32, decode="greedy",
                       max_decode_len=32)
 

@@ -26,7 +26,7 @@ import tensorflow_datasets as tfds
 
 from metrics import text_spotting
 from model.tokenizer import loc_to_unit, loc_tokens, parse_loc_groups
-from tasks.base import DataError, Example, Recipe, Scores, Task, text
+from tasks.base import DataError, Example, Recipe, Scores, Task, paper_point, text
 
 # Unpublished (facts §2.6); a short task name in the style of PaliGemma's "ocr" / "detect" prompts.
 PREFIX = "ocr with boxes"
@@ -53,11 +53,6 @@ LR = 1e-5
 LR_GRID = (1e-6, 5e-6, 1e-5, 5e-5, 1e-4)  # {0.01, 0.05, 0.1, 0.5, 1.0} x 1e-4
 LABEL_SMOOTHING = 0.1
 TEXT_LEN = 2048
-
-# The nano family stands in for the paper's sizes and resolutions (tasks contract); base.py has no
-# shared mapping yet.
-PAPER_SIZE = {"3b": "3b", "10b": "10b", "28b": "28b", "nano-s": "3b", "nano-m": "10b", "nano-l": "28b"}
-PAPER_RESOLUTION = {224: 224, 448: 448, 896: 896, 32: 224, 64: 448, 128: 896}
 
 _LINE = re.compile(r"^\s*" + r"\s*,\s*".join([r"(-?\d+)"] * 8) + r"\s*,(.*)$")
 _QUOTED = re.compile(r'^\s*"(.*)"\s*$')
@@ -231,15 +226,6 @@ def parse_words(output: str) -> dict[str, Any]:
     return {"words": words, "malformed": malformed}
 
 
-def _paper_point(size: str, resolution: int) -> tuple[str, int]:
-    if size not in PAPER_SIZE:
-        raise ValueError(f"icdar15: unknown size {size!r}; expected one of {sorted(PAPER_SIZE)}")
-    if resolution not in PAPER_RESOLUTION:
-        raise ValueError(f"icdar15: unknown resolution {resolution}; expected one of "
-                         f"{sorted(PAPER_RESOLUTION)}")
-    return PAPER_SIZE[size], PAPER_RESOLUTION[resolution]
-
-
 # --- the plugin -------------------------------------------------------------------------------------
 class Icdar15(Task):
     name = "icdar15"
@@ -265,7 +251,7 @@ class Icdar15(Task):
                        targets=(format_target(quads, texts, width, height),), reference=reference)
 
     def recipe(self, size: str, resolution: int) -> Recipe:
-        _paper_point(size, resolution)  # the paper gives one recipe for all sizes and resolutions
+        paper_point(size, resolution)  # the paper gives one recipe for all sizes and resolutions
         # Weight decay and dropout: the paper is silent, so big_vision's transfer default of 0 holds.
         # max_decode_len = text_len, big_vision's default (facts §1.7). Greedy: the paper names no beam.
         return Recipe(batch_size=BATCH_SIZE, steps=STEPS, lr=LR, lr_grid=LR_GRID,

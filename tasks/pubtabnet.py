@@ -32,8 +32,7 @@ import tensorflow_datasets as tfds
 
 from metrics.teds import corpus_teds
 from model.tokenizer import loc_tokens
-from tasks.base import DataError, Example, ExampleSource, Recipe, Scores, Task, read_jsonl, text
-from tasks.vqav2 import examples_of, field, image_source, paper_size_res
+from tasks.base import DataError, Example, Recipe, Scores, Task, field, image_source, paper_point, read_jsonl, text
 
 ANNOTATIONS = "PubTabNet_2.0.0.jsonl"
 # Unpublished (facts §2.6); a short task name in the style of PaliGemma's "ocr" / "caption en" prompts.
@@ -220,10 +219,6 @@ class PubTabNet(Task):
     def builder(self, manual_dir: str | Path, data_dir: str | Path) -> PubTabNetBuilder:
         return PubTabNetBuilder(manual_dir=manual_dir, data_dir=data_dir)
 
-    def examples(self, manual_dir: str | Path, role: str,
-                 data_dir: str | Path | None = None) -> ExampleSource:
-        """`val[:1000]` of a demo-sized val split is the whole split (see `tasks.vqav2.resolve_split`)."""
-        return examples_of(self, manual_dir, role, data_dir)
 
     def example(self, record: Mapping[str, Any]) -> Example:
         annotation = {"html": json.loads(text(record["html"]))}
@@ -240,7 +235,7 @@ class PubTabNet(Task):
     def recipe(self, size: str, resolution: int) -> Recipe:
         """One recipe for every size and resolution (facts §2.6 gives no per-size changes). Weight decay
         and dropout: the paper is silent, so big_vision's transfer default of 0 holds; greedy decoding."""
-        paper_size_res(size, resolution)  # validates; the recipe is the same at every point
+        paper_point(size, resolution)  # validates; the recipe is the same at every point
         return Recipe(batch_size=BATCH_SIZE, steps=STEPS, lr=LR, lr_grid=LR_GRID, label_smoothing=0.0,
                       text_len=TEXT_LEN, max_decode_len=MAX_OUTPUT, pad_to_square=True)
 
@@ -249,7 +244,8 @@ class PubTabNet(Task):
 
     def score(self, predictions: Mapping[str, Any], references: Mapping[str, Any]) -> Scores:
         ids = list(references)
-        preds = {i: predictions.get(i, document("")) for i in ids}
+        preds = {i: predictions.get(i, document("")) for i in ids}  # missing: an empty table
+        preds = {i: p if isinstance(p, str) else "" for i, p in preds.items()}  # not text: unparsable
         truths = {i: references[i]["html"] for i in ids}
         full = corpus_teds(preds, truths)
         structure = corpus_teds(preds, truths, structure_only=True)

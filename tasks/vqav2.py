@@ -2,15 +2,10 @@
 
 Recipe, prompt and splits are big_vision's `configs/proj/paligemma/transfers/vqav2.py` (sweep_best), as
 summarised in paligemma2-facts.md §2.1; the metric is metrics/vqa.py (metric-facts.md §1).
-
-This module also holds the small helpers DocVQA shares (`paper_size_res`, `resolve_split`, `examples_of`,
-`image_source`, `field`); they are task-independent and would sit better in tasks/base.py.
 """
 
 from __future__ import annotations
 
-import io
-import re
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -18,101 +13,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from metrics.vqa import summarize, vqa_scores
-from tasks.base import DataError, Example, ExampleSource, Recipe, Scores, Task, read_json, text
-
-# --- helpers shared with tasks/docvqa.py ------------------------------------------------------------
-
-# The nano family stands for the paper's sizes and resolutions (tasks contract): nano-s ~ 3b, nano-m ~
-# 10b, nano-l ~ 28b; 32 ~ 224, 64 ~ 448, 128 ~ 896.
-_PAPER_SIZE = {"3b": "3b", "10b": "10b", "28b": "28b", "nano-s": "3b", "nano-m": "10b", "nano-l": "28b"}
-_PAPER_RESOLUTION = {224: 224, 448: 448, 896: 896, 32: 224, 64: 448, 128: 896}
-
-
-def paper_size_res(size: str, resolution: int) -> tuple[str, int]:
-    """The paper's (size, resolution) whose recipe a model of this size and resolution uses."""
-    if size not in _PAPER_SIZE:
-        raise KeyError(f"unknown model size {size!r}; expected one of {sorted(_PAPER_SIZE)}")
-    if resolution not in _PAPER_RESOLUTION:
-        raise KeyError(f"unknown resolution {resolution!r}; expected one of {sorted(_PAPER_RESOLUTION)}")
-    return _PAPER_SIZE[size], _PAPER_RESOLUTION[resolution]
-
-
-_SPLIT_TERM = re.compile(r"^\s*(\w+)\s*(?:\[\s*(-?\d+%?)?\s*:\s*(-?\d+%?)?\s*\])?\s*$")
-
-
-def resolve_split(expression: str, sizes: Mapping[str, int]) -> str:
-    """A TFDS split expression ("train + validation[:-10240]", "train[-5%:]") -> absolute slices.
-
-    TFDS refuses absolute bounds past a split's end and rounds small percentages to empty slices, so the
-    paper's roles break on demo-sized data. Resolved here instead, with two rules that leave real data
-    unchanged: absolute bounds are clipped the way Python slices are ("validation[-10240:]" of a 40-question
-    split is all 40, "validation[:-10240]" is empty and dropped from the sum), and a percentage cut of a
-    split with at least 2 examples leaves at least one example on each side (5% of 39,463 is 1,973 as TFDS
-    rounds it; 5% of 6 is 1, not 0).
-    """
-    terms = []
-    for raw in expression.split("+"):
-        match = _SPLIT_TERM.match(raw)
-        if not match:
-            raise ValueError(f"unsupported split expression {expression!r} (term {raw.strip()!r})")
-        name, start, stop = match.groups()
-        if name not in sizes:
-            raise DataError(f"split {name!r} (in {expression!r}) was not prepared: its raw files are missing "
-                            f"from the manual directory; prepared splits: {sorted(sizes)}")
-        n = sizes[name]
-        lo, hi, _ = slice(_bound(start, n), _bound(stop, n)).indices(n)
-        if hi > lo:
-            terms.append(f"{name}[{lo}:{hi}]")
-    if not terms:
-        raise DataError(f"split expression {expression!r} selects no examples (split sizes: {dict(sizes)})")
-    return "+".join(terms)
-
-
-def _bound(value: str | None, n: int) -> int | None:
-    if value is None:
-        return None
-    if not value.endswith("%"):
-        return int(value)
-    pct = int(value[:-1])
-    k = round(n * abs(pct) / 100)
-    if n >= 2 and 0 < abs(pct) < 100:
-        k = min(max(k, 1), n - 1)
-    return k if pct >= 0 else n - k
-
-
-def image_source(path: Path, encoding: str) -> str | io.BytesIO:
-    """What the TFDS Image feature gets for one image file: the file itself when it is RGB or grayscale
-    (TFDS stores its bytes as they are and expands grayscale to 3 channels on read), otherwise (CMYK,
-    palette, alpha) the image converted to RGB and re-encoded, so that every example decodes to H x W x 3.
-    """
-    from PIL import Image
-
-    with Image.open(path) as image:
-        if image.mode in ("RGB", "L"):
-            return str(path)
-        buf = io.BytesIO()
-        image.convert("RGB").save(buf, format=encoding.upper())
-    buf.seek(0)
-    return buf
-
-
-def field(obj: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
-    """obj[key] checked for type, with an error naming the file, record and field."""
-    if not isinstance(obj, dict) or key not in obj:
-        raise DataError(f"{where}: missing field {key!r}")
-    value = obj[key]
-    if not isinstance(value, kind) or isinstance(value, bool):
-        expected = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise DataError(f"{where}: field {key!r} should be {expected}, got {type(value).__name__}")
-    return value
-
-
-def examples_of(task: Task, manual_dir: str | Path, role: str, data_dir: str | Path | None) -> ExampleSource:
-    """Task.examples with the role's split expression resolved against the prepared split sizes."""
-    builder = task.prepare(manual_dir, data_dir)
-    sizes = {name: info.num_examples for name, info in builder.info.splits.items()}
-    return ExampleSource(task, builder.as_data_source(split=resolve_split(task.split_name(role), sizes)))
-
+from tasks.base import DataError, Example, Recipe, Scores, Task, field, image_source, paper_point, read_json, text
 
 # --- the VQAv2 raw files --------------------------------------------------------------------------
 
@@ -231,11 +132,6 @@ class VQAv2(Task):
     def builder(self, manual_dir: str | Path, data_dir: str | Path) -> VQAv2Builder:
         return VQAv2Builder(manual_dir=manual_dir, data_dir=data_dir)
 
-    def examples(self, manual_dir: str | Path, role: str,
-                 data_dir: str | Path | None = None) -> ExampleSource:
-        """Demo-sized validation splits (< 10,240 questions) resolve by Python slicing: minival is then the
-        whole validation split and train is the train split alone (see `resolve_split`)."""
-        return examples_of(self, manual_dir, role, data_dir)
 
     def example(self, record: Mapping[str, Any]) -> Example:
         answers = tuple(text(a) for a in record["answers"])
@@ -255,7 +151,7 @@ class VQAv2(Task):
         published one. The lr is big_vision's; the paper's own sweep picks lower ones per size (Table 14:
         3e-6 / 1e-6 / 6e-7-1e-6 for 3B / 10B / 28B), which the grid's lr sweep over `lr_grid` reproduces.
         """
-        _, res = paper_size_res(size, resolution)
+        _, res = paper_point(size, resolution)
         return Recipe(batch_size=256, epochs=10, lr=1e-5, weight_decay=1e-6 if res == 224 else 0.0,
                       text_len=32, decode="greedy", max_decode_len=32)
 

@@ -169,5 +169,5 @@ def test_recipe_follows_big_vision_sweep_best(task):
     assert (r.epochs, r.batch_size, r.lr, r.weight_decay) == (10, 256, 1e-5, 1e-6)
     assert (r.text_len, r.decode, r.max_decode_len) == (32, "greedy", 32)
     assert task.recipe("nano-m", 128) == r
-    with pytest.raises(KeyError, match="unknown resolution 300"):
+    with pytest.raises(KeyError, match="resolution 300 is not in the paligemma2 family"):
         task.recipe("3b", 300)

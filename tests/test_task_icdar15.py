@@ -213,7 +213,7 @@ def test_recipe_follows_the_paper_for_every_size_and_resolution():
         r = task.recipe(size, res)
         assert (r.steps, r.batch_size, r.lr, r.label_smoothing, r.text_len) == (15000, 256, 1e-5, 0.1, 2048)
         assert r.lr_grid == (1e-6, 5e-6, 1e-5, 5e-5, 1e-4)
-    with pytest.raises(ValueError, match="unknown size"):
+    with pytest.raises(KeyError, match="unknown model size '2b'"):
         task.recipe("2b", 224)
-    with pytest.raises(ValueError, match="unknown resolution"):
+    with pytest.raises(KeyError, match="resolution 512 is not in the paligemma2 family"):
         task.recipe("3b", 512)

@@ -139,6 +139,7 @@ def test_damaged_and_unparsable_predictions(task, tmp_path):
     assert task.score({}, refs).metrics == {"teds": empty, "s_teds": empty, "teds_complex": empty}
     for junk in ("", "<<<>>>", "<td coords=\"<loc0001><loc00", "\x00", "</table></body><p>x"):
         task.score({"PMC1_000_00.png": task.parse(junk)}, refs)
+    assert task.score({"PMC1_000_00.png": None}, refs).num_unparsable == 1
     cut = target.replace('"><b>Age', "><b>Age", 1)  # the first coords attribute lost its closing quote
     assert task.parse(cut) == task.parse(target.replace(' coords="<loc0051><loc0102><loc0256><loc0205>"', ""))
 
@@ -198,5 +199,5 @@ def test_recipe_is_the_appendix_b_table_recipe(task):
     assert (r.max_decode_len, r.text_len, r.pad_to_square, r.decode) == (4096, 4104, True, "greedy")
     assert 1e-4 in r.lr_grid
     assert task.recipe("nano-s", 32) == r
-    with pytest.raises(KeyError, match="unknown resolution 300"):
+    with pytest.raises(KeyError, match="resolution 300 is not in the paligemma2 family"):
         task.recipe("3b", 300)

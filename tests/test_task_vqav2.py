@@ -13,7 +13,8 @@ from PIL import Image
 
 from tasks.base import DataError
 from tasks.registry import get_task
-from tasks.vqav2 import paper_size_res, resolve_split
+from tasks.base import paper_point
+from tasks.splits import resolve_split
 
 
 @pytest.fixture(scope="module")
@@ -182,6 +183,6 @@ def test_recipe_follows_big_vision_sweep_best(task):
     assert (r224.text_len, r224.decode, r224.max_decode_len) == (32, "greedy", 32)
     # The nano family uses the recipe of the size/resolution it stands for.
     assert task.recipe("nano-s", 32) == r224 and task.recipe("nano-m", 64) == r448
-    assert paper_size_res("nano-l", 128) == ("28b", 896)
+    assert paper_point("nano-l", 128) == ("28b", 896)
     with pytest.raises(KeyError, match="unknown model size '4b'"):
         task.recipe("4b", 224)
