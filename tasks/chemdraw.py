@@ -174,7 +174,6 @@ class ChemDraw(Task):
     def builder(self, manual_dir: str | Path, data_dir: str | Path) -> ChemDrawBuilder:
         return ChemDrawBuilder(manual_dir=manual_dir, data_dir=data_dir)
 
-
     def example(self, record: Mapping[str, Any]) -> Example:
         smiles = text(record["smiles"])
         return Example(id=text(record["image_id"]), image=np.asarray(record["image"]), prefix=PREFIX,

@@ -32,7 +32,8 @@ import tensorflow_datasets as tfds
 
 from metrics.teds import corpus_teds
 from model.tokenizer import loc_tokens
-from tasks.base import DataError, Example, Recipe, Scores, Task, field, image_source, paper_point, read_jsonl, text
+from tasks.base import (DataError, Example, Recipe, Scores, Task, field, image_source, paper_point,
+                        read_jsonl, text)
 
 ANNOTATIONS = "PubTabNet_2.0.0.jsonl"
 # Unpublished (facts §2.6); a short task name in the style of PaliGemma's "ocr" / "caption en" prompts.
@@ -218,7 +219,6 @@ class PubTabNet(Task):
 
     def builder(self, manual_dir: str | Path, data_dir: str | Path) -> PubTabNetBuilder:
         return PubTabNetBuilder(manual_dir=manual_dir, data_dir=data_dir)
-
 
     def example(self, record: Mapping[str, Any]) -> Example:
         annotation = {"html": json.loads(text(record["html"]))}
