@@ -126,7 +126,7 @@ def teds_section(num: int, seed: int, large: bool) -> bool:
     if same < num:
         # APTED's path strategy sometimes adds the same rename costs in another order; the sums then
         # differ in the last bit (each side is the exact TED rounded along its own order).
-        print(f"; the other {num - same} differ in the last bits (max |difference| {max(differences):.2g})",
+        print(f"; {num - same} more equal up to the last bits (max |difference| {max(differences):.2g})",
               end="")
     print(f"; mean TEDS {np.mean(ref_scores):.12f} (reference), {np.mean(our_scores):.12f} (ours)")
     return max(differences) <= 1e-12
