@@ -196,6 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    if getattr(args, "quiet", False):
+        import os
+
+        os.environ["TQDM_DISABLE"] = "1"  # also silences the bars of runners the scheduler calls
     try:
         return args.func(args)
     except (KeyError, ValueError, FileNotFoundError) as e:
