@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from model.config import PaliGemmaConfig
+from model.gemma2 import unstack_layers
 from model.paligemma import Cache, PaliGemma, Params
 
 
@@ -112,11 +113,14 @@ def _compiled(config: PaliGemmaConfig, dtype: np.dtype, max_len: int, beam_size:
     model = PaliGemma(config, dtype=dtype)
 
     def run(params, images, tokens, mask_ar, mask_input):
+        # Cast and slice the weights once per call, not once per token.
+        params = jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
         variables = {"params": params}
         cache_size = config.num_image_tokens + tokens.shape[1] + max_len
         logits, cache = model.apply(variables, images, tokens, mask_ar, mask_input, cache_size=cache_size,
                                     method=PaliGemma.prefill)
-        extend = functools.partial(model.apply, variables, method=PaliGemma.extend)
+        layers = unstack_layers(params["llm"]["layers"], config.llm.depth)
+        extend = functools.partial(model.apply, variables, layers=layers, method=PaliGemma.extend)
         if beam_size == 1:
             return _greedy(logits, cache, extend, max_len, eos_id)
         return _beam(logits, cache, extend, max_len, eos_id, beam_size)

@@ -108,9 +108,10 @@ class PaliGemma(nn.Module):
                      end=jnp.int32(p), next_pos=valid.sum(axis=1).astype(jnp.int32))
         return logits, cache
 
-    def extend(self, tokens: jax.Array, cache: Cache) -> tuple[jax.Array, Cache]:
+    def extend(self, tokens: jax.Array, cache: Cache, layers: list[dict] | None = None) -> tuple[jax.Array, Cache]:
         """Feeds one token per example (int32[B]) after everything in `cache`; returns logits [B, V]
-        for the next token and the cache with this token appended at slot `end`."""
+        for the next token and the cache with this token appended at slot `end`. `layers`: the LLM's
+        layer weights pre-sliced by gemma2.unstack_layers (faster when called in a loop)."""
         end, pos = cache["end"], cache["next_pos"]
         slot = (jnp.arange(cache["valid"].shape[1]) == end)[None, :]
         valid = cache["valid"] | slot
@@ -121,7 +122,8 @@ class PaliGemma(nn.Module):
         if window is not None:
             sliding = sliding_window_mask(mask, pos[:, None], k_pos, jnp.zeros_like(mask), window)
         x = self.llm.embed(tokens[:, None])
-        h, (k, v) = self.llm(x, pos[:, None], mask, sliding, cache=(cache["k"], cache["v"]), cache_end=end)
+        h, (k, v) = self.llm(x, pos[:, None], mask, sliding, cache=(cache["k"], cache["v"]), cache_end=end,
+                             layers=layers)
         cache = dict(k=k, v=v, pos=k_pos, valid=valid, end=end + 1, next_pos=pos + 1)
         return self.llm.logits(h[:, 0]), cache
 

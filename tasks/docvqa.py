@@ -121,7 +121,6 @@ class DocVQA(Task):
     def builder(self, manual_dir: str | Path, data_dir: str | Path) -> DocVQABuilder:
         return DocVQABuilder(manual_dir=manual_dir, data_dir=data_dir)
 
-
     def example(self, record: Mapping[str, Any]) -> Example:
         answers = tuple(text(a) for a in record["answers"])
         return Example(

@@ -132,7 +132,6 @@ class VQAv2(Task):
     def builder(self, manual_dir: str | Path, data_dir: str | Path) -> VQAv2Builder:
         return VQAv2Builder(manual_dir=manual_dir, data_dir=data_dir)
 
-
     def example(self, record: Mapping[str, Any]) -> Example:
         answers = tuple(text(a) for a in record["answers"])
         return Example(
