@@ -31,6 +31,7 @@ from rdkit.Chem.Draw import rdMolDraw2D
 
 from metrics.smiles import smiles_scores
 from tasks.base import DataError, Example, Recipe, Scores, Task, image_source, paper_point, text
+from tasks.builder import RawFilesBuilder
 
 TRAIN_CSV = "pubchem/train_pubchem.csv"
 TEST_CSV = "synthetic/chemdraw.csv"
@@ -104,20 +105,14 @@ def read_csv(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict[
             raise DataError(f"{path}:{reader.line_num}: malformed CSV line: {e}") from None
 
 
-class ChemDrawBuilder(tfds.core.GeneratorBasedBuilder):
+class ChemDrawBuilder(RawFilesBuilder):
     """One record per molecule: the drawing (PNG), its id (the CSV's file_path) and SMILES."""
 
     name = "pgt_chemdraw"
-    VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "MolScribe's chemdraw.csv benchmark (test) + PubChem SMILES rendered (train)."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = DOWNLOAD_INSTRUCTIONS
     # TFDS looks for a checksums file beside a packaged builder's code through `importlib_resources`, which
     # is not installed; a manual-download builder has no checksums, so it gets no code path.
-    code_path = None
-
-    def __init__(self, *, manual_dir: str | Path, **kwargs: Any):
-        self._manual_dir = Path(manual_dir)
-        super().__init__(file_format="array_record", **kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(

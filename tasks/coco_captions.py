@@ -15,6 +15,7 @@ import tensorflow_datasets as tfds
 from metrics.captioning import caption_scores
 from model.config import config_for
 from tasks.base import DataError, Example, Recipe, Scores, Task, paper_point, read_json, text
+from tasks.builder import RawFilesBuilder
 from tasks.demo.coco_captions import write_coco_demo
 
 KARPATHY_FILE = "dataset_coco.json"
@@ -44,17 +45,15 @@ class _Item:
     captions: tuple[str, ...]
 
 
-class CocoCaptionsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class CocoCaptionsBuilder(RawFilesBuilder):
     """COCO 2014 captions from the official JSON files; config "karpathy" or "official" splits."""
 
     name = "pgt_coco_captions"
-    VERSION = tfds.core.Version("1.0.0")
     BUILDER_CONFIGS = [
         tfds.core.BuilderConfig(name="karpathy", description="Karpathy splits (dataset_coco.json)"),
         tfds.core.BuilderConfig(name="official", description="train2014 / val2014"),
     ]
     MANUAL_DOWNLOAD_INSTRUCTIONS = DOWNLOAD_INSTRUCTIONS
-    code_path = None  # manual data, no checksums file to look up beside this module
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
@@ -159,8 +158,7 @@ class CocoCaptions(Task):
 
     def builder(self, manual_dir: str | Path, data_dir: str | Path):
         config = "karpathy" if (Path(manual_dir) / KARPATHY_FILE).is_file() else "official"
-        return CocoCaptionsBuilder(config=config, data_dir=str(data_dir),
-                                   file_format="array_record")
+        return CocoCaptionsBuilder(config=config, data_dir=str(data_dir))
 
     def example(self, record: Mapping[str, Any]) -> Example:
         captions = tuple(text(c) for c in record["captions"])

@@ -14,6 +14,7 @@ import tensorflow_datasets as tfds
 
 from metrics.anls import anls_bv_scores, anls_scores
 from tasks.base import DataError, Example, Recipe, Scores, Task, field, image_source, paper_point, read_json, text
+from tasks.builder import RawFilesBuilder
 
 SPLITS = ("train", "val", "test")
 
@@ -39,20 +40,14 @@ def _qa_file(manual_dir: Path, split: str) -> Path | None:
     return None
 
 
-class DocVQABuilder(tfds.core.GeneratorBasedBuilder):
+class DocVQABuilder(RawFilesBuilder):
     """One record per question: the page image (PNG bytes as shipped), question, answers, types."""
 
     name = "pgt_docvqa"
-    VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "RRC *_v1.0_withQT.json + document images; test split only if present."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = DOWNLOAD_INSTRUCTIONS
     # TFDS looks for a checksums file beside a packaged builder's code through `importlib_resources`, which
     # is not installed; a manual-download builder has no checksums, so it gets no code path.
-    code_path = None
-
-    def __init__(self, *, manual_dir: str | Path, **kwargs: Any):
-        self._manual_dir = Path(manual_dir)
-        super().__init__(file_format="array_record", **kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(

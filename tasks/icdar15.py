@@ -27,6 +27,7 @@ import tensorflow_datasets as tfds
 from metrics import text_spotting
 from model.tokenizer import loc_to_unit, loc_tokens, parse_loc_groups
 from tasks.base import DataError, Example, Recipe, Scores, Task, paper_point, text
+from tasks.builder import RawFilesBuilder
 
 # Unpublished (facts §2.6); a short task name in the style of PaliGemma's "ocr" / "detect" prompts.
 PREFIX = "ocr with boxes"
@@ -139,15 +140,11 @@ def _split_examples(manual_dir: Path, image_names: tuple[str, ...],
         }
 
 
-class Icdar15Builder(tfds.core.GeneratorBasedBuilder):
+class Icdar15Builder(RawFilesBuilder):
     """ICDAR'15 Challenge 4 images with their word quads and transcriptions (`###` kept)."""
 
     name = "icdar15"
-    VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Challenge 4 train (1000) and test (500) images, word quads + text."}
-    # tfds looks for a checksums file beside a packaged builder's code through `importlib_resources`,
-    # which is not installed; a manual-download builder has no checksums, so give it no code path.
-    code_path = None
     MANUAL_DOWNLOAD_INSTRUCTIONS = DOWNLOAD_INSTRUCTIONS
 
     def _info(self):
@@ -238,7 +235,7 @@ class Icdar15(Task):
     download_instructions = DOWNLOAD_INSTRUCTIONS
 
     def builder(self, manual_dir: str | Path, data_dir: str | Path):
-        return Icdar15Builder(data_dir=str(data_dir), file_format="array_record")
+        return Icdar15Builder(data_dir=str(data_dir))
 
     def example(self, record: Mapping[str, Any]) -> Example:
         image = np.asarray(record["image"])

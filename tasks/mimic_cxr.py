@@ -34,6 +34,7 @@ from metrics import radgraph
 from metrics.captioning import caption_scores
 from model.config import config_for
 from tasks.base import DataError, Example, Recipe, Scores, Task, text
+from tasks.builder import RawFilesBuilder
 from tasks.demo.mimic_cxr import write_mimic_demo
 
 log = logging.getLogger(__name__)
@@ -194,13 +195,11 @@ def _image(path: Path) -> Path | io.BytesIO:
 
 # --- TFDS --------------------------------------------------------------------------------------
 
-class MimicCxrBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class MimicCxrBuilder(RawFilesBuilder):
     """One record per study: one frontal image and the report's sections."""
 
     name = "pgt_mimic_cxr"
-    VERSION = tfds.core.Version("1.0.0")
     MANUAL_DOWNLOAD_INSTRUCTIONS = DOWNLOAD_INSTRUCTIONS
-    code_path = None  # manual data, no checksums file to look up beside this module
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
@@ -273,7 +272,7 @@ class MimicCxr(Task):
         self._annotator: radgraph.Annotator | None = None
 
     def builder(self, manual_dir: str | Path, data_dir: str | Path):
-        return MimicCxrBuilder(data_dir=str(data_dir), file_format="array_record")
+        return MimicCxrBuilder(data_dir=str(data_dir))
 
     def example(self, record: Mapping[str, Any]) -> Example:
         target = report_target(text(record["findings"]), text(record["impression"]))

@@ -34,6 +34,7 @@ from metrics.teds import corpus_teds
 from model.tokenizer import loc_tokens
 from tasks.base import (DataError, Example, Recipe, Scores, Task, field, image_source, paper_point,
                         read_jsonl, text)
+from tasks.builder import RawFilesBuilder
 
 ANNOTATIONS = "PubTabNet_2.0.0.jsonl"
 # Unpublished (facts §2.6); a short task name in the style of PaliGemma's "ocr" / "caption en" prompts.
@@ -153,20 +154,14 @@ def read_annotations(path: Path) -> Iterator[tuple[str, dict]]:
         yield where, record
 
 
-class PubTabNetBuilder(tfds.core.GeneratorBasedBuilder):
+class PubTabNetBuilder(RawFilesBuilder):
     """One record per table: the PNG crop, its file name and its `html` annotation as JSON text."""
 
     name = "pgt_pubtabnet"
-    VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "PubTabNet 2.0.0 JSONL + PNGs; splits as the JSONL names them."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = DOWNLOAD_INSTRUCTIONS
     # TFDS looks for a checksums file beside a packaged builder's code through `importlib_resources`, which
     # is not installed; a manual-download builder has no checksums, so it gets no code path.
-    code_path = None
-
-    def __init__(self, *, manual_dir: str | Path, **kwargs: Any):
-        self._manual_dir = Path(manual_dir)
-        super().__init__(file_format="array_record", **kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(

@@ -14,6 +14,7 @@ import tensorflow_datasets as tfds
 
 from metrics.vqa import summarize, vqa_scores
 from tasks.base import DataError, Example, Recipe, Scores, Task, field, image_source, paper_point, read_json, text
+from tasks.builder import RawFilesBuilder
 
 # --- the VQAv2 raw files --------------------------------------------------------------------------
 
@@ -32,20 +33,14 @@ VQAv2 needs the official question/annotation JSONs and the COCO images in the ma
 `paligemma-transfer` writes demo data in this layout with the task's write_demo."""
 
 
-class VQAv2Builder(tfds.core.GeneratorBasedBuilder):
+class VQAv2Builder(RawFilesBuilder):
     """One record per question: the COCO image (JPEG bytes as shipped), question, 10 answers, types."""
 
     name = "pgt_vqav2"
-    VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Official VQAv2 JSONs + COCO images; test split only if its questions exist."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = DOWNLOAD_INSTRUCTIONS
     # TFDS looks for a checksums file beside a packaged builder's code through `importlib_resources`, which
     # is not installed; a manual-download builder has no checksums, so it gets no code path.
-    code_path = None
-
-    def __init__(self, *, manual_dir: str | Path, **kwargs: Any):
-        self._manual_dir = Path(manual_dir)
-        super().__init__(file_format="array_record", **kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
