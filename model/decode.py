@@ -1,6 +1,6 @@
 """Greedy and beam-search decoding over PaliGemma's KV cache.
 
-Each (config, dtype, max_decode_len, beam_size, eos_id) gets one jax.jit function that prefills the
+Each (config, dtype, max_decode_len, beam_size) gets one jax.jit function that prefills the
 cache once and then loops (lax.while_loop) one token at a time until every example is finished or
 max_decode_len is reached; jit keeps one compiled version per input shape.
 
@@ -33,7 +33,7 @@ def _reorder(cache: Cache, index: jax.Array) -> Cache:
     return out
 
 
-def _greedy(logits, cache, extend, max_len: int, eos_id: int) -> jax.Array:
+def _greedy(logits, cache, extend, max_len: int, eos_id: jax.Array) -> jax.Array:
     """Argmax decoding; after an example's EOS its outputs are 0."""
     b = logits.shape[0]
     token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
@@ -53,7 +53,7 @@ def _greedy(logits, cache, extend, max_len: int, eos_id: int) -> jax.Array:
     return jax.lax.while_loop(cond, body, (1, token, cache, out, token == eos_id))[3]
 
 
-def _beam(logits, cache, extend, max_len: int, eos_id: int, beam: int) -> jax.Array:
+def _beam(logits, cache, extend, max_len: int, eos_id: jax.Array, beam: int) -> jax.Array:
     """big_vision's beam_decode (paligemma2-facts.md §1.8; predict_fns `_beam_sample_output`).
 
     A sequence's score is its summed log-probability, without length normalisation. At every step
@@ -76,7 +76,8 @@ def _beam(logits, cache, extend, max_len: int, eos_id: int, beam: int) -> jax.Ar
         logp = jax.nn.log_softmax(logits.astype(jnp.float32).reshape(b, beam, vocab))
         # Ending now: candidates = [best so far, each live beam + EOS]; ties keep the earlier best.
         ended = jax.lax.dynamic_update_slice(s["tokens"], jnp.full((b, beam, 1), eos_id, jnp.int32), (0, 0, i))
-        cand_scores = jnp.concatenate([s["best_score"][:, None], s["scores"] + logp[..., eos_id]], axis=1)
+        eos_logp = jnp.take(logp, eos_id, axis=-1)
+        cand_scores = jnp.concatenate([s["best_score"][:, None], s["scores"] + eos_logp], axis=1)
         cand_tokens = jnp.concatenate([s["best_tokens"][:, None], ended], axis=1)
         pick = jnp.argmax(cand_scores, axis=1)
         best_score = jnp.take_along_axis(cand_scores, pick[:, None], axis=1)[:, 0]
@@ -109,10 +110,10 @@ def _beam(logits, cache, extend, max_len: int, eos_id: int, beam: int) -> jax.Ar
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled(config: PaliGemmaConfig, dtype: np.dtype, max_len: int, beam_size: int, eos_id: int):
+def _compiled(config: PaliGemmaConfig, dtype: np.dtype, max_len: int, beam_size: int):
     model = PaliGemma(config, dtype=dtype)
 
-    def run(params, images, tokens, mask_ar, mask_input):
+    def run(params, images, tokens, mask_ar, mask_input, eos_id):
         # Cast and slice the weights once per call, not once per token.
         params = jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
         variables = {"params": params}
@@ -135,8 +136,9 @@ def generate(config: PaliGemmaConfig, params: Params, images: Any, tokens: Any, 
     0 after it.
 
     The prompt is big_vision's eval layout [BOS, prefix, "\\n"] (mask_ar all 0), right-padded with
-    mask_input 0; images [B, H, W, 3] in [-1, 1]. beam_size 1 is greedy. Pass params already on the
-    device (jax arrays) when calling repeatedly, or they are copied over on every call.
+    mask_input 0; images [B, H, W, 3] in [-1, 1]. beam_size 1 is greedy (where an eos_id outside the
+    vocabulary never stops it early). Pass params already on the device (jax arrays) when calling
+    repeatedly, or they are copied over on every call.
     """
     tokens = np.asarray(tokens, np.int32)
     b, t = tokens.shape
@@ -149,7 +151,9 @@ def generate(config: PaliGemmaConfig, params: Params, images: Any, tokens: Any, 
     if max_decode_len < 1 or not 1 <= beam_size < config.llm.vocab_size:
         raise ValueError(f"generate: need max_decode_len >= 1 and 1 <= beam_size < vocab "
                          f"(got {max_decode_len}, {beam_size})")
-    fn = _compiled(config, jnp.dtype(dtype), max_decode_len, beam_size, eos_id)
+    if beam_size > 1 and not 0 <= eos_id < config.llm.vocab_size:
+        raise ValueError(f"generate: beam search needs an eos_id in the vocabulary, got {eos_id}")
+    fn = _compiled(config, jnp.dtype(dtype), max_decode_len, beam_size)
     out = fn(params, jnp.asarray(images, jnp.float32), tokens, jnp.asarray(mask_ar, jnp.int32),
-             jnp.asarray(mask_input, bool))
+             jnp.asarray(mask_input, bool), jnp.int32(eos_id))
     return np.asarray(out, np.int32)

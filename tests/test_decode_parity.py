@@ -26,16 +26,22 @@ def _twins(tmp_path, **changes):
     return loaded, params, model
 
 
+@pytest.fixture(scope="module")
+def default(tmp_path_factory):
+    """The default tiny twin (GQA, soft-caps, window 6), shared by the tests that need no variant."""
+    return _twins(tmp_path_factory.mktemp("default"))
+
+
 def _prompts(config, lengths, seed):
     """Eval layout: [BOS, prefix..., sep] with mask_ar 0, right-padded."""
     images, tokens, mask_ar, mask_input = random_inputs(config, lengths, [0] * len(lengths), max(lengths), seed)
     return images, tokens, np.zeros_like(mask_ar), mask_input
 
 
-@pytest.mark.parametrize("changes", [dict(), dict(num_kv_heads=1, image_size=30, patch_size=6)],
+@pytest.mark.parametrize("changes", [None, dict(num_kv_heads=1, image_size=30, patch_size=6)],
                          ids=["gqa-sliding", "mqa"])
-def test_greedy_matches_transformers_generate(tmp_path, changes):
-    config, params, hf = _twins(tmp_path, **changes)
+def test_greedy_matches_transformers_generate(request, tmp_path, changes):
+    config, params, hf = request.getfixturevalue("default") if changes is None else _twins(tmp_path, **changes)
     images, tokens, mask_ar, mask_input = _prompts(config, [3, 7, 1, 5], seed=0)
     ours = decode.generate(config, params, images, tokens, mask_ar, mask_input, max_decode_len=12)
     long_runs = 0
@@ -90,8 +96,8 @@ def _forward(config, width):
 
 
 @pytest.mark.parametrize("beam", [2, 3])
-def test_beam_matches_a_plain_reimplementation(tmp_path, beam):
-    config, params, _ = _twins(tmp_path)
+def test_beam_matches_a_plain_reimplementation(default, beam):
+    config, params, _ = default
     images, tokens, mask_ar, mask_input = _prompts(config, [4, 2], seed=1)
     ours = decode.generate(config, params, images, tokens, mask_ar, mask_input, max_decode_len=6, beam_size=beam,
                            eos_id=EOS)
@@ -121,28 +127,28 @@ def test_wide_beam_finds_the_exhaustive_optimum(tmp_path):
     np.testing.assert_array_equal(ours[0], best)
 
 
-def test_compiled_once_per_shape(tmp_path):
-    config, params, _ = _twins(tmp_path)
+def test_compiled_once_per_shape(default):
+    config, params, _ = default
     first = _prompts(config, [3, 2], seed=3)
     args = dict(max_decode_len=4, beam_size=2, eos_id=EOS)
     a = decode.generate(config, params, *first, **args)
     b = decode.generate(config, params, *first, **args)
-    fn = decode._compiled(config, np.dtype("float32"), 4, 2, EOS)
+    fn = decode._compiled(config, np.dtype("float32"), 4, 2)
     assert fn._cache_size() == 1
     np.testing.assert_array_equal(a, b)
     decode.generate(config, params, *_prompts(config, [5], seed=4), **args)
     assert fn._cache_size() == 2
 
 
-def test_bad_shapes_are_named(tmp_path):
-    config, params, _ = _twins(tmp_path)
+def test_bad_shapes_are_named(default):
+    config, params, _ = default
     images, tokens, mask_ar, mask_input = _prompts(config, [3], seed=0)
     with pytest.raises(ValueError, match=r"mask_input has shape \(1, 2\), expected \(1, 3\)"):
         decode.generate(config, params, images, tokens, mask_ar, mask_input[:, :2], max_decode_len=3)
 
 
-def test_stops_at_eos_and_pads_with_zeros(tmp_path):
-    config, params, _ = _twins(tmp_path)
+def test_stops_at_eos_and_pads_with_zeros(default):
+    config, params, _ = default
     prompts = _prompts(config, [3, 4, 2, 6], seed=6)
     free = decode.generate(config, params, *prompts, max_decode_len=10, eos_id=0)  # 0 never wins here
     eos = int(free[0, 3])  # make example 0's 4th token the EOS
