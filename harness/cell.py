@@ -71,7 +71,7 @@ def base_params(config: PaliGemmaConfig, checkpoint_path: str, seed: int) -> Any
     return params
 
 
-def run_cell(cell: Any, cell_dir: Path, *, progress: bool = True) -> dict:
+def run_cell(cell: Any, cell_dir: Path, *, progress: bool | None = None) -> dict:
     task = get_task(cell.task)
     recipe_overrides, options = split_overrides(dict(cell.overrides))
     recipe = task.recipe(cell.size, cell.resolution).replace(lr=cell.lr, **recipe_overrides)

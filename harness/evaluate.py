@@ -15,20 +15,21 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from harness.data import TextSpec, eval_batches
+from harness.train import progress_kwargs
 from model.config import PaliGemmaConfig
 from model.decode import generate
 from tasks.base import Example, Recipe, Scores, Task
 
 
 def predict(config: PaliGemmaConfig, params: Any, examples: Sequence[Example], tokenizer,
-            recipe: Recipe, spec: TextSpec, *, batch_size: int, progress: bool = True,
+            recipe: Recipe, spec: TextSpec, *, batch_size: int, progress: bool | None = None,
             desc: str = "decode") -> list[dict]:
     """Generate text for every example; returns prediction rows in example order."""
     rows: list[dict] = []
     beam = recipe.beam_size if recipe.decode == "beam" else 1
     total = -(-len(examples) // batch_size)
     for batch in tqdm(eval_batches(examples, tokenizer, spec, batch_size=batch_size), total=total,
-                      desc=desc, disable=not progress, leave=False, unit="batch", dynamic_ncols=True):
+                      desc=desc, leave=False, **progress_kwargs(progress), unit="batch", dynamic_ncols=True):
         a = batch.arrays
         out = generate(config, params, a["image"], a["text"], a["mask_ar"], a["mask_input"],
                        max_decode_len=recipe.max_decode_len, beam_size=beam, eos_id=tokenizer.eos_id)

@@ -46,6 +46,12 @@ class TrainConfig:
     seed: int = 0
 
 
+def progress_kwargs(progress: bool | None) -> dict:
+    """tqdm options: True / False force the bar on / off; None leaves it to tqdm's defaults, which the
+    TQDM_DISABLE environment variable (set by `--quiet`) overrides."""
+    return {} if progress is None else {"disable": not progress}
+
+
 def schedule(num_steps: int, warmup_fraction: float) -> optax.Schedule:
     """Multiplier in [0, 1]: linear warmup over the first 5% of steps, then cosine decay to 0."""
     warmup = int(round(num_steps * warmup_fraction))
@@ -139,7 +145,8 @@ class _Checkpoints:
 
 
 def train(config: PaliGemmaConfig, params: Any, batches: Sequence[dict], cfg: TrainConfig, *,
-          workdir: Path | None = None, progress: bool = True, desc: str = "train") -> tuple[Any, dict]:
+          workdir: Path | None = None, progress: bool | None = None,
+          desc: str = "train") -> tuple[Any, dict]:
     """Fine-tune `params` for cfg.num_steps on `batches[step]`; returns (params, summary).
 
     With `workdir`, a per-step CSV log goes to workdir/train_log.csv and, when cfg.checkpoint_every > 0,
@@ -158,7 +165,7 @@ def train(config: PaliGemmaConfig, params: Any, batches: Sequence[dict], cfg: Tr
     step_fn = make_train_step(model, tx, cfg.label_smoothing)
     log = _StepLog(Path(workdir) / "train_log.csv" if workdir is not None else None, resume_from=start)
     rng = jax.random.key(cfg.seed)
-    bar = tqdm(total=cfg.num_steps, initial=start, desc=desc, disable=not progress, leave=False,
+    bar = tqdm(total=cfg.num_steps, initial=start, desc=desc, leave=False, **progress_kwargs(progress),
                unit="step", dynamic_ncols=True)
     batch_size = None
     t0, loss = time.perf_counter(), float("nan")
