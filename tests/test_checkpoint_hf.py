@@ -40,7 +40,8 @@ def test_missing_tensor(saved, tmp_path):
 
 
 def test_extra_tensor(saved, tmp_path):
-    path = _rewrite(saved, tmp_path / "d", lambda t: t.update({"language_model.model.extra.bias": np.zeros(3, np.float32)}))
+    extra = {"language_model.model.extra.bias": np.zeros(3, np.float32)}
+    path = _rewrite(saved, tmp_path / "d", lambda t: t.update(extra))
     with pytest.raises(CheckpointError, match=r"unexpected tensor 'language_model.model.extra.bias' with shape \(3,\)"):
         load(path)
 
