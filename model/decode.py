@@ -25,12 +25,9 @@ from model.paligemma import Cache, PaliGemma, Params
 
 def _reorder(cache: Cache, index: jax.Array) -> Cache:
     """Picks batch rows `index` of every per-example cache entry (beam search's parent beams)."""
-    out = dict(cache)
-    for key in ("k", "v"):
-        out[key] = jnp.take(cache[key], index, axis=1)
-    for key in ("pos", "valid", "next_pos"):
-        out[key] = jnp.take(cache[key], index, axis=0)
-    return out
+    take = lambda x: jnp.take(x, index, axis=0)
+    return dict(cache, kv=jax.tree.map(take, cache["kv"]),
+                **{key: take(cache[key]) for key in ("pos", "valid", "next_pos")})
 
 
 def _greedy(logits, cache, extend, max_len: int, eos_id: jax.Array) -> jax.Array:

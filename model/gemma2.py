@@ -6,8 +6,10 @@ attn_vec_einsum}, post_attention_norm, pre_ffw_norm, mlp/{gating_einsum, linear}
 stacked on a leading depth axis, and `final_norm`.
 
 The layers run under nn.scan, so compile time does not grow with depth. What differs between
-layers (sliding vs global attention) enters as a scanned boolean. The KV cache for all layers,
-[depth, B, S, kv_heads, head_dim], rides in the scan carry and each layer writes its own slice in place.
+layers (sliding vs global attention) enters as a scanned boolean. Decoding steps instead loop over
+layer weights sliced once beforehand, each layer with its own KV cache: keys [B, K, head_dim, S] and
+values [B, K, S, head_dim], the layouts the two attention matmuls read without a transpose, so a step
+writes one token per layer in place and copies nothing else.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from model.config import LLMConfig
 # softmax rather than NaN, as big_vision does (paligemma2-facts.md §1.3).
 MASKED_LOGIT = -2.3819763e38
 
+# One layer's cache: keys [B, K, head_dim, S], values [B, K, S, head_dim].
 KVCache = tuple[jax.Array, jax.Array]
 
 
@@ -118,6 +121,9 @@ class Attention(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, sin: jax.Array, cos: jax.Array, mask: jax.Array,
                  cache: KVCache | None, end: jax.Array | None) -> tuple[jax.Array, KVCache]:
+        """Without a cache x attends to itself and this call's keys/values [B, T, K, H] come back;
+        with one they are written into it at slot `end`, x attends over all of it, and the updated
+        cache comes back."""
         c = self.config
         n, k, h, d = c.num_heads, c.num_kv_heads, c.head_dim, c.width
         lecun = nn.initializers.lecun_normal
@@ -130,18 +136,29 @@ class Attention(nn.Module):
             key, value = jnp.moveaxis(contract(x, w, 2), 2, 0)
         q = apply_rope(q, sin, cos) * jnp.asarray(c.query_pre_attn_scalar**-0.5, self.dtype)
         key = apply_rope(key, sin, cos)
-        new = (key, value)
-        if cache is not None:  # Write this call's tokens at slot `end`, then attend over the whole cache.
-            key = jax.lax.dynamic_update_slice(cache[0], key.astype(cache[0].dtype), (0, end, 0, 0))
-            value = jax.lax.dynamic_update_slice(cache[1], value.astype(cache[1].dtype), (0, end, 0, 0))
-            key, value = key.astype(self.dtype), value.astype(self.dtype)
+        if cache is None:
+            new = (key, value)
+            key, value = key.transpose(0, 2, 3, 1), value.transpose(0, 2, 1, 3)
+        else:
+            key = jax.lax.dynamic_update_slice(cache[0], key.transpose(0, 2, 3, 1).astype(cache[0].dtype),
+                                               (0, 0, 0, end))
+            value = jax.lax.dynamic_update_slice(cache[1], value.transpose(0, 2, 1, 3).astype(cache[1].dtype),
+                                                 (0, 0, end, 0))
+            new = (key, value)
         b, t = q.shape[:2]
-        q = q.reshape(b, t, k, n // k, h)
-        logits = jnp.einsum("btkgh,bskh->bkgts", q, key, preferred_element_type=jnp.float32)
+        q, key, value = q.reshape(b, t, k, n // k, h), key.astype(self.dtype), value.astype(self.dtype)
+        if t == 1:  # One query: a fused multiply-reduce; XLA's CPU batched dot is slow for such small slices.
+            logits = jnp.sum(q[:, 0, :, :, :, None].astype(jnp.float32) * key[:, :, None], axis=3)[:, :, :, None]
+        else:
+            logits = jnp.einsum("btkgh,bkhs->bkgts", q, key, preferred_element_type=jnp.float32)
         logits = soft_cap(logits, c.attn_logits_softcap)
         logits = jnp.where(mask[:, None, None], logits, MASKED_LOGIT)
         probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-        out = einsum("bkgts,bskh->btkgh", probs, value).reshape(b, t, n, h)
+        if t == 1:
+            out = jnp.sum(probs[:, :, :, 0, :, None].astype(jnp.float32) * value[:, :, None], axis=3)
+            out = out.astype(self.dtype).reshape(b, t, n, h)
+        else:
+            out = einsum("bkgts,bksh->btkgh", probs, value).reshape(b, t, n, h)
         w = Einsum((n, h, d), lecun(in_axis=(0, 1), out_axis=2), self.dtype, name="attn_vec_einsum")()
         out = einsum("btnh,nhd->btd", out, w)
         return out, new
@@ -165,26 +182,25 @@ class FeedForward(nn.Module):
 
 
 class Block(nn.Module):
-    """One decoder layer. Scanned: carry = (x, cache of all layers), xs = (layer index, is_sliding)."""
+    """One decoder layer: (x, this layer's cache or None), is_sliding -> (x, keys/values or cache).
+    Under nn.scan the second output is stacked over layers."""
 
     config: LLMConfig
     dtype: Any
     dropout: float
     deterministic: bool
+    return_kv: bool = True
 
     @nn.compact
-    def __call__(self, carry, xs, shared):
-        x, cache = carry
-        layer, is_sliding = xs
+    def __call__(self, x, is_sliding, shared):
+        x, cache = x
         c = self.config
         mask = shared["mask"]
         if shared["sliding_mask"] is not None:
             mask = jnp.where(is_sliding, shared["sliding_mask"], mask)
-        layer_cache = None if cache is None else (cache[0][layer], cache[1][layer])
 
         y = RMSNorm(c.norm_eps, name="pre_attention_norm")(x)
-        y, (key, value) = Attention(c, self.dtype, name="attn")(
-            y, shared["sin"], shared["cos"], mask, layer_cache, shared["end"])
+        y, kv = Attention(c, self.dtype, name="attn")(y, shared["sin"], shared["cos"], mask, cache, shared["end"])
         if c.post_norms:
             y = RMSNorm(c.norm_eps, name="post_attention_norm")(y)
         x = x + nn.Dropout(self.dropout)(y, deterministic=self.deterministic)
@@ -194,12 +210,7 @@ class Block(nn.Module):
         if c.post_norms:
             y = RMSNorm(c.norm_eps, name="post_ffw_norm")(y)
         x = x + nn.Dropout(self.dropout)(y, deterministic=self.deterministic)
-
-        if cache is not None:
-            start = (layer, 0, shared["end"], 0, 0)
-            cache = (jax.lax.dynamic_update_slice(cache[0], key[None].astype(cache[0].dtype), start),
-                     jax.lax.dynamic_update_slice(cache[1], value[None].astype(cache[1].dtype), start))
-        return (x, cache), None
+        return (x, None), kv if self.return_kv else None
 
 
 class Gemma2(nn.Module):
@@ -228,38 +239,39 @@ class Gemma2(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array, sliding_mask: jax.Array | None,
-                 *, cache: KVCache | None = None, cache_end: jax.Array | None = None,
-                 deterministic: bool = True, layers: list[dict] | None = None) -> tuple[jax.Array, KVCache | None]:
-        """x [B, T, D] embedded inputs, positions int[B, T], mask bool[B, T, S] over the keys (S = T
-        without a cache, the cache length with one), sliding_mask the same for sliding layers.
+                 *, deterministic: bool = True, return_kv: bool = False, layers: list[dict] | None = None,
+                 cache: list[KVCache] | None = None, cache_end: jax.Array | None = None):
+        """x [B, T, D] embedded inputs, positions int[B, T], mask bool[B, T, S] over the keys,
+        sliding_mask the same for sliding layers (None: no window).
 
-        With `cache` (k, v each [depth, B, S, K, H]) this call's keys/values are written at slots
-        [cache_end, cache_end + T) before attending. Returns final-normed hidden states and the cache.
-
-        `layers` (from unstack_layers) runs the stack as a loop over already-sliced layer weights
-        instead of the scan. Decoding does this: under a scan, XLA copies every layer's weights out
-        of the stacked arrays on every call, which for one token costs more than the matmuls.
+        Sequences (training, prefill) run the scanned stack and return (final-normed hidden states,
+        with return_kv the keys and values of every layer, each [depth, B, T, K, H], else None).
+        Decoding steps pass `layers` (from
+        unstack_layers) and `cache` (one KVCache per layer, S slots): the stack runs as a loop over
+        the pre-sliced weights, this call's tokens go into each cache at slot `cache_end`, and the
+        updated caches come back. Under a scan XLA would copy every layer's weights out of the
+        stacked arrays on every step, which for one token costs more than the matmuls.
         """
         c = self.config
-        block = Block
-        if self.remat:
-            block = nn.remat(block, prevent_cse=False, policy=jax.checkpoint_policies.nothing_saveable)
-        scanned = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-                          in_axes=(0, nn.broadcast), length=c.depth)(
-            c, self.dtype, self.dropout, deterministic, name="layers")
         sin, cos = rope_tables(positions, c.head_dim, c.rope_base)
         use_sliding = sliding_mask is not None and sliding_layers(c).any()
-        shared = dict(sin=sin, cos=cos, mask=mask, sliding_mask=sliding_mask if use_sliding else None,
-                      end=cache_end)
-        carry = (x.astype(self.dtype), cache)
+        shared = dict(sin=sin, cos=cos, mask=mask, sliding_mask=sliding_mask if use_sliding else None, end=cache_end)
+        x = x.astype(self.dtype)
         if layers is None:
-            carry, _ = scanned(carry, (jnp.arange(c.depth), jnp.asarray(sliding_layers(c))), shared)
-        else:
-            block = Block(c, self.dtype, self.dropout, deterministic, parent=None)
-            for i, (layer, is_sliding) in enumerate(zip(layers, sliding_layers(c))):
-                carry, _ = block.apply({"params": layer}, carry, (i, is_sliding), shared)
-        x, cache = carry
-        return self.final_norm(x), cache
+            block = Block
+            if self.remat:
+                block = nn.remat(block, prevent_cse=False, policy=jax.checkpoint_policies.nothing_saveable)
+            scanned = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+                              in_axes=(0, nn.broadcast), length=c.depth)(
+                c, self.dtype, self.dropout, deterministic, return_kv, name="layers")
+            (x, _), kv = scanned((x, None), jnp.asarray(sliding_layers(c)), shared)
+            return self.final_norm(x), kv
+        block = Block(c, self.dtype, self.dropout, deterministic, parent=None)
+        new_cache = []
+        for layer, layer_cache, is_sliding in zip(layers, cache, sliding_layers(c)):
+            (x, _), updated = block.apply({"params": layer}, (x, layer_cache), is_sliding, shared)
+            new_cache.append(updated)
+        return self.final_norm(x), new_cache
 
 
 def unstack_layers(params: dict, depth: int) -> list[dict]:

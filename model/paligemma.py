@@ -21,9 +21,10 @@ from model.gemma2 import Gemma2
 from model.siglip import SigLIP
 
 Params = dict[str, Any]
-# The decoding state: k/v [depth, B, S, kv_heads, head_dim]; per slot its position and whether it holds
-# a real token; `end` the next slot to write (shared by the batch); `next_pos` [B] the next position.
-Cache = dict[str, jax.Array]
+# The decoding state: `kv` one gemma2.KVCache per layer (S slots); per slot its position (`pos`) and
+# whether it holds a real token (`valid`); `end` the next slot to write (shared by the batch);
+# `next_pos` [B] each example's next position.
+Cache = dict[str, Any]
 
 
 def prefix_lm_mask(mask_ar: jax.Array, valid: jax.Array) -> jax.Array:
@@ -94,24 +95,24 @@ class PaliGemma(nn.Module):
         if cache_size < p:
             raise ValueError(f"cache_size {cache_size} is shorter than the prompt ({p} tokens)")
         positions = jnp.cumsum(valid, axis=1) - 1
-        keys = ((0, 0), (0, 0), (0, cache_size - p))
         mask, sliding = self._masks(mask_ar, valid, positions)
-        mask = jnp.pad(mask, keys)
-        sliding = None if sliding is None else jnp.pad(sliding, keys)
-        c = self.config.llm
-        empty = jnp.zeros((c.depth, b, cache_size, c.num_kv_heads, c.head_dim), self.dtype)
-        h, (k, v) = self.llm(x, positions, mask, sliding, cache=(empty, empty), cache_end=jnp.int32(0))
+        h, (k, v) = self.llm(x, positions, mask, sliding, return_kv=True)
         last = p - 1 - jnp.argmax(valid[:, ::-1], axis=1)
         logits = self.llm.logits(jnp.take_along_axis(h, last[:, None, None], axis=1)[:, 0])
-        slots = ((0, 0), (0, cache_size - p))
-        cache = dict(k=k, v=v, pos=jnp.pad(positions, slots), valid=jnp.pad(valid, slots),
+        free = cache_size - p
+        kv = [(jnp.pad(k[i].transpose(0, 2, 3, 1), ((0, 0),) * 3 + ((0, free),)),
+               jnp.pad(v[i].transpose(0, 2, 1, 3), ((0, 0), (0, 0), (0, free), (0, 0))))
+              for i in range(self.config.llm.depth)]
+        slots = ((0, 0), (0, free))
+        cache = dict(kv=kv, pos=jnp.pad(positions, slots), valid=jnp.pad(valid, slots),
                      end=jnp.int32(p), next_pos=valid.sum(axis=1).astype(jnp.int32))
         return logits, cache
 
-    def extend(self, tokens: jax.Array, cache: Cache, layers: list[dict] | None = None) -> tuple[jax.Array, Cache]:
+    def extend(self, tokens: jax.Array, cache: Cache, layers: list[dict]) -> tuple[jax.Array, Cache]:
         """Feeds one token per example (int32[B]) after everything in `cache`; returns logits [B, V]
-        for the next token and the cache with this token appended at slot `end`. `layers`: the LLM's
-        layer weights pre-sliced by gemma2.unstack_layers (faster when called in a loop)."""
+        for the next token and the cache with this token appended at slot `end` (the caller keeps
+        end below the cache size). `layers`: the LLM's layer weights, sliced once by
+        gemma2.unstack_layers(params['llm']['layers'], depth) and reused for every step."""
         end, pos = cache["end"], cache["next_pos"]
         slot = (jnp.arange(cache["valid"].shape[1]) == end)[None, :]
         valid = cache["valid"] | slot
@@ -122,9 +123,8 @@ class PaliGemma(nn.Module):
         if window is not None:
             sliding = sliding_window_mask(mask, pos[:, None], k_pos, jnp.zeros_like(mask), window)
         x = self.llm.embed(tokens[:, None])
-        h, (k, v) = self.llm(x, pos[:, None], mask, sliding, cache=(cache["k"], cache["v"]), cache_end=end,
-                             layers=layers)
-        cache = dict(k=k, v=v, pos=k_pos, valid=valid, end=end + 1, next_pos=pos + 1)
+        h, kv = self.llm(x, pos[:, None], mask, sliding, layers=layers, cache=cache["kv"], cache_end=end)
+        cache = dict(kv=kv, pos=k_pos, valid=valid, end=end + 1, next_pos=pos + 1)
         return self.llm.logits(h[:, 0]), cache
 
 

@@ -35,8 +35,8 @@ def toy_extend(token, cache):
 def toy_start():
     """Slot 0 holds the example's id (its "prompt"), so examples differ."""
     history = jnp.zeros((BATCH, MAX_LEN + 1), jnp.int32).at[:, 0].set(jnp.arange(BATCH) + 1)
-    dummy = jnp.zeros((1, BATCH, 1, 1, 1))
-    cache = dict(k=dummy, v=dummy, pos=history, valid=history > 0, next_pos=jnp.ones(BATCH, jnp.int32),
+    dummy = jnp.zeros((BATCH, 1, 1, 1))
+    cache = dict(kv=[(dummy, dummy)], pos=history, valid=history > 0, next_pos=jnp.ones(BATCH, jnp.int32),
                  end=jnp.int32(1))
     return toy_logits(history, 1), cache
 
