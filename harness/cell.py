@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import jax
+import numpy as np
 
 from harness.data import TextSpec, train_batches
 from harness.evaluate import predict, score_rows, write_jsonl
@@ -65,9 +66,11 @@ def tokenizer_for(config: PaliGemmaConfig, options: Mapping[str, Any]) -> Tokeni
 
 
 def base_params(config: PaliGemmaConfig, checkpoint_path: str, seed: int) -> Any:
+    """Random init, or a checkpoint's params in float32 (released ones are bfloat16; the trainer keeps
+    float32 master weights whatever the compute dtype)."""
     if checkpoint_path == "random":
         return init_params(config, jax.random.key(seed))
-    _, params = checkpoint.load(checkpoint_path, config_name=config.name)
+    _, params = checkpoint.load(checkpoint_path, config_name=config.name, dtype=np.float32)
     return params
 
 

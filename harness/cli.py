@@ -111,7 +111,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         return 0
     _enable_compile_cache()
     for path in pretrain(args.config, tuple(args.sizes) if args.sizes else None,
-                         progress=not args.quiet):
+                         max_resolution=args.max_resolution, progress=not args.quiet):
         print(path)
     return 0
 
@@ -179,10 +179,13 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Pretrain the nano family in stages like PaliGemma 2's (stage 1 at the "
                        "lowest resolution on a multitask mixture, stage 2 at the higher resolutions with "
                        "text-heavy tasks upweighted), on data the task generators make with their own seed. "
-                       "Writes one .npz per size and resolution.")
+                       "Writes one .npz per size and resolution; rerunning keeps finished stages and "
+                       "resumes the one in progress from its last checkpoint.")
     p.add_argument("config", nargs="?", default=str(DEFAULT_PRETRAIN), help="pretraining YAML "
                    "(default: configs/pretrain/nano.yaml)")
     p.add_argument("--sizes", nargs="+", help="only these sizes (default: the config's)")
+    p.add_argument("--max-resolution", type=int, metavar="PX",
+                   help="stop after the stages at or below this resolution (default: all stages)")
     p.add_argument("--tokenizer", action="store_true",
                    help="only (re)train the nano SentencePiece tokenizer on the generated text")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -13,6 +13,7 @@ Each stage's result is the base checkpoint for that (size, resolution): `{out}/{
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,23 +106,38 @@ def continue_at(params: Any, resolution_config) -> Any:
     return {**params, "img": img}
 
 
-def pretrain_size(spec: PretrainSpec, size: str, *, progress: bool = True) -> list[Path]:
+def pretrain_size(spec: PretrainSpec, size: str, *, max_resolution: int | None = None,
+                  progress: bool = True) -> list[Path]:
+    """Runs the stages for one size. Resumable: a stage whose .npz exists is loaded, not rerun, and a
+    stage in progress checkpoints every 100 steps under {out}/.work and resumes from there."""
     tokenizer = Tokenizer(spec.tokenizer)
     written, params = [], None
     for i, stage in enumerate(spec.stages):
+        if max_resolution is not None and stage.resolution > max_resolution:
+            break
         config = config_for(size, stage.resolution)
+        out = spec.out / f"{size}-{stage.resolution}.npz"
+        if out.exists():
+            _, params = checkpoint.load_npz(str(out), config)
+            print(f"{size} {stage.name} @{stage.resolution}px: {out} exists, kept (delete it to redo)")
+            written.append(out)
+            continue
         params = (init_params(config, jax.random.key(0)) if params is None
                   else continue_at(params, config))
         batches = mixture_batches(pretraining_sources(spec, stage), tokenizer, text_len=stage.text_len,
                                   resolution=stage.resolution, batch_size=spec.batch_size,
                                   num_steps=stage.steps, seed=spec.data_seed + i)
-        cfg = TrainConfig(lr=spec.lr, num_steps=stage.steps, weight_decay=spec.weight_decay, seed=i)
+        cfg = TrainConfig(lr=spec.lr, num_steps=stage.steps, weight_decay=spec.weight_decay, seed=i,
+                          checkpoint_every=100)
+        workdir = spec.out / ".work" / f"{size}-{stage.resolution}"
         t0 = time.perf_counter()
-        params, summary = train(config, params, batches, cfg, progress=progress,
+        params, summary = train(config, params, batches, cfg, workdir=workdir, progress=progress,
                                 desc=f"{size} {stage.name} @{stage.resolution}px")
-        out = spec.out / f"{size}-{stage.resolution}.npz"
         out.parent.mkdir(parents=True, exist_ok=True)
-        checkpoint.save_npz(out, params)
+        tmp = out.with_name(out.stem + ".tmp.npz")
+        checkpoint.save_npz(str(tmp), params)
+        tmp.replace(out)
+        shutil.rmtree(workdir, ignore_errors=True)
         written.append(out)
         print(f"{size} {stage.name} @{stage.resolution}px: {stage.steps} steps in "
               f"{time.perf_counter() - t0:.0f}s, final loss {summary['final_loss']:.3f} -> {out}")
@@ -129,9 +145,10 @@ def pretrain_size(spec: PretrainSpec, size: str, *, progress: bool = True) -> li
 
 
 def pretrain(spec_path: str | Path, sizes: tuple[str, ...] | None = None, *,
-             progress: bool = True) -> list[Path]:
+             max_resolution: int | None = None, progress: bool = True) -> list[Path]:
     spec = load_spec(spec_path)
-    return [p for size in (sizes or spec.sizes) for p in pretrain_size(spec, size, progress=progress)]
+    return [p for size in (sizes or spec.sizes)
+            for p in pretrain_size(spec, size, max_resolution=max_resolution, progress=progress)]
 
 
 def make_tokenizer(spec: PretrainSpec, vocab_size: int) -> Path:

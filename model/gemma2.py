@@ -258,9 +258,10 @@ class Gemma2(nn.Module):
         shared = dict(sin=sin, cos=cos, mask=mask, sliding_mask=sliding_mask if use_sliding else None, end=cache_end)
         x = x.astype(self.dtype)
         if layers is None:
-            block = Block
-            if self.remat:
-                block = nn.remat(block, prevent_cse=False, policy=jax.checkpoint_policies.nothing_saveable)
+            # As in siglip.Encoder: keep matmul outputs (remat=False) or nothing (remat=True) per layer.
+            policies = jax.checkpoint_policies
+            policy = policies.nothing_saveable if self.remat else policies.dots_saveable
+            block = nn.remat(Block, prevent_cse=False, policy=policy)
             scanned = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
                               in_axes=(0, nn.broadcast), length=c.depth)(
                 c, self.dtype, self.dropout, deterministic, return_kv, name="layers")

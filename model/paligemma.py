@@ -48,7 +48,9 @@ def sliding_window_mask(mask: jax.Array, q_pos: jax.Array, k_pos: jax.Array, sam
 
 class PaliGemma(nn.Module):
     """The whole model. `dropout` applies to the LLM residual branches (big_vision's llm.dropout)
-    when called with train=True and a 'dropout' rng; `remat` rematerialises each scanned layer."""
+    when called with train=True and a 'dropout' rng. For gradients each layer keeps only its matmul
+    outputs and recomputes the rest; remat=True keeps nothing and recomputes the whole layer
+    (big_vision's nothing_saveable: least memory)."""
 
     config: PaliGemmaConfig
     dtype: Any = jnp.float32

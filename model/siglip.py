@@ -92,9 +92,12 @@ class Encoder(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        block = Encoder1DBlock
-        if self.remat:
-            block = nn.remat(block, prevent_cse=False, policy=jax.checkpoint_policies.nothing_saveable)
+        # remat=False keeps each layer's matmul outputs and recomputes the element-wise rest when
+        # differentiating: less memory than keeping everything, and faster on CPU. remat=True keeps
+        # nothing per layer (big_vision's nothing_saveable).
+        policies = jax.checkpoint_policies
+        policy = policies.nothing_saveable if self.remat else policies.dots_saveable
+        block = nn.remat(Encoder1DBlock, prevent_cse=False, policy=policy)
         scanned = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
                           in_axes=nn.broadcast, length=self.config.depth)
         x, _ = scanned(self.config.mlp_dim, self.config.num_heads, self.dtype, name="encoderblock")(x, None)
