@@ -47,7 +47,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from harness.scheduler import run_grid
     from results.tables import write_tables
 
-    grid = load_grid(args.grid, check_files=not args.dry_run)
+    grid = load_grid(args.grid, check_files=not (args.dry_run or args.random_init))
+    if args.random_init:
+        grid = grid.random_init_twin()
     workdir = Path(args.workdir or Path("runs") / grid.name)
     if grid.demo:
         print(f"[demo scale] {grid.name}: tiny models on generated data; numbers show that the pipeline "
@@ -63,7 +65,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_tables(args: argparse.Namespace) -> int:
     from results.tables import write_tables
 
-    print(write_tables(Path(args.workdir), Path(args.out) if args.out else None))
+    print(write_tables(Path(args.workdir), Path(args.out) if args.out else None, baseline=args.baseline))
     return 0
 
 
@@ -141,12 +143,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=("local", "ray"), default="local",
                    help="run cells in this process (local) or spread them over a Ray cluster")
     p.add_argument("--dry-run", action="store_true", help="list the cells and their estimated cost only")
+    p.add_argument("--random-init", action="store_true",
+                   help="run the grid's random-init twin instead (name + '-random', every cell from random "
+                   "weights): the baseline for `tables WORKDIR --baseline runs/<name>-random`")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("tables", help="regenerate Markdown/CSV/LaTeX tables and PNG plots from records")
     p.add_argument("workdir", help="a grid's workdir (holds records/)")
     p.add_argument("--out", help="output folder (default: WORKDIR/tables)")
+    p.add_argument("--baseline", metavar="WORKDIR", help="another grid's workdir to compare against cell by "
+                   "cell (e.g. the random-init twin of the demo: runs/demo-random)")
     p.set_defaults(func=_cmd_tables)
 
     p = sub.add_parser("tasks", help="list the task plugins, or their recipes")

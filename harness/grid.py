@@ -17,7 +17,7 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -117,6 +117,13 @@ class Grid:
 
     def swept(self, task: str) -> bool:
         return len(self.lrs[task]) > 1
+
+    def random_init_twin(self) -> "Grid":
+        """The same grid from random init (name + "-random"): the baseline that shows what the base
+        checkpoints bring. Its cells hash differently, so they never mix with the original's."""
+        name = f"{self.name}-random"
+        note = f"\n# Run with --random-init: checkpoints replaced by {RANDOM_INIT}, name by {name}.\n"
+        return replace(self, name=name, checkpoints=RANDOM_INIT, text=self.text + note)
 
     def checkpoint(self, size: str, resolution: int) -> str:
         if self.checkpoints == RANDOM_INIT:

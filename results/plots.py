@@ -84,3 +84,27 @@ def lr_sweep_curves(sweep: pd.DataFrame, chosen: Mapping, path: str | Path) -> P
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return Path(path)
+
+
+def versus_bars(tidy: pd.DataFrame, baseline: str, path: str | Path) -> Path:
+    """Per task, one bar per size-resolution cell: score minus the baseline's (points x100)."""
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    if tidy.empty:
+        _no_data(ax, "no cell in common with the baseline")
+    else:
+        tasks = sorted(tidy["task"].unique())
+        cells = sorted({(s, r) for s, r in zip(tidy["size"], tidy["resolution"])}, key=lambda c: (c[1], c[0]))
+        width = 0.8 / len(cells)
+        for i, (size, res) in enumerate(cells):
+            part = tidy[(tidy["size"] == size) & (tidy["resolution"] == res)].set_index("task")["diff"]
+            xs = [t + (i - (len(cells) - 1) / 2) * width for t in range(len(tasks))]
+            ax.bar(xs, [part.get(task, math.nan) for task in tasks], width, label=f"{size}-{res}")
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_xticks(range(len(tasks)), tasks, rotation=20, fontsize=8)
+        ax.legend(fontsize=8, ncol=len(cells))
+    ax.set_ylabel("score - baseline (points x100)")
+    ax.set_title(f"Against {baseline}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)

@@ -20,6 +20,7 @@ import pandas as pd
 from harness.grid import format_lr, select_best_lrs
 from model.config import FAMILIES
 from results import plots
+from results.compare import tasks_won, versus
 from results.sensitivity import RULE, sensitivities
 from results.store import Record, load_records
 
@@ -177,15 +178,22 @@ def latex(df: pd.DataFrame, index_name: str, caption: str, bold: set = frozenset
     return "\n".join(lines) + "\n"
 
 
-def write_tables(workdir: str | Path, out_dir: str | Path | None = None) -> str:
-    """Write tables.md, *.csv, *.tex and *.png into out_dir (default workdir/tables); return the Markdown."""
-    workdir = Path(workdir)
-    out = Path(out_dir) if out_dir is not None else workdir / "tables"
-    records, superseded = latest_records(load_records(workdir))
+def _final_cells_of(workdir: Path) -> tuple[pd.DataFrame, list[str], list[Record], pd.DataFrame, dict]:
+    records, _ = latest_records(load_records(workdir))
     df = records_frame(records)
     chosen = select_best_lrs(records)
-    chosen_lr = {pair: c.lr for pair, c in chosen.items()}
-    cells, notes = final_cells(df, chosen_lr)
+    cells, notes = final_cells(df, {pair: c.lr for pair, c in chosen.items()})
+    return cells, notes, records, df, chosen
+
+
+def write_tables(workdir: str | Path, out_dir: str | Path | None = None,
+                 baseline: str | Path | None = None) -> str:
+    """Write tables.md, *.csv, *.tex and *.png into out_dir (default workdir/tables); return the Markdown.
+    With `baseline` (another workdir), also the cell-by-cell comparison against it (results/compare.py)."""
+    workdir = Path(workdir)
+    out = Path(out_dir) if out_dir is not None else workdir / "tables"
+    _, superseded = latest_records(load_records(workdir))
+    cells, notes, records, df, chosen = _final_cells_of(workdir)
     final = df[df["phase"] == "final"]
     sizes = sorted(final["size"].unique(), key=size_key)
     resolutions = sorted(int(r) for r in final["resolution"].unique())
@@ -225,7 +233,22 @@ def write_tables(workdir: str | Path, out_dir: str | Path | None = None) -> str:
 
     plots.gains_scatter(sens, out / "sensitivity.png")
     plots.lr_sweep_curves(sweep_csv, chosen, out / "lr_sweep.png")
-    parts += ["", "Plots beside this file: sensitivity.png, lr_sweep.png."]
+    pngs = ["sensitivity.png", "lr_sweep.png"]
+    if baseline is not None:
+        baseline = Path(baseline)
+        base_cells = _final_cells_of(baseline)[0]
+        vs, tidy = versus(cells, base_cells, sizes, resolutions)
+        won, compared = tasks_won(tidy)
+        caption = (f"Final runs of {workdir.name} / {baseline.name} ({baseline}), headline metric x100, per "
+                   f"size-resolution cell; mean diff: the mean over a task's cells of the difference; cells "
+                   f"won: cells where {workdir.name} scores higher. {workdir.name} wins {won} of {compared} "
+                   f"tasks (positive mean diff).")
+        parts += ["", f"## Against {baseline.name}", "", markdown(vs, "task"), "", caption]
+        tidy.to_csv(out / "versus.csv", index=False)
+        (out / "versus.tex").write_text(latex(vs, "task", caption), encoding="utf-8")
+        plots.versus_bars(tidy, baseline.name, out / "versus.png")
+        pngs.append("versus.png")
+    parts += ["", f"Plots beside this file: {', '.join(pngs)}."]
     text = "\n".join(parts) + "\n"
     (out / "tables.md").write_text(text, encoding="utf-8")
     return text

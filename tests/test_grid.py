@@ -162,6 +162,18 @@ def test_existing_checkpoints_pass_and_check_files_can_be_skipped(tmp_path):
     assert load_grid(write(tmp_path, text)).checkpoint("nano-s", 32) == f"{tmp_path}/pt-nano-s-32.npz"
 
 
+def test_random_init_twin(tmp_path):
+    text = GRID.replace("checkpoints: random", f"checkpoints: {tmp_path}/pt-{{size}}-{{resolution}}.npz")
+    grid = load_grid(write(tmp_path, text), check_files=False)
+    twin = grid.random_init_twin()
+    assert twin.name == "unit-random" and "--random-init" in twin.text
+    assert {c.checkpoint for c in twin.sweep_cells()} == {"random"}
+    # Same cells otherwise, but never the same ids: the two grids' records cannot mix.
+    pairs = list(zip(grid.sweep_cells(), twin.sweep_cells()))
+    assert all((a.task, a.size, a.resolution, a.lr) == (b.task, b.size, b.resolution, b.lr) for a, b in pairs)
+    assert not {a.cell_id for a, _ in pairs} & {b.cell_id for _, b in pairs}
+
+
 def test_unreadable_grid_file_is_named(tmp_path):
     with pytest.raises(GridError, match=re.escape(str(tmp_path / "nope.yaml"))):
         load_grid(tmp_path / "nope.yaml")

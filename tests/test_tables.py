@@ -107,3 +107,21 @@ def test_corrupt_record_names_the_file(workdir):
     bad.write_text(json.dumps({"cell_id": "x"}))
     with pytest.raises(RecordError, match=f"{bad}: corrupt record .missing field.*task"):
         load_records(workdir)
+
+
+def test_against_a_baseline_workdir(workdir, tmp_path_factory):
+    base = tmp_path_factory.mktemp("random-init")
+    for task, (headline, cells) in FINAL.items():
+        for (size, res), mean in cells.items():
+            # The baseline loses every vqav2 cell by 10 points, wins every docvqa cell by 1, ties the rest.
+            delta = {"vqav2": -0.10, "docvqa": 0.01}.get(task, 0.0)
+            for seed, off in enumerate(OFFSETS):
+                write_record(base, rec(task, size, res, mean + off + delta, seed=seed, headline=headline))
+    md = write_tables(workdir, baseline=base)
+    assert f"## Against {base.name}" in md
+    assert "| task | 3b-224 | 10b-224 | 3b-448 | 10b-448 | mean diff | cells won |" in md
+    assert "| vqav2 | 83.0 / 73.0 | 84.3 / 74.3 | 83.1 / 73.1 | – | +10.0 | 3/3 |" in md
+    assert "| docvqa | 40.0 / 41.0 | 44.0 / 45.0 | 73.6 / 74.6 | 76.6 / 77.6 | -1.0 | 0/4 |" in md
+    assert "| chemdraw | 50.0 / 50.0 | 49.9 / 49.9 | 50.1 / 50.1 | – | +0.0 | 0/3 |" in md
+    assert "wins 1 of 4 tasks" in md  # pubtabnet has no baseline cell, so 4 tasks are compared
+    assert {"versus.csv", "versus.tex", "versus.png"} <= {p.name for p in (workdir / "tables").iterdir()}
