@@ -8,7 +8,8 @@ each higher resolution, upweighting the text-heavy tasks. The data comes from th
 generators run with a different seed than any demo grid (`configs/pretrain/nano.yaml`), so fine-tuning
 never sees its eval images here. Soft-caps stay on during pretraining, as in the paper's stages 1-2.
 
-Each stage's result is the base checkpoint for that (size, resolution): `{out}/{size}-{res}.npz`.
+Each stage's result is the base checkpoint for that (size, resolution): `{out}/{size}-{res}.npz`,
+in bfloat16 like the released `.b16.npz` files.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import jax
+import ml_dtypes
+import numpy as np
 import yaml
 
 from harness.data import Source, mixture_batches
@@ -118,7 +121,7 @@ def pretrain_size(spec: PretrainSpec, size: str, *, max_resolution: int | None =
         config = config_for(size, stage.resolution)
         out = spec.out / f"{size}-{stage.resolution}.npz"
         if out.exists():
-            _, params = checkpoint.load_npz(str(out), config)
+            _, params = checkpoint.load_npz(str(out), config, dtype=np.float32)
             print(f"{size} {stage.name} @{stage.resolution}px: {out} exists, kept (delete it to redo)")
             written.append(out)
             continue
@@ -133,10 +136,14 @@ def pretrain_size(spec: PretrainSpec, size: str, *, max_resolution: int | None =
         t0 = time.perf_counter()
         params, summary = train(config, params, batches, cfg, workdir=workdir, progress=progress,
                                 desc=f"{size} {stage.name} @{stage.resolution}px")
+        # Stored in bfloat16 like the released checkpoints (half the bytes to ship); the next stage
+        # continues from the stored values, so a resumed run and an uninterrupted one agree.
+        params = jax.tree.map(lambda x: np.asarray(x).astype(ml_dtypes.bfloat16), params)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(out.stem + ".tmp.npz")
         checkpoint.save_npz(str(tmp), params)
         tmp.replace(out)
+        params = jax.tree.map(lambda x: x.astype(np.float32), params)
         shutil.rmtree(workdir, ignore_errors=True)
         written.append(out)
         print(f"{size} {stage.name} @{stage.resolution}px: {stage.steps} steps in "
