@@ -11,6 +11,8 @@ The definition (metric-facts.md §4):
   `<td>`s of which one has content, the Levenshtein distance of the token lists over the longer length;
   otherwise 0. S-TEDS empties every cell, so only the structure counts.
 - TEDS = 1 - TED / N, N = the larger number of element descendants of `<table>` (inline `<b>` included).
+  It is not clipped, so it goes below 0 when the distance exceeds N, e.g. for a deeply nested, broken
+  prediction against a flat table; the official code does the same and so do we.
 
 Three departures from the letter of the official file:
 - It passes the parser positionally to `lxml.html.fromstring`, whose second parameter is `base_url`, so

@@ -188,3 +188,11 @@ def test_equals_apted_on_random_trees():
                 assert ours == theirs, seed
             else:
                 assert ours == pytest.approx(theirs, abs=1e-12), seed
+
+
+def test_unclipped_below_zero_like_the_official_code():
+    # Unclosed <td>s nest: lxml makes a 40-deep chain, far from GT's flat 8 nodes (an untrained model's output).
+    broken = doc("<tr>" + "<td>" * 40 + "12")
+    ours = teds(broken, GT)
+    assert ours < 0
+    assert ours == reference.teds(broken, GT)
