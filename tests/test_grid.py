@@ -7,9 +7,12 @@ import re
 from pathlib import Path
 from types import SimpleNamespace
 
+import ml_dtypes
+import numpy as np
 import pytest
 
 from harness.grid import GridError, load_grid, select_best_lrs
+from model import checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -96,6 +99,19 @@ def test_paper_grid_is_the_papers():
     assert not grid.demo
     # 3 tasks x 7 lrs + 3 tasks x 5 lrs, x 3 sizes (chemdraw has one lr); 7 x 3 x 3 x 5 final.
     assert len(grid.sweep_cells()) == 108 and len(grid.final_plan()) == 315
+
+
+def test_demo_grid_starts_from_the_shipped_nano_checkpoints(monkeypatch):
+    monkeypatch.chdir(REPO)  # grid paths are relative to where `paligemma-transfer run` is started
+    grid = load_grid(REPO / "configs" / "grids" / "demo.yaml")  # checks that every base checkpoint exists
+    assert grid.demo and grid.sizes == ("nano-s", "nano-m") and grid.resolutions == (32, 64)
+    for size in grid.sizes:
+        for res in grid.resolutions:
+            path = grid.checkpoint(size, res)
+            assert path == f"checkpoints/nano/{size}-{res}.npz"
+            flat = checkpoint.read_npz(path)  # bfloat16 like the released files; shapes checked on load
+            assert {v.dtype for v in flat.values()} == {np.dtype(ml_dtypes.bfloat16)}
+            checkpoint.load_npz(path, f"{size}-{res}")
 
 
 def test_demo_block_means_demo_scale_with_generated_data(tmp_path):
