@@ -56,7 +56,9 @@ def _stack(rows: Sequence[dict]) -> dict[str, np.ndarray]:
     return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
 
-def _train_row(ex: Example, target: str, tokenizer, spec: TextSpec) -> dict[str, np.ndarray]:
+def train_row(ex: Example, target: str, tokenizer, spec: TextSpec) -> dict[str, np.ndarray]:
+    """One example as the trainer sees it: the image in [-1, 1] at the cell's resolution, the tokens of
+    [BOS prefix "\n" target EOS] and their masks."""
     enc = tokenizer.encode_train(ex.prefix, target, spec.text_len)
     return dict(image=preprocess_image(ex.image, spec.resolution, spec.square_pad),
                 text=np.asarray(enc["tokens"], np.int32),
@@ -90,7 +92,7 @@ def train_batches(examples: Sequence[Example], tokenizer, spec: TextSpec, *, bat
         epoch, i = divmod(index, n)
         j = int(np.random.default_rng([seed, epoch]).permutation(n)[i])
         ex = examples[j]
-        return _train_row(ex, _choose_target(ex, np.random.default_rng([seed, epoch, j])), tokenizer, spec)
+        return train_row(ex, _choose_target(ex, np.random.default_rng([seed, epoch, j])), tokenizer, spec)
 
     return _batched(grain.MapDataset.range(epochs * n).map(load), batch_size, num_steps)
 
@@ -118,7 +120,7 @@ def mixture_batches(sources: Sequence[Source], tokenizer, *, text_len: int, reso
         src = sources[int(rng.choice(len(sources), p=probs))]
         ex = src.examples[int(rng.integers(len(src.examples)))]
         spec = TextSpec(text_len=text_len, square_pad=src.square_pad, resolution=resolution)
-        return _train_row(ex, _choose_target(ex, rng), tokenizer, spec)
+        return train_row(ex, _choose_target(ex, rng), tokenizer, spec)
 
     return _batched(grain.MapDataset.range(num_steps * batch_size).map(load), batch_size, num_steps)
 

@@ -1,0 +1,88 @@
+"""How much a model's predictions depend on the image: the loss with each example's own image against the
+loss with another example's image, per task.
+
+    python bench/image_use.py                                  # the shipped nano checkpoints, demo eval data
+    python bench/image_use.py --checkpoints random:nano-s-32 checkpoints/nano/nano-m-64.npz
+
+For every task of the demo grid it scores the eval split's targets (teacher forcing, the trainer's loss:
+mean cross-entropy per suffix token, averaged over examples) twice: with the right images, and with the
+images rolled by one position across the split. The gap (shuffled - right, nats per token) is what the
+image tells the model about the target; 0 means the model answers from the prompt alone. A demo
+diagnostic, not a benchmark of speed: it explains demo tables in which a task's outputs are the same for
+every image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
+
+from harness.cell import base_params, split_overrides, tokenizer_for, transfer_config  # noqa: E402
+from harness.data import TextSpec, train_row  # noqa: E402
+from harness.grid import load_grid  # noqa: E402
+from harness.train import per_example_loss  # noqa: E402
+from model.config import config_for  # noqa: E402
+from model.paligemma import PaliGemma  # noqa: E402
+from tasks.registry import get_task  # noqa: E402
+
+
+def parse_checkpoint(spec: str) -> tuple[str, str]:
+    """'path/nano-s-32.npz' or 'random:nano-s-32' -> (config name, checkpoint path or 'random')."""
+    if spec.startswith("random:"):
+        return spec.split(":", 1)[1], "random"
+    return Path(spec).stem, spec
+
+
+def mean_losses(model: PaliGemma, params, rows: list[dict], batch_size: int) -> np.ndarray:
+    """Per-example suffix loss, in batches."""
+    apply = jax.jit(lambda p, b: per_example_loss(
+        model.apply({"params": p}, b["image"], b["text"][:, :-1], b["mask_ar"][:, :-1],
+                    b["mask_input"][:, :-1]), b["text"][:, 1:], b["mask_loss"][:, 1:], 0.0))
+    out = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        batch = {k: np.stack([r[k] for r in chunk]) for k in chunk[0]}
+        out.append(np.asarray(apply(params, batch)))
+    return np.concatenate(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--grid", default="configs/grids/demo.yaml",
+                        help="grid whose tasks, data_root and text lengths are used (default: the demo)")
+    parser.add_argument("--checkpoints", nargs="+",
+                        default=[f"checkpoints/nano/{c}.npz" for c in ("nano-s-32", "nano-s-64", "nano-m-32", "nano-m-64")],
+                        help="checkpoint files named <size>-<resolution>.npz, or random:<size>-<resolution>")
+    parser.add_argument("--split", default="eval")
+    parser.add_argument("--data-root", help="the tasks' data folders (default: the grid's data_root)")
+    args = parser.parse_args()
+
+    grid = load_grid(args.grid, check_files=False)
+    print(f"{'checkpoint':<34} {'task':<14} {'right':>7} {'shuffled':>9} {'gap':>7}   (nats/token)")
+    for spec in args.checkpoints:
+        name, path = parse_checkpoint(spec)
+        size, resolution = name.rsplit("-", 1)
+        for task_name in grid.tasks:
+            task = get_task(task_name)
+            recipe_overrides, _ = split_overrides(dict(grid.overrides[task_name]))
+            recipe = task.recipe(size, int(resolution)).replace(**recipe_overrides)
+            config = transfer_config(config_for(size, int(resolution)), recipe)
+            text = TextSpec(text_len=recipe.text_len, square_pad=recipe.pad_to_square,
+                            resolution=int(resolution))
+            tokenizer = tokenizer_for(config, {})
+            examples = task.examples(Path(args.data_root or grid.data_root) / task_name, args.split)
+            rows = [train_row(ex, ex.targets[0], tokenizer, text) for ex in examples]
+            shuffled = [dict(r, image=rows[(i + 1) % len(rows)]["image"]) for i, r in enumerate(rows)]
+            model, params = PaliGemma(config), base_params(config, path, 0)
+            right = mean_losses(model, params, rows, 40).mean()
+            wrong = mean_losses(model, params, shuffled, 40).mean()
+            print(f"{spec:<34} {task_name:<14} {right:7.3f} {wrong:9.3f} {wrong - right:+7.3f}")
+
+if __name__ == "__main__":
+    main()
