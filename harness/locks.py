@@ -117,6 +117,12 @@ class CellLock:
             aside.unlink(missing_ok=True)
         return self._create()
 
+    def clear_if_stale(self) -> None:
+        """Remove the lock if its holder is dead: a scheduler killed after writing a finished cell's
+        record but before releasing the cell's lock leaves one behind. A live holder's lock stays."""
+        if self.acquire():
+            self.release()
+
     def release(self) -> None:
         """Remove the lock if it is still ours."""
         if self.held and self.owner() == self.me:

@@ -29,8 +29,9 @@ from typing import Any, Callable, Iterable, Mapping
 
 from tqdm import tqdm
 
-from harness.grid import Cell, Grid, LrChoice, format_lr, select_best_lrs
+from harness.grid import Cell, Grid
 from harness.locks import CellLock
+from results.lr_choice import LrChoice, format_lr, select_best_lrs
 from results.store import (Record, atomic_write_text, has_record, predictions_path, read_record,
                            record_path, versions, write_record)
 
@@ -161,6 +162,10 @@ class _Phase:
     def run(self, cells: list[Cell]) -> None:
         self.cells = cells
         self.sync_bar()
+        for cell in cells:
+            lock_path = cell_dir(self.workdir, cell.cell_id) / "lock"
+            if lock_path.exists() and has_record(self.workdir, cell.cell_id):
+                CellLock(lock_path).clear_if_stale()
         pending = [c for c in cells if not has_record(self.workdir, c.cell_id)]
         while pending:
             if self.backend == "ray":

@@ -3,7 +3,7 @@
 - Table 13 layout (facts §3.2): task rows, size-resolution columns, mean ± std over seeds of the
   headline metric x100, final phase.
 - Table 14 layout (facts §3.3.1): rows task x size, columns the swept lrs, sweep phase, the lr the
-  protocol picks in bold (harness.grid.select_best_lrs: the same rule the scheduler used).
+  protocol picks in bold (results.lr_choice.select_best_lrs: the same rule the scheduler used).
 - Sensitivity (Fig. 3): results/sensitivity.py.
 Metric values are stored as fractions (CIDEr as pycocoevalcap returns it) and shown x100. A missing
 cell shows "–". Only records are read, so tables can be rebuilt anywhere from a copied workdir.
@@ -17,7 +17,7 @@ from typing import Iterable
 
 import pandas as pd
 
-from harness.grid import format_lr, select_best_lrs
+from results.lr_choice import format_lr, select_best_lrs
 from model.config import FAMILIES
 from results import plots
 from results.compare import tasks_won, versus

@@ -11,7 +11,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from harness.grid import GridError, load_grid, select_best_lrs
+from harness.grid import GridError, load_grid
+from results.lr_choice import select_best_lrs
 from model import checkpoint
 
 REPO = Path(__file__).resolve().parents[1]

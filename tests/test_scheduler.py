@@ -217,6 +217,19 @@ def test_stale_lock_is_taken_over(tmp_path, grid_file):
     assert has_record(workdir, target.cell_id) and not lock.exists()
 
 
+def test_stale_lock_of_a_finished_cell_is_cleared(tmp_path, grid_file):
+    """A scheduler killed between writing a cell's record and releasing its lock leaves the lock behind;
+    the next run removes it (a live holder's lock on a finished cell is left alone)."""
+    grid = load_grid(grid_file())
+    workdir = tmp_path / "w"
+    run_grid(grid, workdir, progress=False)
+    dead, live = (cell_dir(workdir, c.cell_id) / "lock" for c in grid.sweep_cells()[:2])
+    _write_lock(dead, socket.gethostname(), _dead_pid())
+    _write_lock(live, socket.gethostname(), os.getppid())
+    run_grid(grid, workdir, progress=False)
+    assert not dead.exists() and live.exists()
+
+
 def test_lock_rules(tmp_path):
     path = tmp_path / "lock"
     mine = CellLock(path)
