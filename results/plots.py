@@ -36,8 +36,17 @@ def gains_scatter(sens: list[Sensitivity], path: str | Path) -> Path:
         ys = [s.size.value for s in points]
         ax.errorbar(xs, ys, xerr=[2 * s.resolution.se for s in points], yerr=[2 * s.size.se for s in points],
                     fmt="o", capsize=3)
+        # Tasks at the same point (e.g. several with no gain at all) share one label, written below
+        # the point, instead of overprinting each other.
+        groups: dict[tuple[float, float], list[Sensitivity]] = {}
         for s, x, y in zip(points, xs, ys):
-            ax.annotate(f"{s.task} ({s.label})", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+            groups.setdefault((round(x, 6), round(y, 6)), []).append(s)
+        for (x, y), group in groups.items():
+            kinds = {s.label for s in group}
+            text = (", ".join(s.task for s in group) + f" ({group[0].label})" if len(kinds) == 1
+                    else "; ".join(f"{s.task} ({s.label})" for s in group))
+            ax.annotate(text, (x, y), textcoords="offset points", xytext=(4, 4 if len(group) == 1 else -12),
+                        fontsize=8)
         ends = [(g.value - 2 * g.se, g.value + 2 * g.se) for s in points for g in (s.resolution, s.size)]
         lo, hi = min(0.0, *(a for a, _ in ends)), max(0.0, *(b for _, b in ends))
         pad = 0.1 * (hi - lo) or 1.0
@@ -86,14 +95,15 @@ def lr_sweep_curves(sweep: pd.DataFrame, chosen: Mapping, path: str | Path) -> P
     return Path(path)
 
 
-def versus_bars(tidy: pd.DataFrame, baseline: str, path: str | Path) -> Path:
-    """Per task, one bar per size-resolution cell: score minus the baseline's (points x100)."""
+def versus_bars(tidy: pd.DataFrame, baseline: str, path: str | Path, sizes: list[str]) -> Path:
+    """Per task, one bar per size-resolution cell: score minus the baseline's (points x100); bars in
+    the tables' column order (resolution, then `sizes` in family order)."""
     fig, ax = plt.subplots(figsize=(8, 3.8))
     if tidy.empty:
         _no_data(ax, "no cell in common with the baseline")
     else:
         tasks = sorted(tidy["task"].unique())
-        cells = sorted({(s, r) for s, r in zip(tidy["size"], tidy["resolution"])}, key=lambda c: (c[1], c[0]))
+        cells = sorted({(s, r) for s, r in zip(tidy["size"], tidy["resolution"])}, key=lambda c: (c[1], sizes.index(c[0])))
         width = 0.8 / len(cells)
         for i, (size, res) in enumerate(cells):
             part = tidy[(tidy["size"] == size) & (tidy["resolution"] == res)].set_index("task")["diff"]

@@ -246,7 +246,7 @@ def write_tables(workdir: str | Path, out_dir: str | Path | None = None,
         parts += ["", f"## Against {baseline.name}", "", markdown(vs, "task"), "", caption]
         tidy.to_csv(out / "versus.csv", index=False)
         (out / "versus.tex").write_text(latex(vs, "task", caption), encoding="utf-8")
-        plots.versus_bars(tidy, baseline.name, out / "versus.png")
+        plots.versus_bars(tidy, baseline.name, out / "versus.png", sizes)
         pngs.append("versus.png")
     parts += ["", f"Plots beside this file: {', '.join(pngs)}."]
     text = "\n".join(parts) + "\n"
