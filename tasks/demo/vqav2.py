@@ -120,11 +120,12 @@ def _questions(objects: list[tuple[str, str]], count: int, rng: np.random.Genera
     candidates = []
     colors = [c for c, _ in objects]
     shapes = [s for _, s in objects]
-    for shape in set(shapes):
+    # Sorted, not set order: a set of strings iterates in PYTHONHASHSEED's order, which differs per process.
+    for shape in sorted(set(shapes)):
         if shapes.count(shape) == 1:
             candidates.append(_qa(f"what color is the {shape}?", colors[shapes.index(shape)],
                                   "other", "what color is the"))
-    for color in set(colors):
+    for color in sorted(set(colors)):
         if colors.count(color) == 1:
             candidates.append(_qa(f"what shape is the {color} object?", shapes[colors.index(color)],
                                   "other", "what is the"))
