@@ -16,6 +16,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
+from matplotlib.text import Text  # noqa: E402
+from matplotlib.transforms import Bbox  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from results.sensitivity import Sensitivity  # noqa: E402
@@ -36,17 +38,6 @@ def gains_scatter(sens: list[Sensitivity], path: str | Path) -> Path:
         ys = [s.size.value for s in points]
         ax.errorbar(xs, ys, xerr=[2 * s.resolution.se for s in points], yerr=[2 * s.size.se for s in points],
                     fmt="o", capsize=3)
-        # Tasks at the same point (e.g. several with no gain at all) share one label, written below
-        # the point, instead of overprinting each other.
-        groups: dict[tuple[float, float], list[Sensitivity]] = {}
-        for s, x, y in zip(points, xs, ys):
-            groups.setdefault((round(x, 6), round(y, 6)), []).append(s)
-        for (x, y), group in groups.items():
-            kinds = {s.label for s in group}
-            text = (", ".join(s.task for s in group) + f" ({group[0].label})" if len(kinds) == 1
-                    else "; ".join(f"{s.task} ({s.label})" for s in group))
-            ax.annotate(text, (x, y), textcoords="offset points", xytext=(4, 4 if len(group) == 1 else -12),
-                        fontsize=8)
         ends = [(g.value - 2 * g.se, g.value + 2 * g.se) for s in points for g in (s.resolution, s.size)]
         lo, hi = min(0.0, *(a for a, _ in ends)), max(0.0, *(b for _, b in ends))
         pad = 0.1 * (hi - lo) or 1.0
@@ -55,6 +46,7 @@ def gains_scatter(sens: list[Sensitivity], path: str | Path) -> Path:
         ax.axvline(0, color="grey", lw=0.5)
         ax.set_xlim(lo - pad, hi + pad)
         ax.set_ylim(lo - pad, hi + pad)
+        _label_points(fig, ax, points, xs, ys, right_of=lo - pad + 0.6 * (hi - lo + 2 * pad))
         ax.legend(loc="lower right", fontsize=8)
     ax.set_xlabel("gain from the next resolution (points x100)")
     ax.set_ylabel("gain from the next model size (points x100)")
@@ -63,6 +55,37 @@ def gains_scatter(sens: list[Sensitivity], path: str | Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return Path(path)
+
+
+def _label_points(fig, ax, points: list[Sensitivity], xs: list[float], ys: list[float], right_of: float) -> None:
+    """Writes "task (label)" beside each point without overprinting: tasks at the same point share one
+    label, and each label takes the first spot (right or left of its point, above or below, then
+    further down) inside the axes where it covers neither another label nor a point. Labels of points
+    in the right part of the plot try the left side first."""
+    groups: dict[tuple[float, float], list[Sensitivity]] = {}
+    for s, x, y in zip(points, xs, ys):
+        groups.setdefault((round(x, 6), round(y, 6)), []).append(s)
+    renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    taken = [Bbox.from_bounds(px - 5, py - 5, 10, 10) for px, py in ax.transData.transform(list(groups))]
+    for (x, y), group in sorted(groups.items(), key=lambda item: -item[0][1]):
+        kinds = {s.label for s in group}
+        text = (", ".join(s.task for s in group) + f" ({group[0].label})" if len(kinds) == 1
+                else "; ".join(f"{s.task} ({s.label})" for s in group))
+        sides = [(-6, "right"), (6, "left")] if x > right_of else [(6, "left"), (-6, "right")]
+        spots = [(dx, dy, ha) for dy in (4, -12, -24, -36, -48) for dx, ha in sides]
+        # A thin leader line ties a label that had to move away from its point back to it.
+        label = ax.annotate(text, (x, y), xytext=spots[0][:2], textcoords="offset points", fontsize=8,
+                            arrowprops=dict(arrowstyle="-", lw=0.5, color="grey", shrinkA=1, shrinkB=4))
+        for dx, dy, ha in spots + spots[:1]:  # where no spot is free, the first one
+            label.xyann = (dx, dy)
+            label.set_ha(ha)
+            label.update_positions(renderer)
+            box = Text.get_window_extent(label, renderer)  # the text alone, without the leader line
+            inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+            if inside and not any(box.overlaps(other) for other in taken):
+                break
+        taken.append(box)
 
 
 def lr_sweep_curves(sweep: pd.DataFrame, chosen: Mapping, path: str | Path) -> Path:
