@@ -217,8 +217,13 @@ def write_tables(workdir: str | Path, out_dir: str | Path | None = None,
     sweep_split = ", ".join(sorted(df[df["phase"] == "sweep"]["split"].unique())) or MISSING
     caption14 = (f"Learning-rate sweep (Table 14 layout): headline metric x100, split: {sweep_split}. "
                  "Bold: the lr the protocol picks (highest; ties to the smaller lr). – = no record.")
-    parts += ["", "## Learning-rate sweep (Table 14 layout)", "", markdown(sweep, "task size", bold), "",
-              caption14]
+    parts += ["", "## Learning-rate sweep (Table 14 layout)", ""]
+    if sweep.empty:
+        parts.append("No sweep records: this grid ran one lr per task and size, so there was nothing to pick "
+                     "(a grid sweeps lrs when its `protocol` has a `sweep` entry, as configs/grids/paper.yaml "
+                     "does).")
+    else:
+        parts += [markdown(sweep, "task size", bold), "", caption14]
     sweep_csv.to_csv(out / "lr_sweep.csv", index=False)
     (out / "lr_sweep.tex").write_text(latex(sweep, "task size", caption14, bold), encoding="utf-8")
 
