@@ -46,7 +46,7 @@ def gains_scatter(sens: list[Sensitivity], path: str | Path) -> Path:
         ax.axvline(0, color="grey", lw=0.5)
         ax.set_xlim(lo - pad, hi + pad)
         ax.set_ylim(lo - pad, hi + pad)
-        _label_points(fig, ax, points, xs, ys, right_of=lo - pad + 0.6 * (hi - lo + 2 * pad))
+        _label_points(fig, ax, points, xs, ys)
         ax.legend(loc="lower right", fontsize=8)
     ax.set_xlabel("gain from the next resolution (points x100)")
     ax.set_ylabel("gain from the next model size (points x100)")
@@ -57,11 +57,13 @@ def gains_scatter(sens: list[Sensitivity], path: str | Path) -> Path:
     return Path(path)
 
 
-def _label_points(fig, ax, points: list[Sensitivity], xs: list[float], ys: list[float], right_of: float) -> None:
+def _label_points(fig, ax, points: list[Sensitivity], xs: list[float], ys: list[float]) -> None:
     """Writes "task (label)" beside each point without overprinting: tasks at the same point share one
     label, and each label takes the first spot (right or left of its point, above or below, then
     further down) inside the axes where it covers neither another label nor a point. Labels of points
-    in the right part of the plot try the left side first."""
+    in the right 40% of the plot try the left side first."""
+    x0, x1 = ax.get_xlim()
+    right_of = x0 + 0.6 * (x1 - x0)
     groups: dict[tuple[float, float], list[Sensitivity]] = {}
     for s, x, y in zip(points, xs, ys):
         groups.setdefault((round(x, 6), round(y, 6)), []).append(s)
