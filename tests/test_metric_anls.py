@@ -1,12 +1,20 @@
-"""ANLS: hand-computed cases for the RRC definition and big_vision's variant, and parity with the RRC
-script's scoring loop (tests/reference/anls_rrc_official.py) on random inputs."""
+"""ANLS against the RRC DocVQA script's recorded outputs (tests/fixtures/anls_official_golden.json), for both
+metrics/anls.py and an independent plain reference (tests/reference/anls_reference.py), plus the two against
+each other on fresh random inputs, and hand-computed cases for the RRC definition and big_vision's variant."""
 
+from __future__ import annotations
+
+import json
 import random
+from pathlib import Path
 
 import pytest
 
 from metrics.anls import anls, anls_bv_score, anls_score
-from tests.reference.anls_rrc_official import dataset_score, question_score
+from tests.reference import anls_reference as reference
+
+GOLDEN = json.loads((Path(__file__).parent / "fixtures" / "anls_official_golden.json").read_text("utf-8"))
+SCORERS = {"metrics/anls.py": anls_score, "reference": reference.question_anls}
 
 # (prediction, answers, RRC ANLS, big_vision ANLS), each computed by hand in the comment.
 CASES = [
@@ -47,7 +55,7 @@ CASES = [
 def test_hand_computed(prediction, answers, rrc, bv):
     assert anls_score(prediction, answers) == pytest.approx(rrc)
     assert anls_bv_score(prediction, answers) == pytest.approx(bv)
-    assert question_score(answers, prediction) == pytest.approx(rrc)
+    assert reference.question_anls(prediction, answers) == pytest.approx(rrc)
 
 
 def test_dataset_means():
@@ -65,22 +73,62 @@ def test_needs_answers_and_equal_lengths():
         anls(["a", "b"], [["a"]])
 
 
-def _random_text(rng):
-    alphabet = "abAB ß1/.-"
-    return "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 7)))
+def test_golden_file_names_its_source_and_covers_every_rule():
+    assert {"official_script", "source", "version", "produced_by"} <= set(GOLDEN["header"])
+    rules = {c["rule"].split(":")[0] for c in GOLDEN["cases"]}
+    for rule in ["case normalisation", "threshold", "whitespace", "upper() length quirk", "empty strings",
+                 "multiple answers", "no answers"]:
+        assert rule in rules, rule
+    assert len(GOLDEN["random_batch"]["cases"]) >= 1000
 
 
-def test_parity_with_the_rrc_script_on_random_inputs():
-    rng = random.Random(0)
-    predictions, answers = [], []
+@pytest.mark.parametrize("name", SCORERS)
+def test_cases_match_the_official_script(name):
+    score = SCORERS[name]
+    for case in GOLDEN["cases"]:
+        prediction, answers, rule = case["prediction"], case["answers"], case["rule"]
+        if "official_error" in case:  # the official loop crashes; we refuse with a clear error
+            with pytest.raises(ValueError, match="at least one"):
+                score(prediction, answers)
+            continue
+        got = score(prediction, answers, case["threshold"])
+        assert got == case["official_score"], (
+            f"{name}, rule '{rule}': {prediction!r} vs {answers!r} scored {got!r}, official "
+            f"{case['official_score']!r}")
+
+
+@pytest.mark.parametrize("name", SCORERS)
+def test_random_questions_match_the_official_script(name):
+    score = SCORERS[name]
+    batch = GOLDEN["random_batch"]
+    wrong = [f"{c['prediction']!r} vs {c['answers']!r}: {score(c['prediction'], c['answers'])!r}, official "
+             f"{c['official_score']!r}"
+             for c in batch["cases"] if score(c["prediction"], c["answers"]) != c["official_score"]]
+    assert not wrong, f"{name}, rule '{batch['rule']}', {len(wrong)} differ:\n" + "\n".join(wrong[:20])
+    # The batch reaches the threshold, the exact 0.5 boundary, and partial credit.
+    values = [c["official_score"] for c in batch["cases"]]
+    assert 0.5 in values and 0 in values and any(0.5 < v < 1 for v in values)
+
+
+def test_dataset_score_matches_the_official_script():
+    cases = GOLDEN["random_batch"]["cases"]
+    predictions = [c["prediction"] for c in cases]
+    answers = [c["answers"] for c in cases]
+    official = GOLDEN["random_batch"]["official_dataset_score"]
+    assert anls(predictions, answers)["anls"] == pytest.approx(official, abs=1e-12)
+    assert reference.dataset_anls(predictions, answers) == pytest.approx(official, abs=1e-12)
+
+
+def _fresh_text(rng: random.Random) -> str:
+    alphabet = "abcAB \t\n\u00df\u0130\ufb01\u00e9.-/1"
+    return "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
+
+
+def test_metrics_agree_with_the_reference_on_fresh_random_inputs():
+    rng = random.Random(20261130)
     for _ in range(2000):
-        gts = [_random_text(rng) for _ in range(rng.randint(1, 3))]
-        pred = rng.choice(gts) if rng.random() < 0.2 else _random_text(rng)
-        predictions.append(pred)
-        answers.append(gts)
-    ours = [anls_score(p, a) for p, a in zip(predictions, answers)]
-    theirs = [question_score(a, p) for p, a in zip(predictions, answers)]
-    assert ours == pytest.approx(theirs, abs=1e-12)
-    assert anls(predictions, answers)["anls"] == pytest.approx(dataset_score(answers, predictions), abs=1e-12)
-    # The inputs reach the threshold, the exact boundary, and partial credit.
-    assert 0.5 in ours and 0.0 in ours and any(0.5 < s < 1 for s in ours)
+        answers = [_fresh_text(rng) for _ in range(rng.randint(1, 4))]
+        prediction = _fresh_text(rng) if rng.random() < 0.7 else rng.choice(answers).upper() + rng.choice(["", " "])
+        tau = rng.choice([0.5, 0.5, 0.5, 0.3, 0.8])
+        assert anls_score(prediction, answers, tau) == reference.question_anls(prediction, answers, tau), (
+            prediction, answers, tau)

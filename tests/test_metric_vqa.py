@@ -1,70 +1,133 @@
-"""VQA accuracy: the official script's normalization edge cases, the matching ladder, and parity with a
-Python 3 port of the official vqaEval.py (tests/reference/vqa_eval_official.py) on random inputs."""
+"""VQA accuracy against the official vqaEval.py's recorded outputs (tests/fixtures/vqa_official_golden.json),
+for both metrics/vqa.py and an independent plain reference (tests/reference/vqa_accuracy_reference.py), plus
+the two against each other on fresh random inputs and a few hand-derived checks of the matching ladder."""
 
+from __future__ import annotations
+
+import json
 import random
+from pathlib import Path
 
 import pytest
 
-from metrics.vqa import CONTRACTIONS, PUNCTUATION, normalize_answer, vqa_accuracy, vqa_score
-from tests.reference.vqa_eval_official import VQAEval, QA, official_eval
+from metrics.vqa import (
+    CONTRACTIONS,
+    NUMBER_WORDS,
+    PUNCTUATION,
+    normalize_answer,
+    vqa_accuracy,
+    vqa_score,
+)
+from tests.reference import vqa_accuracy_reference as reference
 
-NO_ANSWERS = QA({})
+GOLDEN = json.loads((Path(__file__).parent / "fixtures" / "vqa_official_golden.json").read_text("utf-8"))
 
-
-def official_normalize(text):
-    ev = VQAEval(NO_ANSWERS, NO_ANSWERS)
-    return ev.processDigitArticle(ev.processPunctuation(text))
-
-
-# (input, normalized) pairs: each line is one rule of the official script.
-NORMALIZATION_CASES = [
-    ("Yes", "yes"),                       # lowercase
-    ("yes.", "yes"),                      # a period not followed by a digit is deleted
-    ("2.5", "2.5"),                       # ... but a period followed by a digit stays (decimals)
-    ("5.", "5"),                          # trailing period after a digit goes (the look-behind is a typo)
-    ("1,000", "1000"),                    # digit-comma-digit: punctuation is deleted, not spaced
-    ("1,000 (approx)", "1000 approx"),    # the digit-comma rule deletes EVERY listed char, not just ','
-    ("red,blue", "red blue"),             # no digit comma, no adjacent space: ',' becomes a space
-    ("red, blue", "red blue"),            # ',' followed by a space: deleted
-    ("t-shirt", "t shirt"),               # '-' is in HEAD's list (not in the pre-2017 one)
-    ("t - shirt", "t shirt"),             # '-' next to a space: deleted, whitespace then collapses
-    ("it's", "it's"),                     # apostrophe is not in HEAD's list
-    ("10:30", "10:30"),                   # neither is the colon
-    ("the dog", "dog"),                   # articles dropped ...
-    ("a man in an apron", "man in apron"),
-    ("theory", "theory"),                 # ... as whole words only
-    ("two", "2"),                         # number words -> digits
-    ("none", "0"),                        # 'none' counts as zero
-    ("eleven", "eleven"),                 # only zero..ten are mapped
-    ("dont", "don't"),                    # contractions table
-    ("Isnt it", "isn't it"),              # lowercased before the table
-    ("Im", "im"),                         # capitalised keys of the table never match (dead entries)
-    ("somebody'd", "somebodyd"),          # the table's odd entry
-    ("hello\tworld", "hello world"),      # whitespace split/join
-    ("!?", ""),                           # punctuation-only answer becomes empty
-    ("." * 40, "." * 8),                  # at most 32 periods are deleted (re.UNICODE passed as count)
-]
+NORMALIZERS = {"metrics/vqa.py": normalize_answer, "reference": reference.normalize}
+SCORERS = {"metrics/vqa.py": vqa_score, "reference": reference.accuracy}
 
 
-@pytest.mark.parametrize("text,expected", NORMALIZATION_CASES)
-def test_normalization_rules(text, expected):
-    assert normalize_answer(text) == expected
-    assert official_normalize(text) == expected
+def test_golden_file_names_its_source_and_covers_every_rule():
+    header = GOLDEN["header"]
+    assert {"official_script", "source", "version", "produced_by"} <= set(header)
+    rules = {c["rule"].split(":")[0] for c in GOLDEN["normalization_cases"] + GOLDEN["score_cases"]}
+    for rule in ["lowercase", "period", "digit-comma-digit", "articles dropped as whole words",
+                 "number words", "contractions", "whitespace", "empty string", "matching ladder",
+                 "leave-one-out drops by index, not by value", "unanimous answers compared raw",
+                 "answer count != 10", "no answers"]:
+        assert rule in rules, rule
+    assert len(GOLDEN["random_batch"]["cases"]) >= 500
 
 
-def test_tables_match_the_official_script():
-    ev = VQAEval(NO_ANSWERS, NO_ANSWERS)
-    assert CONTRACTIONS == ev.contractions
+@pytest.mark.parametrize("name", NORMALIZERS)
+def test_normalization_matches_the_official_script(name):
+    normalize = NORMALIZERS[name]
+    wrong = [f"{c['rule']}: {c['text']!r} -> {normalize(c['text'])!r}, official {c['official_normalized']!r}"
+             for c in GOLDEN["normalization_cases"] if normalize(c["text"]) != c["official_normalized"]]
+    assert not wrong, f"{name} differs from vqaEval.py on {len(wrong)} cases:\n" + "\n".join(wrong[:20])
+
+
+def _official_percent(score: float) -> float:
+    """What evalQA holds for a question: 100 x accuracy rounded to 10 decimals (the fixture's n=10)."""
+    return round(100 * score, 10)
+
+
+@pytest.mark.parametrize("name", SCORERS)
+def test_scores_match_the_official_script(name):
+    score = SCORERS[name]
+    for case in GOLDEN["score_cases"]:
+        prediction, answers, rule = case["prediction"], case["answers"], case["rule"]
+        if "official_error" in case:  # the official script crashes; we refuse with a clear error
+            with pytest.raises(ValueError, match="at least one"):
+                score(prediction, answers)
+            continue
+        got = _official_percent(score(prediction, answers))
+        assert got == case["official_evalQA"], (
+            f"{name}, rule '{rule}': {prediction!r} vs {answers!r} scored {got}, "
+            f"official {case['official_evalQA']}")
+
+
+@pytest.mark.parametrize("name", SCORERS)
+def test_random_questions_match_the_official_script(name):
+    score = SCORERS[name]
+    batch = GOLDEN["random_batch"]
+    wrong = [f"{c['prediction']!r} vs {c['answers']!r}: {_official_percent(score(c['prediction'], c['answers']))}"
+             f", official {c['official_evalQA']}"
+             for c in batch["cases"]
+             if _official_percent(score(c["prediction"], c["answers"])) != c["official_evalQA"]]
+    assert not wrong, f"{name}, rule '{batch['rule']}', {len(wrong)} differ:\n" + "\n".join(wrong[:20])
+    # The batch reaches every branch: unanimous answers, zero, full and partial credit.
+    values = {c["official_evalQA"] for c in batch["cases"]}
+    assert {0.0, 100.0} <= values and any(0 < v < 100 for v in values)
+    assert any(len(set(c["answers"])) == 1 for c in batch["cases"])
+
+
+def test_dataset_and_per_type_means_match_the_official_script():
+    cases = GOLDEN["random_batch"]["cases"]
+    official = GOLDEN["random_batch"]["official_accuracy"]
+    predictions = [c["prediction"] for c in cases]
+    answers = [c["answers"] for c in cases]
+    types = [c["answer_type"] for c in cases]
+    ours = vqa_accuracy(predictions, answers, types)
+    theirs = reference.dataset_accuracy(predictions, answers, types)
+    assert 100 * ours["accuracy"] == pytest.approx(official["overall"], abs=1e-9)
+    assert 100 * theirs["overall"] == pytest.approx(official["overall"], abs=1e-9)
+    for answer_type, key in [("yes/no", "yesno"), ("number", "number"), ("other", "other")]:
+        assert 100 * ours[f"accuracy/{key}"] == pytest.approx(official["perAnswerType"][answer_type], abs=1e-9)
+        assert 100 * theirs[answer_type] == pytest.approx(official["perAnswerType"][answer_type], abs=1e-9)
+
+
+def test_tables_are_the_official_ones():
+    """Every contraction key, punctuation character and number word the official script knows has a golden
+    case (whose output the normalization tests check), and metrics/vqa.py knows no others."""
+    cases = GOLDEN["normalization_cases"]
+    assert set(CONTRACTIONS) == {c["contraction_key"] for c in cases if "contraction_key" in c}
     assert len(CONTRACTIONS) == 120
-    assert list(PUNCTUATION) == ev.punct and len(PUNCTUATION) == 21
+    assert set(PUNCTUATION) == {c["char"] for c in cases if "char" in c} == reference.PUNCTUATION
+    assert len(PUNCTUATION) == 21
+    assert set(NUMBER_WORDS) == {c["text"] for c in cases if c["rule"].startswith("number word '")}
+    assert NUMBER_WORDS == reference.DIGIT_WORDS
 
 
-def test_unanimous_answers_are_compared_raw_and_case_sensitive():
-    assert vqa_score("Yes", ["yes"] * 10) == 0.0
-    assert vqa_score("yes.", ["yes"] * 10) == 0.0
-    assert vqa_score(" yes\n", ["yes"] * 10) == 1.0  # only the whitespace step runs
-    # One disagreeing answer switches normalization on for everybody.
-    assert vqa_score("Yes", ["yes"] * 9 + ["no"]) == 1.0
+def _fresh_text(rng: random.Random) -> str:
+    pieces = ["yes", "No", "two", "Ten", "none", "the", "a", "An", "dont", "isnt", "Im", "1,000", "3.5", "5.",
+              "..", "t-shirt", "red, blue", "(x)", "it's", "10:30", "\u0661,\u0662", "\u00df", "\t", "\n",
+              "  ", "?", "!", "/", "\\", "@", "somebody'd", "oclock", "y'all'dve", "4"]
+    chars = "ab1,. -()!;'"
+    parts = [rng.choice(pieces) if rng.random() < 0.7 else
+             "".join(rng.choice(chars) for _ in range(rng.randint(1, 5))) for _ in range(rng.randint(1, 4))]
+    return rng.choice(["", " "]).join(parts)
+
+
+def test_metrics_agree_with_the_reference_on_fresh_random_inputs():
+    rng = random.Random(20261130)
+    for _ in range(1500):
+        text = _fresh_text(rng)
+        assert normalize_answer(text) == reference.normalize(text), repr(text)
+    for _ in range(1500):
+        pool = [_fresh_text(rng) for _ in range(rng.randint(1, 4))]
+        answers = [rng.choice(pool) for _ in range(rng.choice([10, 10, 10, 1, 3, 7]))]
+        prediction = rng.choice(pool) if rng.random() < 0.6 else _fresh_text(rng)
+        assert vqa_score(prediction, answers) == reference.accuracy(prediction, answers), (prediction, answers)
 
 
 @pytest.mark.parametrize("k,expected", [(0, 0.0), (1, 0.3), (2, 0.6), (3, 0.9), (4, 1.0), (10, 1.0)])
@@ -76,56 +139,8 @@ def test_matching_ladder(k, expected):
     assert vqa_score("cat", answers) == expected
 
 
-def test_leave_one_out_drops_by_index_not_by_value():
-    # Three equal matching strings: dropping one by index leaves two (2/3 each); dropping by value would
-    # remove all three and leave 0. acc = (3*2/3 + 7*1) / 10 = 0.9.
-    assert vqa_score("2", ["2", "2", "2"] + ["3"] * 7) == 0.9
-
-
-def test_number_words_and_articles_match_after_normalization():
-    answers = ["two", "2", "2 ", "two.", "three", "3", "3", "3", "3", "3"]
-    # normalized: 2,2,2,2,3,3,3,3,3,3 -> prediction "Two" matches 4 -> 1.0; "the three" matches 6 -> 1.0
-    assert vqa_score("Two", answers) == 1.0
-    assert vqa_score("the three", answers) == 1.0
-    assert vqa_score("four", answers) == 0.0
-
-
 def test_per_answer_type_means():
     metrics = vqa_accuracy(["yes", "2", "red"], [["yes"] * 10, ["2"] * 3 + ["3"] * 7, ["blue"] * 10],
                            ["yes/no", "number", "other"])
     assert metrics == pytest.approx({"accuracy": (1.0 + 0.9 + 0.0) / 3, "accuracy/yesno": 1.0,
                                      "accuracy/number": 0.9, "accuracy/other": 0.0})
-
-
-def test_needs_answers():
-    with pytest.raises(ValueError, match="at least one"):
-        vqa_score("x", [])
-
-
-def _random_answer(rng):
-    words = ["yes", "Yes", "no", "two", "2", "2.", "the cat", "a cat", "cat", "Cat!", "1,000", "1000",
-             "dont", "don't", "t-shirt", "t shirt", "red, blue", "red,blue", "none", "0", " 3\n", "3",
-             "(3)", "it's", "its", "5.5", "5,5", "a", "", "..."]
-    return rng.choice(words) if rng.random() < 0.8 else " ".join(rng.choice(words) for _ in range(3))
-
-
-def test_parity_with_the_official_script_on_random_inputs():
-    rng = random.Random(0)
-    predictions, answers, types = [], [], []
-    for _ in range(600):
-        pool = [_random_answer(rng) for _ in range(rng.randint(1, 4))]
-        answers.append([rng.choice(pool) for _ in range(10)])
-        predictions.append(rng.choice(pool) if rng.random() < 0.7 else _random_answer(rng))
-        types.append(rng.choice(["yes/no", "number", "other"]))
-    ours = vqa_accuracy(predictions, answers, types)
-    official = official_eval(predictions, [list(a) for a in answers], types, n=10)
-    per_question = [vqa_score(p, a) for p, a in zip(predictions, answers)]
-    official_per_question = [official.evalQA[i] for i in range(len(per_question))]
-    assert official_per_question == [round(100 * s, 10) for s in per_question]
-    assert official.accuracy["overall"] == pytest.approx(100 * ours["accuracy"], abs=1e-9)
-    for official_type, key in [("yes/no", "yesno"), ("number", "number"), ("other", "other")]:
-        assert official.accuracy["perAnswerType"][official_type] == pytest.approx(
-            100 * ours[f"accuracy/{key}"], abs=1e-9)
-    # The random inputs exercise every branch: unanimous, disagreeing, and partial-credit questions.
-    assert {0.0, 1.0} <= set(per_question) and any(0 < s < 1 for s in per_question)
-    assert any(len(set(a)) == 1 for a in answers)
