@@ -58,8 +58,8 @@ def _scanned_files() -> list[Path]:
     files = []
     for path in REPO.rglob("*"):
         parts = path.relative_to(REPO).parts
-        if path.suffix in SCANNED and path.is_file() and not any(
-                p in SKIPPED_DIRS or p.endswith(".egg-info") for p in parts) and path != Path(__file__).resolve():
+        skipped = any(p in SKIPPED_DIRS or p.startswith(".") or p.endswith(".egg-info") for p in parts[:-1])
+        if path.suffix in SCANNED and path.is_file() and not skipped and path != Path(__file__).resolve():
             files.append(path)
     return sorted(files)
 
