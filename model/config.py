@@ -1,7 +1,7 @@
 """The PaliGemma 2 model family as data: one frozen config per (size, resolution).
 
 Every architectural number lives here; the modules read them from the config and hard-code nothing.
-Sources: ../shared/reference/paligemma2-facts.md §1.2 (SigLIP So400m/14), §1.3 (Gemma 2 variants),
+Sources: paligemma2-facts.md §1.2 (SigLIP So400m/14), §1.3 (Gemma 2 variants),
 §1.6 (vocabulary = 256000 + 1024 loc + 128 seg).
 """
 

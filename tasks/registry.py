@@ -5,6 +5,8 @@ pyproject.toml:
 
     [project.entry-points."paligemma_transfer.tasks"]
     my_task = "my_package.my_task:MyTask"
+
+An entry point may not reuse a built-in name: that is an error naming both, not a silent choice.
 """
 
 from __future__ import annotations
@@ -36,8 +38,21 @@ def available() -> dict[str, str]:
     """Task name -> "module:Class" for the built-ins and every installed entry point."""
     found = dict(BUILTIN)
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        found.setdefault(ep.name, ep.value)
+        # Keeping either of two plugins with one name would silently run a task the user did not ask for.
+        where = f"entry point {ep.name} = {ep.value!r}{_from(ep)} (group {ENTRY_POINT_GROUP!r})"
+        if ep.name in BUILTIN:
+            raise ValueError(f"{where} reuses the name of the built-in task {ep.name!r} ({BUILTIN[ep.name]}); "
+                             "give the plugin another name")
+        if ep.name in found and found[ep.name] != ep.value:
+            raise ValueError(f"{where} reuses the name of another installed plugin ({found[ep.name]}); "
+                             "give one of them another name")
+        found[ep.name] = ep.value
     return found
+
+
+def _from(ep: metadata.EntryPoint) -> str:
+    dist = getattr(ep, "dist", None)
+    return f" from {dist.name} {dist.version}" if dist is not None else ""
 
 
 def get_task(name: str) -> Task:
