@@ -383,6 +383,15 @@ def mesh_candidates(config: PaliGemmaConfig, batch_size: int, num_devices: int) 
             if num_devices % m == 0 and batch_size % (num_devices // m) == 0]
 
 
+def mesh_plans(config: PaliGemmaConfig, *, text_len: int, batch_size: int, device: str, num_devices: int,
+               remat: bool = False, compute_dtype: str = "float32",
+               capacity_bytes: int | None = None) -> list[MemoryPlan]:
+    """The plan of every mesh_candidates mesh on `num_devices`, model axis smallest first."""
+    return [memory_plan(config, text_len, batch_size, device, num_devices, model_parallel=m, remat=remat,
+                        compute_dtype=compute_dtype, capacity_bytes=capacity_bytes)
+            for m in mesh_candidates(config, batch_size, num_devices)]
+
+
 def plan_mesh(config: PaliGemmaConfig, *, text_len: int, batch_size: int, device: str, num_devices: int,
               remat: bool = False, compute_dtype: str = "float32",
               capacity_bytes: int | None = None) -> MemoryPlan:
@@ -395,10 +404,9 @@ def plan_mesh(config: PaliGemmaConfig, *, text_len: int, batch_size: int, device
     MLP hidden of both towers and its data axis divides the batch. Raises ValueError (one line) when
     no candidate fits.
     """
-    kw = dict(model_parallel=1, remat=remat, compute_dtype=compute_dtype, capacity_bytes=capacity_bytes)
-    candidates = mesh_candidates(config, batch_size, num_devices)
-    plans = [memory_plan(config, text_len, batch_size, device, num_devices, **{**kw, "model_parallel": m})
-             for m in candidates]
+    plans = mesh_plans(config, text_len=text_len, batch_size=batch_size, device=device,
+                       num_devices=num_devices, remat=remat, compute_dtype=compute_dtype,
+                       capacity_bytes=capacity_bytes)
     for plan in plans:
         if plan.fits:
             return plan
