@@ -10,11 +10,18 @@ into the accelerators a cell's task requests (docs/memory-plan.md).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from model.config import PaliGemmaConfig
-from model.cost import DEVICE_MEMORY_GIB, USABLE_FRACTION, MemoryPlan, mesh_plans, smallest_mesh
+from model.cost import (
+    DEVICE_MEMORY_GIB,
+    USABLE_FRACTION,
+    MemoryPlan,
+    mesh_plans,
+    smallest_mesh,
+)
 
 # Set to 0 to skip the check (e.g. when the plan is known to err high for a device).
 CHECK_ENV = "PALIGEMMA_TRANSFER_MEMORY_CHECK"

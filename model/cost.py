@@ -483,7 +483,7 @@ def plan_table(configs: list[PaliGemmaConfig], *, text_len: int | Mapping[int, i
     entries = []
     for c in configs:
         t = text_len[c.resolution] if isinstance(text_len, Mapping) else text_len
-        kw = dict(remat=remat, compute_dtype=compute_dtype)
+        kw = {"remat": remat, "compute_dtype": compute_dtype}
         smallest = smallest_mesh(c, t, batch_size, device, max_devices, **kw)
         try:
             auto, error = plan_mesh(c, text_len=t, batch_size=batch_size, device=device,
@@ -514,12 +514,13 @@ def format_plan_table(entries: list[PlanEntry]) -> str:
         return "(no configs)\n"
     e0 = entries[0]
     usable = int(device_bytes(e0.device) * USABLE_FRACTION)
-    lines = [f"Training memory per device on {e0.device} ({_gib(usable)} usable of "
+    title = (f"Training memory per device on {e0.device} ({_gib(usable)} usable of "
              f"{DEVICE_MEMORY_GIB[e0.device]:g}), batch {e0.batch_size}, {e0.compute_dtype} compute"
              f"{', remat' if e0.remat else ''}; GiB per device on the smallest mesh that fits "
-             f"(mesh = data x model)", "",
-             "| config | text | devices | mesh | params | grads | Adam | gathered | activations | total "
-             f"| auto on {e0.devices} |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"(mesh = data x model)")
+    header = ("| config | text | devices | mesh | params | grads | Adam | gathered | activations | total "
+              f"| auto on {e0.devices} |")
+    lines = [title, "", header, "|---|---|---|---|---|---|---|---|---|---|---|"]
     g = lambda n: f"{n / 2**30:.1f}"
     for e in entries:
         s, a = e.smallest, e.auto

@@ -3,6 +3,7 @@ buffer assignment for the real train step of nano configs on CPU."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -15,12 +16,29 @@ if str(REPO) not in sys.path:  # grids name the runner tests.helpers.fake_runner
 
 from harness.cli import main  # noqa: E402
 from harness.grid import load_grid  # noqa: E402
-from harness.placement import (CHECK_ENV, CellDoesNotFit, Devices, check_cell, cluster_accelerators,  # noqa: E402
-                               local_devices, plan_device_name, ray_request)
+from harness.placement import (  # noqa: E402
+    CHECK_ENV,
+    CellDoesNotFit,
+    Devices,
+    check_cell,
+    cluster_accelerators,
+    local_devices,
+    plan_device_name,
+    ray_request,
+)
 from harness.scheduler import RunError, run_grid  # noqa: E402
 from model.config import get_config  # noqa: E402
-from model.cost import (activations, auto_model_parallel, memory_plan, mesh_plans, min_devices,  # noqa: E402
-                        model_parallel_options, param_count, plan_mesh, smallest_mesh)
+from model.cost import (  # noqa: E402
+    activations,
+    auto_model_parallel,
+    memory_plan,
+    mesh_plans,
+    min_devices,
+    model_parallel_options,
+    param_count,
+    plan_mesh,
+    smallest_mesh,
+)
 
 GIB = 2**30
 
@@ -67,7 +85,7 @@ def test_auto_uses_fsdp_first_and_the_model_axis_only_when_data_cannot_grow():
     for plans in (mesh_plans(get_config(n), text_len=32, batch_size=64, device="h200", num_devices=64)
                   for n in ("3b-224", "10b-448", "28b-224")):
         assert [p.model_parallel for p in plans] == sorted(p.model_parallel for p in plans)
-        assert all(a.bytes_per_device < b.bytes_per_device for a, b in zip(plans, plans[1:]))
+        assert all(a.bytes_per_device < b.bytes_per_device for a, b in itertools.pairwise(plans))
     # More devices than examples: the data axis must divide the batch, so the model axis takes the rest.
     p = plan_mesh(get_config("3b-896"), text_len=32, batch_size=64, device="h200", num_devices=256)
     assert p.mesh == "64x4" and p.fits
