@@ -252,3 +252,28 @@ def test_plan_agrees_with_xla_memory_analysis(name, text_len, batch, remat, dtyp
     assert 0 <= xla.argument_bytes - (plan.params_bytes + plan.opt_bytes + batch_bytes) < 1024
     ratio = plan.bytes_per_device / xla.total_bytes
     assert PLAN_OVER_XLA[0] <= ratio <= PLAN_OVER_XLA[1], (name, ratio)
+
+
+FOUR_DEVICES = """
+import json
+from harness.grid import load_grid
+from harness.placement import check_cell, host_memory_bytes, local_devices
+d = local_devices()
+grid = load_grid("configs/grids/demo.yaml", check_files=False)
+cell = grid.final_cells(grid.fixed_lrs())[0]
+print(json.dumps({"count": d.count, "name": d.name, "capacity": d.capacity_bytes, "host": host_memory_bytes(),
+                  "mesh": check_cell(cell, d).mesh}))
+"""
+
+
+def test_four_fake_cpu_devices_share_the_host_and_auto_splits_the_batch_over_data():
+    import os
+    import subprocess
+
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    run = subprocess.run([sys.executable, "-c", FOUR_DEVICES], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    assert got["count"] == 4 and got["name"] == "cpu" and got["capacity"] == got["host"] // 4
+    assert got["mesh"] == "4x1"  # the demo's batch 8 over 4 data shards
