@@ -1,4 +1,4 @@
-"""The Ray backend on a local cluster (127.0.0.1, 2 CPUs): a worker SIGKILLed mid-cell is retried, the
+"""The Ray backend on a local cluster (ray.init with 2 CPUs): a worker SIGKILLed mid-cell is retried, the
 retry resumes from what the cell left on disk, and the records equal those of a run without the kill;
 nothing is lost and nothing is recorded twice. Skipped when Ray is not installed (the `[ray]` extra).
 
@@ -39,7 +39,7 @@ def local_ray():
     os.environ.update(WORKER_ENV)
     os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
     try:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     finally:
         os.environ.clear()
         os.environ.update(saved)
