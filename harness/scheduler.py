@@ -233,7 +233,7 @@ class _Phase:
         """All claimable cells at once; Ray places them. This process holds their locks, so a killed
         driver leaves stale locks on its own host, as the local backend does. Every node must see the
         workdir (a shared filesystem): the runner writes its state and predictions there."""
-        from harness.placement import CellDoesNotFit, ray_request
+        from harness.placement import ray_request
 
         ray = import_ray()
         if not ray.is_initialized():
@@ -250,7 +250,7 @@ class _Phase:
                 continue
             try:  # the accelerators the cell's memory plan needs (harness/placement.py)
                 options = ray_request(cell, nodes, self.num_cpus)
-            except CellDoesNotFit as e:
+            except Exception as e:  # noqa: BLE001 - CellDoesNotFit, or a bad override: the cell's failure
                 self._finish(cell, e, lock)
                 continue
             claimed[remote.options(**options).remote(cell, str(self.workdir), self.runner)] = (cell, lock)
