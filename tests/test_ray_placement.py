@@ -149,3 +149,14 @@ def test_real_cell_killed_after_a_checkpoint_resumes_from_orbax(local_ray, tmp_p
     _same(records, reference)
     assert records[0].extra["train"]["resumed_from"] == 4
     assert len(list((workdir / "records").glob("*.json"))) == 1
+
+
+def test_a_cell_that_cannot_fit_fails_in_its_worker_in_one_line(local_ray, tmp_path):
+    from harness.scheduler import RunError
+
+    path = _grid(tmp_path, "fake", "overrides:\n  vqav2: {steps: 5, batch_size: 16777216, text_len: 32}\n")
+    workdir = tmp_path / "w"
+    with pytest.raises(RunError, match=r"CellDoesNotFit: vqav2-nano-s-32-\S+: needs [\d.]+ GiB per device "
+                                       r"\(nano-s-32, batch 16777216"):
+        run_grid(load_grid(path), workdir, backend="ray", progress=False)
+    assert not (workdir / "runner.log").exists() and not list((workdir / "records").glob("*.json"))
