@@ -27,6 +27,7 @@ examples:
   paligemma-transfer tasks --recipes                      # every plugin's size x resolution recipe
   paligemma-transfer score docvqa --data DIR --predictions preds.jsonl --json
   paligemma-transfer cost                                 # params and FLOPs vs the paper's Table 1
+  paligemma-transfer cost --plan --device tpu-v5e --batch 256 --text-len 32   # memory per device, meshes
 """
 
 
@@ -98,8 +99,24 @@ def _cmd_score(args: argparse.Namespace) -> int:
 def _cmd_cost(args: argparse.Namespace) -> int:
     from model.cost import PRETRAIN_TEXT_LEN, cost_table, cost_table_json, format_cost_table
 
+    if args.plan:
+        return _cost_plan(args, args.text_len or PRETRAIN_TEXT_LEN)
     table = cost_table(text_len=args.text_len or PRETRAIN_TEXT_LEN)
     print(json.dumps(cost_table_json(table), indent=1) if args.json else format_cost_table(table))
+    return 0
+
+
+def _cost_plan(args: argparse.Namespace, text_len) -> int:
+    from model.config import config_for, get_config
+    from model.cost import format_plan_table, plan_table, plan_table_json
+
+    if args.device is None or args.batch is None:
+        raise ValueError("cost --plan needs --device and --batch")
+    configs = ([get_config(name) for name in args.configs] if args.configs else
+               [config_for(s, r) for s in ("3b", "10b", "28b") for r in (224, 448, 896)])
+    table = plan_table(configs, text_len=text_len, batch_size=args.batch, device=args.device,
+                       devices=args.devices, remat=args.remat, compute_dtype=args.compute_dtype)
+    print(json.dumps(plan_table_json(table), indent=1) if args.json else format_plan_table(table))
     return 0
 
 
@@ -180,6 +197,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-len", type=int,
                    help="prefix+suffix tokens per example (default: the pretraining lengths, 128 at "
                    "224 px and 512 above, the setting Table 1 was measured in)")
+    p.add_argument("--plan", action="store_true", help="print the training memory plan instead: bytes per "
+                   "device of params, grads, Adam state and activations, the smallest mesh that fits and the "
+                   "mesh `auto` picks (docs/memory-plan.md)")
+    from model.cost import PLAN_DEVICES
+
+    p.add_argument("--device", choices=PLAN_DEVICES, help="with --plan: the accelerator")
+    p.add_argument("--batch", type=int, help="with --plan: the global batch size")
+    p.add_argument("--devices", type=int, default=8, help="with --plan: how many devices `auto` may use "
+                   "(default: 8, one host)")
+    p.add_argument("--remat", action="store_true", help="with --plan: recompute each layer in the backward "
+                   "pass (the remat override) instead of keeping its matmul outputs")
+    p.add_argument("--compute-dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="with --plan: the compute_dtype override (params and Adam stay float32)")
+    p.add_argument("--configs", nargs="+", metavar="CONFIG", help="with --plan: only these configs "
+                   "(default: 3b/10b/28b x 224/448/896)")
     p.set_defaults(func=_cmd_cost)
 
     p = sub.add_parser("pretrain", help="pretrain the nano family (the demo's base checkpoints)",

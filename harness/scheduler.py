@@ -36,6 +36,7 @@ from results.store import (Record, atomic_write_text, has_record, predictions_pa
                            record_path, versions, write_record)
 
 BACKENDS = ("local", "ray")
+RAY_MAX_RETRIES = 3
 BEST_LR_RULE = ("per (task, size), the sweep lr with the highest headline metric on the sweep split; "
                 "ties go to the smaller lr; a missing metric never wins (paligemma2-facts.md §3.2)")
 
@@ -61,8 +62,11 @@ def execute_cell(cell: Cell, workdir: str | Path, runner: str) -> dict[str, Any]
 
     This is what a Ray worker runs, so it takes the runner by name and returns plain data.
     """
+    from harness.placement import check_cell
+
     directory = cell_dir(workdir, cell.cell_id)
     directory.mkdir(parents=True, exist_ok=True)
+    check_cell(cell)  # the memory plan against this process's devices: refuse before compiling
     start = time.monotonic()
     result = load_runner(runner)(cell, directory)
     wall = time.monotonic() - start
@@ -199,6 +203,8 @@ class _Phase:
             if isinstance(outcome, BaseException):
                 text = "".join(traceback.format_exception(outcome))
                 atomic_write_text(cell_dir(self.workdir, cell.cell_id) / "error.txt", text)
+                cause = getattr(outcome, "cause", None)  # a RayTaskError's original exception
+                outcome = cause if isinstance(cause, Exception) else outcome
                 message = " ".join(str(outcome).split())  # one line; Ray's errors hold a traceback
                 self.failures[cell.cell_id] = f"{type(outcome).__name__}: {message[:300]}"
                 self.bar.write(f"{cell.cell_id}: FAILED: {self.failures[cell.cell_id]}")
@@ -227,15 +233,27 @@ class _Phase:
         """All claimable cells at once; Ray places them. This process holds their locks, so a killed
         driver leaves stale locks on its own host, as the local backend does. Every node must see the
         workdir (a shared filesystem): the runner writes its state and predictions there."""
+        from harness.placement import ray_request
+
         ray = import_ray()
         if not ray.is_initialized():
             ray.init()  # joins the cluster named by RAY_ADDRESS, or starts a local one
-        remote = ray.remote(num_cpus=self.num_cpus)(execute_cell)
+        # A worker that dies mid-cell (killed, preempted, out of host memory) is retried up to
+        # RAY_MAX_RETRIES times; the retry resumes from the cell's checkpoints in cells/<id>/.
+        # An exception the runner raises is not retried: it is the cell's failure.
+        remote = ray.remote(max_retries=RAY_MAX_RETRIES, retry_exceptions=False)(execute_cell)
+        nodes = ray.nodes()
         claimed = {}
         for cell in cells:
             lock = self._claim(cell)
-            if lock is not None:
-                claimed[remote.remote(cell, str(self.workdir), self.runner)] = (cell, lock)
+            if lock is None:
+                continue
+            try:  # the accelerators the cell's memory plan needs (harness/placement.py)
+                options = ray_request(cell, nodes, self.num_cpus)
+            except Exception as e:  # noqa: BLE001 - CellDoesNotFit, or a bad override: the cell's failure
+                self._finish(cell, e, lock)
+                continue
+            claimed[remote.options(**options).remote(cell, str(self.workdir), self.runner)] = (cell, lock)
         try:
             while claimed:
                 self.bar.set_postfix_str(f"{len(claimed)} cell(s) running on Ray")

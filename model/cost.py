@@ -25,6 +25,9 @@ Table 1 of the paper (facts §3.1) gives measured relative costs on TPUs in the 
 the measured ones (attention over 1024-4096 image tokens runs below matmul utilisation), and the
 paper's 28B at 224/448 is ~1.6-1.8x dearer than its FLOPs (measured time includes the larger model's
 sharding and communication), so the ratio column is informative, not a check.
+
+Memory (bytes per device of a training step on a (data, model) mesh) and the mesh `auto` picks are at
+the end of this file; docs/memory-plan.md has the rule, the tables and the checks against XLA.
 """
 
 from __future__ import annotations
@@ -44,13 +47,6 @@ TABLE1_RELATIVE_COST: dict[tuple[str, int], float] = {
 # Prefix + suffix tokens in pretraining: 128 in stage 1 (224px), 512 in stage 2 (448/896px) (facts §1.4).
 PRETRAIN_TEXT_LEN: dict[int, int] = {224: 128, 448: 512, 896: 512}
 
-# Accelerator memory in GiB, for memory_plan.
-DEVICE_MEMORY_GIB: dict[str, float] = {
-    "tpu-v5e": 16, "tpu-v5p": 95, "tpu-v4": 32, "a100-40g": 40, "a100-80g": 80, "h100": 80, "h200": 141,
-}
-# fp32 params + fp32 grads + Adam's fp32 mu and nu (big_vision fine-tunes in fp32; facts §1.5).
-BYTES_PER_PARAM_TRAINING = 4 + 4 + 8
-ACTIVATION_BYTES = 4  # float32 activations (facts §1.3)
 
 
 # -- parameters ------------------------------------------------------------------------------------
@@ -206,70 +202,333 @@ def _si(x: float, giga: str = "G") -> str:
 
 
 # -- memory ----------------------------------------------------------------------------------------
+# Memory per accelerator, GiB, as the vendors state it (their "GB"; read as GiB here, which the
+# USABLE_FRACTION margin below more than covers if a vendor meant 10^9 bytes):
+#   h200      141 GB HBM3e  NVIDIA H200 Tensor Core GPU datasheet (nvidia.com/en-us/data-center/h200)
+#   h100       80 GB HBM3   NVIDIA H100 Tensor Core GPU datasheet, SXM5 (nvidia.com/en-us/data-center/h100)
+#   a100-80g   80 GB HBM2e  NVIDIA A100 Tensor Core GPU datasheet, 80GB (nvidia.com/en-us/data-center/a100)
+#   a100-40g   40 GB HBM2   the same datasheet, 40GB
+#   tpu-v5e    16 GB HBM2   Cloud TPU v5e system architecture (cloud.google.com/tpu/docs/v5e)
+#   tpu-v5p    95 GB HBM2e  Cloud TPU v5p system architecture (cloud.google.com/tpu/docs/v5p)
+#   tpu-v4     32 GB HBM2   Cloud TPU v4 system architecture (cloud.google.com/tpu/docs/v4)
+# On a real device harness/placement.py prefers the allocator's own limit (device.memory_stats()
+# ["bytes_limit"]), which also reflects JAX's GPU preallocation fraction (XLA_PYTHON_CLIENT_MEM_FRACTION).
+DEVICE_MEMORY_GIB: dict[str, float] = {
+    "h200": 141, "h100": 80, "a100-80g": 80, "a100-40g": 40, "tpu-v5e": 16, "tpu-v5p": 95, "tpu-v4": 32,
+}
+PLAN_DEVICES = ("h200", "h100", "a100-80g", "tpu-v5e", "tpu-v5p")  # the CLI's --device choices
+# A plan fits when it needs at most this share of a device: the runtime, XLA's workspace and
+# fragmentation take the rest.
+USABLE_FRACTION = 0.9
+
+# float32 master params, float32 grads, Adam's float32 mu and nu (big_vision fine-tunes in fp32; facts §1.5).
+PARAM_BYTES, GRAD_BYTES, OPT_BYTES = 4, 4, 8
+BYTES_PER_PARAM_TRAINING = PARAM_BYTES + GRAD_BYTES + OPT_BYTES
+
+# Transient working sets, in float32 copies of the largest tensor of each stage, live at once while
+# that stage's backward runs: attention logits / probabilities / their gradients (N x L x L), the MLP's
+# gate / up / hidden and their gradients (L x F), and the loss head's logits, soft-cap, log-softmax
+# and their gradients (T x V). Measured against XLA's buffer assignment for nano configs on CPU
+# (tests/test_memory_plan.py; docs/memory-plan.md); GPU and TPU XLA fuse more, so these err high there.
+ATTENTION_COPIES, MLP_COPIES, LOGIT_COPIES = 8, 6, 6
+
+
+def _dtype_bytes(compute_dtype: str) -> int:
+    sizes = {"float32": 4, "bfloat16": 2, "float16": 2}
+    if compute_dtype not in sizes:
+        raise ValueError(f"compute_dtype {compute_dtype!r}; expected one of {', '.join(sizes)}")
+    return sizes[compute_dtype]
+
+
+@dataclass(frozen=True)
+class Activations:
+    """Activation bytes of one example on one device (its share of the model axis)."""
+
+    saved: int  # kept from the forward pass for the backward: every layer's input, and with
+    #             remat=False every layer's matmul outputs (the dots_saveable policy)
+    working: int  # the largest transient set: one layer's backward (ViT or LLM), or the loss head
+
+    @property
+    def total(self) -> int:
+        return self.saved + self.working
+
+
+def activations(config: PaliGemmaConfig, text_len: int, *, remat: bool = False,
+                compute_dtype: str = "float32", model_parallel: int = 1, num_images: int = 1) -> Activations:
+    """What the train step (model/paligemma.py under harness/train.py) keeps per example.
+
+    Each scanned layer runs under jax.checkpoint: remat=False saves its matmul outputs
+    (dots_saveable; the einsums accumulate in float32, so these are float32 whatever the compute
+    dtype), remat=True saves nothing but the layer input (the scan carry, in the compute dtype).
+    With a model axis, head- and hidden-sized tensors are split over it; width-sized ones are not.
+    """
+    if text_len < 1 or num_images < 1 or model_parallel < 1:
+        raise ValueError(f"text_len, num_images and model_parallel must be >= 1, got {text_len}, "
+                         f"{num_images} and {model_parallel}")
+    cdt, m = _dtype_bytes(compute_dtype), model_parallel
+    v, l = config.vision, config.llm
+    n = v.num_patches  # tokens per image; attention in the ViT is per image
+    seq = num_images * n + text_len
+    carries = cdt * (num_images * v.depth * n * v.width + l.depth * seq * l.width)
+    dots = 0
+    if not remat:
+        vit_split = 3 * v.width + v.num_heads * n + v.width + v.mlp_dim  # q/k/v, logits, AV, MLP hidden
+        llm_split = (2 * l.num_heads * l.head_dim + 2 * l.num_kv_heads * l.head_dim + l.num_heads * seq
+                     + 2 * l.mlp_dim)  # q, AV, k/v, logits, gate/up
+        dots = 4 * (num_images * v.depth * n * (vit_split / m + 2 * v.width)
+                    + l.depth * seq * (llm_split / m + 2 * l.width))
+    working = 4 * max(
+        (ATTENTION_COPIES * v.num_heads * n * n + MLP_COPIES * n * v.mlp_dim) * num_images / m,
+        (ATTENTION_COPIES * l.num_heads * seq * seq + MLP_COPIES * seq * l.mlp_dim) / m,
+        LOGIT_COPIES * text_len * l.vocab_size)
+    return Activations(saved=int(carries + dots), working=int(working))
+
+
+def activation_bytes_per_example(config: PaliGemmaConfig, text_len: int, num_images: int = 1, *,
+                                 remat: bool = False, compute_dtype: str = "float32",
+                                 model_parallel: int = 1) -> int:
+    """activations(...).total: the bytes one example adds to a device's peak."""
+    return activations(config, text_len, remat=remat, compute_dtype=compute_dtype,
+                       model_parallel=model_parallel, num_images=num_images).total
+
+
+def model_parallel_options(config: PaliGemmaConfig) -> list[int]:
+    """Model-axis sizes the partition rules split evenly: powers of two dividing the LLM's heads, KV
+    heads and MLP hidden and the ViT's heads and MLP hidden (3B: 1, 2, 4; 10B: up to 8; 28B: up to 16)."""
+    v, l = config.vision, config.llm
+    g = math.gcd(l.num_heads, l.num_kv_heads, l.mlp_dim, v.num_heads, v.mlp_dim)
+    return [2**k for k in range(g.bit_length()) if g % 2**k == 0]
+
+
+def device_bytes(device: str) -> int:
+    """Stated memory of one `device` in bytes (DEVICE_MEMORY_GIB)."""
+    if device not in DEVICE_MEMORY_GIB:
+        raise KeyError(f"unknown device {device!r}; known: {', '.join(DEVICE_MEMORY_GIB)}")
+    return int(DEVICE_MEMORY_GIB[device] * 2**30)
+
+
 @dataclass(frozen=True)
 class MemoryPlan:
-    """Bytes per device for training with FSDP over `num_devices` (params, grads, Adam sharded)."""
+    """Bytes per device of one training step on a (data, model) mesh: params, grads and Adam state
+    sharded over all devices (FSDP over data, heads / MLP hidden over model), the batch over data."""
 
     config: str
     device: str
     num_devices: int
+    model_parallel: int
     batch_size: int
     text_len: int
-    state_bytes: int  # params + grads + Adam state, whole model
-    gathered_layer_bytes: int  # one LLM layer all-gathered for its matmuls
+    remat: bool
+    compute_dtype: str
+    state_bytes: int  # params + grads + Adam state of the whole model
+    params_bytes: int  # per device, and so on below
+    grads_bytes: int
+    opt_bytes: int
+    gathered_bytes: int  # FSDP: the largest layer (or the embedding) gathered whole, with its gradient
     activation_bytes_per_example: int
-    bytes_per_device: int
-    device_bytes: int
+    activation_bytes: int
+    device_bytes: int  # usable: USABLE_FRACTION of the device's memory
+
+    @property
+    def data_parallel(self) -> int:
+        return self.num_devices // self.model_parallel
+
+    @property
+    def bytes_per_device(self) -> int:
+        return (self.params_bytes + self.grads_bytes + self.opt_bytes + self.gathered_bytes
+                + self.activation_bytes)
 
     @property
     def fits(self) -> bool:
         return self.bytes_per_device <= self.device_bytes
 
-
-def activation_bytes_per_example(config: PaliGemmaConfig, text_len: int, num_images: int = 1) -> int:
-    """A rough activation footprint with per-layer remat (big_vision: scan + `nothing_saveable`).
-
-    Kept: each layer's input (ViT and LLM residual streams). Live at the peak: one LLM layer being
-    recomputed with its gradient (q/k/v, attention probabilities, MLP hidden) and the text logits
-    with their gradient. An estimate to within a small factor, enough to choose a device count.
-    """
-    v, l = config.vision, config.llm
-    n = num_images * v.num_patches
-    seq = n + text_len
-    residuals = v.depth * n * v.width + l.depth * seq * l.width
-    heads = l.num_heads * l.head_dim + 2 * l.num_kv_heads * l.head_dim
-    layer = seq * (heads + 3 * l.mlp_dim) + l.num_heads * seq * seq
-    logits = text_len * l.vocab_size
-    return ACTIVATION_BYTES * (residuals + 2 * layer + 2 * logits)
+    @property
+    def mesh(self) -> str:
+        return f"{self.data_parallel}x{self.model_parallel}"
 
 
-def memory_plan(config: PaliGemmaConfig, text_len: int, batch_size: int, device: str,
-                num_devices: int) -> MemoryPlan:
-    """Estimate per-device memory for FSDP training of `batch_size` examples on `num_devices`."""
-    if device not in DEVICE_MEMORY_GIB:
-        raise KeyError(f"unknown device {device!r}; known: {', '.join(DEVICE_MEMORY_GIB)}")
-    if num_devices < 1 or batch_size < 1:
-        raise ValueError(f"num_devices and batch_size must be >= 1, got {num_devices} and {batch_size}")
+def memory_plan(config: PaliGemmaConfig, text_len: int, batch_size: int, device: str, num_devices: int,
+                *, model_parallel: int = 1, remat: bool = False, compute_dtype: str = "float32",
+                capacity_bytes: int | None = None) -> MemoryPlan:
+    """Per-device memory of training `batch_size` examples on `num_devices` devices of kind `device`,
+    `model_parallel` of them per model group. `capacity_bytes` (a device's memory) overrides the table,
+    e.g. host memory on a CPU or the allocator's limit on a real device."""
+    if num_devices < 1 or batch_size < 1 or model_parallel < 1 or num_devices % model_parallel:
+        raise ValueError(f"need num_devices >= 1, batch_size >= 1 and model_parallel dividing num_devices; "
+                         f"got {num_devices}, {batch_size} and {model_parallel}")
+    capacity = device_bytes(device) if capacity_bytes is None else capacity_bytes
+    data = num_devices // model_parallel
     params = param_count(config)
-    l = config.llm
-    layer_params = (llm_param_count(config) - l.vocab_size * l.width - l.width) // l.depth
-    state = BYTES_PER_PARAM_TRAINING * params
-    gathered = 4 * layer_params
-    act = activation_bytes_per_example(config, text_len)
-    per_device = state // num_devices + gathered + math.ceil(batch_size / num_devices) * act
-    return MemoryPlan(config=config.name, device=device, num_devices=num_devices,
-                      batch_size=batch_size, text_len=text_len, state_bytes=state,
-                      gathered_layer_bytes=gathered, activation_bytes_per_example=act,
-                      bytes_per_device=per_device, device_bytes=int(DEVICE_MEMORY_GIB[device] * 2**30))
+    shard = -(-params // num_devices)
+    l, v = config.llm, config.vision
+    llm_layer = (llm_param_count(config) - l.vocab_size * l.width - l.width) // l.depth
+    vit_layer = 4 * v.width + 4 * (v.width * v.width + v.width) + 2 * v.width * v.mlp_dim + v.mlp_dim + v.width
+    largest = max(max(llm_layer, vit_layer) // model_parallel, l.vocab_size * l.width)
+    gathered = (_dtype_bytes(compute_dtype) + GRAD_BYTES) * largest if data > 1 else 0
+    per_example = activation_bytes_per_example(config, text_len, remat=remat, compute_dtype=compute_dtype,
+                                               model_parallel=model_parallel)
+    return MemoryPlan(
+        config=config.name, device=device, num_devices=num_devices, model_parallel=model_parallel,
+        batch_size=batch_size, text_len=text_len, remat=remat, compute_dtype=compute_dtype,
+        state_bytes=BYTES_PER_PARAM_TRAINING * params, params_bytes=PARAM_BYTES * shard,
+        grads_bytes=GRAD_BYTES * shard, opt_bytes=OPT_BYTES * shard, gathered_bytes=gathered,
+        activation_bytes_per_example=per_example, activation_bytes=-(-batch_size // data) * per_example,
+        device_bytes=int(capacity * USABLE_FRACTION))
+
+
+def mesh_candidates(config: PaliGemmaConfig, batch_size: int, num_devices: int) -> list[int]:
+    """Model-axis sizes, smallest first, that divide num_devices, split the model evenly
+    (model_parallel_options) and leave a data axis that divides the batch."""
+    return [m for m in model_parallel_options(config)
+            if num_devices % m == 0 and batch_size % (num_devices // m) == 0]
+
+
+def mesh_plans(config: PaliGemmaConfig, *, text_len: int, batch_size: int, device: str, num_devices: int,
+               remat: bool = False, compute_dtype: str = "float32",
+               capacity_bytes: int | None = None) -> list[MemoryPlan]:
+    """The plan of every mesh_candidates mesh on `num_devices`, model axis smallest first."""
+    return [memory_plan(config, text_len, batch_size, device, num_devices, model_parallel=m, remat=remat,
+                        compute_dtype=compute_dtype, capacity_bytes=capacity_bytes)
+            for m in mesh_candidates(config, batch_size, num_devices)]
+
+
+def plan_mesh(config: PaliGemmaConfig, *, text_len: int, batch_size: int, device: str, num_devices: int,
+              remat: bool = False, compute_dtype: str = "float32",
+              capacity_bytes: int | None = None) -> MemoryPlan:
+    """The mesh `auto` picks on `num_devices` devices, with its plan.
+
+    The rule: FSDP over `data` first (model_parallel 1: every device holds 1/N of the state and
+    batch/N examples, and nothing but the gathered layer is replicated); the `model` axis doubles only
+    while the plan does not fit, since it splits activations and layers further but costs collectives
+    in every layer. A mesh is a candidate only when its model axis divides the heads, KV heads and
+    MLP hidden of both towers and its data axis divides the batch. Raises ValueError (one line) when
+    no candidate fits.
+    """
+    plans = mesh_plans(config, text_len=text_len, batch_size=batch_size, device=device,
+                       num_devices=num_devices, remat=remat, compute_dtype=compute_dtype,
+                       capacity_bytes=capacity_bytes)
+    for plan in plans:
+        if plan.fits:
+            return plan
+    if not plans:
+        raise ValueError(
+            f"{config.name}: no (data, model) mesh on {num_devices} devices has a data axis dividing batch "
+            f"{batch_size} and a model axis in {model_parallel_options(config)}")
+    best = min(plans, key=lambda p: p.bytes_per_device)
+    raise ValueError(
+        f"{config.name} at batch {batch_size}, text_len {text_len}{', remat' if remat else ''} does not fit "
+        f"{num_devices} x {device}: the best mesh ({best.mesh}) needs {_gib(best.bytes_per_device)} per "
+        f"device, {_gib(best.device_bytes)} usable")
+
+
+def auto_model_parallel(config: PaliGemmaConfig, *, text_len: int, batch_size: int, device: str,
+                        num_devices: int, remat: bool, compute_dtype: str = "float32",
+                        capacity_bytes: int | None = None) -> int:
+    """The model-axis size `mesh: auto` uses (data = num_devices // it); see plan_mesh for the rule.
+    Raises ValueError when nothing fits."""
+    return plan_mesh(config, text_len=text_len, batch_size=batch_size, device=device,
+                     num_devices=num_devices, remat=remat, compute_dtype=compute_dtype,
+                     capacity_bytes=capacity_bytes).model_parallel
 
 
 def min_devices(config: PaliGemmaConfig, text_len: int, batch_size: int, device: str,
-                max_devices: int = 4096) -> int | None:
-    """The fewest devices (a power of two) whose plan fits, or None if even max_devices do not."""
+                max_devices: int = 4096, *, remat: bool = False, compute_dtype: str = "float32",
+                capacity_bytes: int | None = None) -> int | None:
+    """The fewest devices (a power of two) on which plan_mesh finds a fitting mesh, or None."""
+    return getattr(smallest_mesh(config, text_len, batch_size, device, max_devices, remat=remat,
+                                 compute_dtype=compute_dtype, capacity_bytes=capacity_bytes),
+                   "num_devices", None)
+
+
+def smallest_mesh(config: PaliGemmaConfig, text_len: int, batch_size: int, device: str,
+                  max_devices: int = 4096, *, remat: bool = False, compute_dtype: str = "float32",
+                  capacity_bytes: int | None = None) -> MemoryPlan | None:
+    """plan_mesh on the fewest devices (a power of two, up to max_devices) where one fits, or None."""
     n = 1
     while n <= max_devices:
-        if memory_plan(config, text_len, batch_size, device, n).fits:
-            return n
-        n *= 2
+        try:
+            return plan_mesh(config, text_len=text_len, batch_size=batch_size, device=device, num_devices=n,
+                             remat=remat, compute_dtype=compute_dtype, capacity_bytes=capacity_bytes)
+        except ValueError:
+            n *= 2
     return None
 
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+# -- the memory table ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PlanEntry:
+    """One config's line of `cost --plan`: the smallest fitting mesh and `auto`'s choice on N devices."""
+
+    config: str
+    device: str
+    batch_size: int
+    text_len: int
+    remat: bool
+    compute_dtype: str
+    smallest: MemoryPlan | None  # on the fewest devices (a power of two) where a mesh fits
+    devices: int  # the device count `auto` was asked about
+    auto: MemoryPlan | None  # None: nothing fits `devices`
+    auto_error: str | None
+
+
+def plan_table(configs: list[PaliGemmaConfig], *, text_len: int | Mapping[int, int], batch_size: int,
+               device: str, devices: int, remat: bool = False, compute_dtype: str = "float32",
+               max_devices: int = 4096) -> list[PlanEntry]:
+    """The smallest mesh and the `auto` mesh on `devices` devices, per config."""
+    device_bytes(device)  # unknown device: fail before the loop
+    entries = []
+    for c in configs:
+        t = text_len[c.resolution] if isinstance(text_len, Mapping) else text_len
+        kw = {"remat": remat, "compute_dtype": compute_dtype}
+        smallest = smallest_mesh(c, t, batch_size, device, max_devices, **kw)
+        try:
+            auto, error = plan_mesh(c, text_len=t, batch_size=batch_size, device=device,
+                                    num_devices=devices, **kw), None
+        except ValueError as e:
+            auto, error = None, str(e)
+        entries.append(PlanEntry(config=c.name, device=device, batch_size=batch_size, text_len=t,
+                                 remat=remat, compute_dtype=compute_dtype, smallest=smallest,
+                                 devices=devices, auto=auto, auto_error=error))
+    return entries
+
+
+def _plan_json(plan: MemoryPlan | None) -> dict | None:
+    if plan is None:
+        return None
+    return {**asdict(plan), "data_parallel": plan.data_parallel, "bytes_per_device": plan.bytes_per_device,
+            "fits": plan.fits}
+
+
+def plan_table_json(entries: list[PlanEntry]) -> list[dict]:
+    return [{**{k: v for k, v in asdict(e).items() if k not in ("smallest", "auto")},
+             "smallest": _plan_json(e.smallest), "auto": _plan_json(e.auto)} for e in entries]
+
+
+def format_plan_table(entries: list[PlanEntry]) -> str:
+    """Markdown: per config, GiB per device on the smallest mesh that fits, and auto's mesh on N."""
+    if not entries:
+        return "(no configs)\n"
+    e0 = entries[0]
+    usable = int(device_bytes(e0.device) * USABLE_FRACTION)
+    title = (f"Training memory per device on {e0.device} ({_gib(usable)} usable of "
+             f"{DEVICE_MEMORY_GIB[e0.device]:g}), batch {e0.batch_size}, {e0.compute_dtype} compute"
+             f"{', remat' if e0.remat else ''}; GiB per device on the smallest mesh that fits "
+             f"(mesh = data x model)")
+    header = ("| config | text | devices | mesh | params | grads | Adam | gathered | activations | total "
+              f"| auto on {e0.devices} |")
+    lines = [title, "", header, "|---|---|---|---|---|---|---|---|---|---|---|"]
+    g = lambda n: f"{n / 2**30:.1f}"
+    for e in entries:
+        s, a = e.smallest, e.auto
+        auto = f"{a.mesh}: {g(a.bytes_per_device)}" if a is not None else "does not fit"
+        if s is None:
+            lines.append(f"| {e.config} | {e.text_len} | - | - | - | - | - | - | - | does not fit | {auto} |")
+            continue
+        lines.append(f"| {e.config} | {e.text_len} | {s.num_devices} | {s.mesh} | {g(s.params_bytes)} | "
+                     f"{g(s.grads_bytes)} | {g(s.opt_bytes)} | {g(s.gathered_bytes)} | {g(s.activation_bytes)} | "
+                     f"{g(s.bytes_per_device)} | {auto} |")
+    return "\n".join(lines) + "\n"

@@ -194,4 +194,4 @@ def test_more_text_costs_more_memory():
     c = get_config("10b-448")
     short, long = memory_plan(c, 32, 64, "tpu-v5p", 64), memory_plan(c, 512, 64, "tpu-v5p", 64)
     assert long.activation_bytes_per_example > short.activation_bytes_per_example
-    assert dataclasses.replace(short, bytes_per_device=short.device_bytes + 1).fits is False
+    assert dataclasses.replace(short, device_bytes=short.bytes_per_device - 1).fits is False
