@@ -10,7 +10,9 @@ and every error is one line naming the file, line and field.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import functools
 import hashlib
 import importlib.util
 import json
@@ -70,13 +72,16 @@ class Cell:
     overrides: tuple[tuple[str, Any], ...] = ()  # sorted (key, value) pairs
     # Labels outputs "demo scale"; it does not change what the cell computes, so it is not hashed.
     demo: bool = False
+    # What else changes the result (see `identity`): sorted (key, JSON text) pairs, hashed.
+    identity: tuple[tuple[str, str], ...] = ()
 
     def config(self) -> dict[str, Any]:
         """The effective config as JSON-able data: what the hash and the record's `config` hold."""
         return {"task": self.task, "size": self.size, "resolution": self.resolution, "lr": self.lr,
                 "seed": self.seed, "phase": self.phase, "split": self.split,
                 "checkpoint": self.checkpoint, "data_dir": self.data_dir,
-                "overrides": {k: v for k, v in self.overrides}}
+                "overrides": {k: v for k, v in self.overrides},
+                **{k: json.loads(v) for k, v in self.identity}}
 
     @property
     def config_hash(self) -> str:
@@ -136,9 +141,12 @@ class Grid:
 
     def _cell(self, task: str, size: str, resolution: int, lr: float, seed: int, phase: str,
               split: str) -> Cell:
+        checkpoint = self.checkpoint(size, resolution)
         return Cell(task=task, size=size, resolution=resolution, lr=lr, seed=seed, phase=phase,
-                    split=split, checkpoint=self.checkpoint(size, resolution),
-                    data_dir=self.data_dir(task), overrides=self.overrides[task], demo=self.demo)
+                    split=split, checkpoint=checkpoint, data_dir=self.data_dir(task),
+                    overrides=self.overrides[task], demo=self.demo,
+                    identity=identity(task, size, resolution, lr, checkpoint, self.overrides[task],
+                                      self.demo_data))
 
     def sweep_cells(self) -> list[Cell]:
         p = self.protocol
@@ -160,6 +168,58 @@ class Grid:
         p = self.protocol
         return [self._cell(t, s, r, best_lrs[t, s], seed, "final", p.final_split)
                 for t, s, r, seed in self.final_plan() if (t, s) in best_lrs]
+
+
+def project_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("paligemma-transfer")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+@functools.lru_cache(maxsize=None)
+def _task(name: str) -> Any:
+    from tasks.registry import get_task
+
+    return get_task(name)
+
+
+def demo_identity(task: str, demo_data: DemoData | None) -> dict[str, int] | None:
+    """What makes generated demo data what it is: its sizes, seed and the generator's (plugin's) version."""
+    if demo_data is None:
+        return None
+    return {"num_train": demo_data.num_train, "num_eval": demo_data.num_eval, "seed": demo_data.seed,
+            "generator_version": _task(task).version}
+
+
+def identity(task: str, size: str, resolution: int, lr: float, checkpoint: str,
+             overrides: tuple[tuple[str, Any], ...], demo_data: DemoData | None) -> tuple[tuple[str, str], ...]:
+    """Everything besides the grid's own fields that changes a cell's result, as hashed (key, JSON) pairs:
+    the plugin's version, the effective recipe after overrides, the content fingerprints of the base
+    checkpoint and the tokenizer, the project's version and the demo data's identity."""
+    from harness.fingerprint import MISSING, fingerprint
+    from harness.recipes import recipe_fields, tokenizer_path
+
+    plugin = _task(task)
+    fields = recipe_fields()
+    recipe = plugin.recipe(size, resolution).replace(lr=lr)
+    own = {k: v for k, v in overrides if k in fields}
+    if "steps" in own:
+        own.setdefault("epochs", None)
+    if own.get("epochs") is not None:
+        own.setdefault("steps", None)
+    try:
+        recipe = recipe.replace(**own)
+    except (TypeError, ValueError):
+        pass  # the runner reports a bad combination at cell start; the overrides are hashed anyway
+    tokenizer = tokenizer_path(size, dict(overrides))
+    values = {"task_version": plugin.version, "recipe": dataclasses.asdict(recipe),
+              "checkpoint_sha256": fingerprint(checkpoint),
+              "tokenizer_sha256": fingerprint(tokenizer) if tokenizer is not None else MISSING,
+              "project_version": project_version(), "demo_data": demo_identity(task, demo_data)}
+    return tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in values.items()))
 
 
 # --- loading and validation -----------------------------------------------------------------------

@@ -31,9 +31,10 @@ from tqdm import tqdm
 
 from harness.grid import Cell, Grid
 from harness.locks import CellLock
+from harness.provenance import device_info, provenance
 from results.lr_choice import LrChoice, format_lr, select_best_lrs
-from results.store import (Record, atomic_write_text, has_record, predictions_path, read_record,
-                           record_path, versions, write_record)
+from results.store import (SCHEMA_VERSION, Record, atomic_write_text, has_record, predictions_path,
+                           read_record, record_path, versions, write_record)
 
 BACKENDS = ("local", "ray")
 BEST_LR_RULE = ("per (task, size), the sweep lr with the highest headline metric on the sweep split; "
@@ -75,7 +76,7 @@ def execute_cell(cell: Cell, workdir: str | Path, runner: str) -> dict[str, Any]
         target = predictions_path(workdir, cell.cell_id)
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(produced, target)
-    return {"result": dict(result), "wall_time_s": wall}
+    return {"result": dict(result), "wall_time_s": wall, "device": device_info()}
 
 
 def make_record(cell: Cell, outcome: Mapping[str, Any]) -> Record:
@@ -87,7 +88,8 @@ def make_record(cell: Cell, outcome: Mapping[str, Any]) -> Record:
         headline=result["headline"], steps=int(result["steps"]), wall_time_s=round(outcome["wall_time_s"], 3),
         config_hash=cell.config_hash, config=cell.config(), versions=versions(),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"), demo=cell.demo,
-        extra={k: v for k, v in result.items() if k not in ("metrics", "headline", "steps")})
+        extra={k: v for k, v in result.items() if k not in ("metrics", "headline", "steps")},
+        schema_version=SCHEMA_VERSION, provenance=provenance(outcome.get("device")))
 
 
 def prepare_demo_data(grid: Grid) -> None:

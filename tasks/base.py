@@ -117,6 +117,10 @@ class Task(abc.ABC):
     name: ClassVar[str]
     description: ClassVar[str]
     headline: ClassVar[str]  # the metric key shown in tables, e.g. "accuracy", "anls", "cider"
+    # Bump when the prompt, targets, parsing, metric, recipe or demo generator changes: it is part of every
+    # cell's id, so finished cells of the old version are not reused. tests/test_plugin_versions.py fails
+    # when a plugin's behaviour changes and this number does not.
+    version: ClassVar[int] = 1
     # Paper roles -> TFDS split expressions (slicing allowed), e.g. {"train": "train[:-5%]", ...}.
     splits: ClassVar[Mapping[str, str]]
     # Which raw files the manual directory must hold, where to get them, and where to put them.

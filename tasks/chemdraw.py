@@ -161,6 +161,7 @@ class ChemDraw(Task):
     description = ("Molecule recognition: ChemDraw drawings (MolScribe's benchmark) -> SMILES; MolScribe's "
                    "canon_smiles exact match.")
     headline = "canon_smiles"
+    version = 1  # bump with any change to prompt, parse, metric, recipe or demo data
     # The benchmark is the eval (and test) split; 1% of the training molecules are held out as minival
     # for lr checks (MolScribe validates on another benchmark; the paper names no minival).
     splits = {"train": "train[:99%]", "minival": "train[99%:]", "eval": "test", "test": "test"}
