@@ -62,7 +62,8 @@ def run_cell(cell: Any, cell_dir: Path, *, progress: bool | None = None) -> dict
     spec = TextSpec(text_len=recipe.text_len, square_pad=recipe.pad_to_square,
                     resolution=cell.resolution)
 
-    train_examples = task.examples(cell.data_dir, "train")
+    cache = getattr(cell, "data_cache", "") or None  # the scheduler sets it to WORKDIR/prepared
+    train_examples = task.examples(cell.data_dir, "train", cache_dir=cache)
     num_steps = recipe.num_steps(len(train_examples))
     cfg = TrainConfig(
         lr=recipe.lr, num_steps=num_steps, weight_decay=recipe.weight_decay,
@@ -76,7 +77,7 @@ def run_cell(cell: Any, cell_dir: Path, *, progress: bool | None = None) -> dict
     params, summary = train(config, params, batches, cfg, workdir=cell_dir, progress=progress,
                             desc=f"train {cell.cell_id}")
 
-    eval_examples = task.examples(cell.data_dir, cell.split)
+    eval_examples = task.examples(cell.data_dir, cell.split, cache_dir=cache)
     limit = options.get("max_eval_examples")
     if limit is not None:
         eval_examples = [eval_examples[i] for i in range(min(limit, len(eval_examples)))]

@@ -2,9 +2,9 @@
 
 A cell's id hashes the fingerprint of what it starts from, so a checkpoint re-trained at the same path
 gives new cell ids instead of silently reusing old records. Hashing a 56 GB checkpoint on every dry run
-would be unusable, so a file's digest is cached in `cache_root()/fingerprints.json` under its absolute
-path, size and modification time (a rewrite changes the mtime, so the cache never hides one), and a file
-above FULL_HASH_LIMIT is hashed on its size plus SAMPLES evenly spaced 1 MiB blocks (the first and the
+would be unusable, so a file's digest is cached in `cache_root()/fingerprints.json` (tasks/prepared.py)
+under its absolute path, size and modification time (a rewrite changes the mtime, so the cache never
+hides one), and a file above FULL_HASH_LIMIT is hashed on its size plus SAMPLES evenly spaced 1 MiB blocks (the first and the
 last included): any re-training or re-export rewrites nearly every block.
 
 `fingerprint(checkpoint)` takes the grid's checkpoint string: a file, a directory (a Hugging Face
@@ -19,6 +19,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from tasks.prepared import cache_root
+
 RANDOM = "random"
 MISSING = "missing"
 FULL_HASH_LIMIT = 1 << 30  # files up to 1 GiB are hashed whole
@@ -26,15 +28,6 @@ BLOCK = 1 << 20
 SAMPLES = 64
 
 _memo: dict[tuple[str, int, int], str] = {}
-
-
-def cache_root() -> Path:
-    """The project's cache folder: $PALIGEMMA_TRANSFER_CACHE, else $XDG_CACHE_HOME/paligemma-transfer,
-    else ~/.cache/paligemma-transfer."""
-    if os.environ.get("PALIGEMMA_TRANSFER_CACHE"):
-        return Path(os.environ["PALIGEMMA_TRANSFER_CACHE"])
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "paligemma-transfer"
 
 
 def _cache_file() -> Path:

@@ -72,6 +72,9 @@ class Cell:
     overrides: tuple[tuple[str, Any], ...] = ()  # sorted (key, value) pairs
     # Labels outputs "demo scale"; it does not change what the cell computes, so it is not hashed.
     demo: bool = False
+    # Where the runner keeps prepared data (tasks/prepared.py; "" = the default cache). Set by the
+    # scheduler; the prepared data is keyed on the raw files, so it does not change the result: not hashed.
+    data_cache: str = ""
     # What else changes the result (see `identity`): sorted (key, JSON text) pairs, hashed.
     identity: tuple[tuple[str, str], ...] = ()
 

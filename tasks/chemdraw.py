@@ -128,11 +128,12 @@ class ChemDrawBuilder(RawFilesBuilder):
 
     def _split_generators(self, dl_manager):
         paths = {"train": self._manual_dir / TRAIN_CSV, "test": self._manual_dir / TEST_CSV}
+        paths = {split: path for split, path in paths.items() if self.wanted(split)}
         for path in paths.values():
             if not path.is_file():
                 raise DataError(f"chemdraw: {path} is missing.\n{DOWNLOAD_INSTRUCTIONS}")
-        return {"train": self._generate_examples(paths["train"], ("SMILES",)),
-                "test": self._generate_examples(paths["test"], ("file_path", "SMILES"))}
+        required = {"train": ("SMILES",), "test": ("file_path", "SMILES")}
+        return {split: self._generate_examples(path, required[split]) for split, path in paths.items()}
 
     def _generate_examples(self, path: Path, required: tuple[str, ...]) -> Iterator[tuple[str, dict]]:
         yielded = 0

@@ -67,6 +67,8 @@ class DocVQABuilder(RawFilesBuilder):
     def _split_generators(self, dl_manager):
         splits = {}
         for split in SPLITS:
+            if not self.wanted(split):
+                continue
             path = _qa_file(self._manual_dir, split)
             if path is None and split == "test":
                 continue  # the test questions are optional

@@ -61,6 +61,8 @@ class VQAv2Builder(RawFilesBuilder):
     def _split_generators(self, dl_manager):
         splits = {}
         for split, subtype in SUBTYPES.items():
+            if not self.wanted(split):
+                continue
             questions = self._manual_dir / f"v2_OpenEnded_mscoco_{subtype}_questions.json"
             annotations = (None if split == "test"
                            else self._manual_dir / f"v2_mscoco_{subtype}_annotations.json")
