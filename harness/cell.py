@@ -76,6 +76,8 @@ def run_cell(cell: Any, cell_dir: Path, *, progress: bool | None = None) -> dict
     params = base_params(config, cell.checkpoint, cell.seed)
     params, summary = train(config, params, batches, cfg, workdir=cell_dir, progress=progress,
                             desc=f"train {cell.cell_id}")
+    if getattr(cell, "keep_checkpoints", "none") in ("params", "all"):
+        checkpoint.save_npz(str(Path(cell_dir) / "params.npz"), params)
 
     eval_examples = task.examples(cell.data_dir, cell.split, cache_dir=cache)
     limit = options.get("max_eval_examples")

@@ -69,19 +69,38 @@ def describe_change(old: dict[str, list[int]], new: dict[str, list[int]]) -> str
     return "; ".join(parts)
 
 
+def _home(task: str, manual_dir: Path, cache_dir: Path | None) -> Path:
+    root = Path(cache_dir) if cache_dir is not None else cache_root() / "data"
+    return root / task / hashlib.sha256(str(Path(manual_dir).absolute()).encode()).hexdigest()[:16]
+
+
+def _match(home: Path, fp: str, wanted: set[str]) -> Path | None:
+    for candidate in sorted(home.glob(f"{fp}-*")) if home.is_dir() else []:
+        have = set(candidate.name.split("-", 2)[2].split("+"))
+        if candidate.is_dir() and ("all" in have or wanted <= have):
+            return candidate
+    return None
+
+
+def find_prepared(task: str, version: int, manual_dir: Path, cache_dir: Path | None,
+                  splits: Iterable[str]) -> Path | None:
+    """The prepared folder for the current raw files, if there is one; prepares nothing."""
+    fp = files_fingerprint(raw_files(Path(manual_dir).absolute()))[:16] + f"-v{version}"
+    return _match(_home(task, manual_dir, cache_dir), fp, set(splits))
+
+
 def prepared_dir(task: str, version: int, manual_dir: Path, cache_dir: Path | None, splits: Iterable[str],
                  prepare: Callable[[Path], None]) -> Path:
     """The folder holding `splits` of the task prepared from the current raw files; `prepare(folder)` is
     called to make it when none matches (into a temp folder renamed into place)."""
     manual_dir = Path(manual_dir).absolute()
-    root = Path(cache_dir) if cache_dir is not None else cache_root() / "data"
-    home = root / task / hashlib.sha256(str(manual_dir).encode()).hexdigest()[:16]
+    home = _home(task, manual_dir, cache_dir)
     files = raw_files(manual_dir)
     fp = files_fingerprint(files)[:16] + f"-v{version}"
     wanted = set(splits)
-    for candidate in sorted(home.glob(f"{fp}-*")) if home.is_dir() else []:
-        if candidate.is_dir() and wanted <= set(candidate.name.split("-", 2)[2].split("+")):
-            return candidate
+    found = _match(home, fp, wanted)
+    if found is not None:
+        return found
     last = home / "last.json"
     try:
         previous = json.loads(last.read_text(encoding="utf-8"))
