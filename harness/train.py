@@ -202,18 +202,30 @@ def train(config: PaliGemmaConfig, params: Any, batches: Sequence[dict], cfg: Tr
                unit="step", dynamic_ncols=True)
     batch_size = None
     t0, loss = time.perf_counter(), float("nan")
-    for step in range(start, cfg.num_steps):
-        batch = batches[step]
-        batch_size = len(batch["text"])
-        params, opt_state, stats = step_fn(params, opt_state, batch, jax.random.fold_in(rng, step))
-        loss = float(stats["loss"])
-        elapsed = time.perf_counter() - t0
-        ex_per_s = (step + 1 - start) * batch_size / max(elapsed, 1e-9)
-        log.write(step + 1, loss, float(stats["grad_norm"]), ex_per_s)
-        bar.set_postfix(loss=f"{loss:.3f}", ex_s=f"{ex_per_s:.1f}")
-        bar.update(1)
-        if ckpt is not None and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.num_steps:
-            ckpt.save(step + 1, {"params": params, "opt_state": opt_state, "step": np.int64(step + 1)})
+    try:
+        for step in range(start, cfg.num_steps):
+            batch = batches[step]
+            batch_size = len(batch["text"])
+            params, opt_state, stats = step_fn(params, opt_state, batch, jax.random.fold_in(rng, step))
+            loss = float(stats["loss"])
+            elapsed = time.perf_counter() - t0
+            ex_per_s = (step + 1 - start) * batch_size / max(elapsed, 1e-9)
+            log.write(step + 1, loss, float(stats["grad_norm"]), ex_per_s)
+            bar.set_postfix(loss=f"{loss:.3f}", ex_s=f"{ex_per_s:.1f}")
+            bar.update(1)
+            if ckpt is not None and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.num_steps:
+                ckpt.save(step + 1, {"params": params, "opt_state": opt_state, "step": np.int64(step + 1)})
+    except BaseException:
+        # An error mid-run (or Ctrl-C): let the checkpoint being written finish, so the rerun resumes
+        # from it instead of finding it half written.
+        if ckpt is not None:
+            try:
+                ckpt.close()
+            except Exception:  # noqa: BLE001 - the original error is the one to report
+                pass
+        bar.close()
+        log.close()
+        raise
     bar.close()
     if ckpt is not None:
         ckpt.close()

@@ -174,8 +174,8 @@ class Task(abc.ABC):
             raise DataError(f"{self.name}: manual directory {manual_dir} is missing or empty.\n"
                             f"{self.download_instructions}")
         only = None if splits is None else frozenset(splits)
-        if data_dir is not None:
-            return self._build(manual_dir, Path(data_dir), only)
+        if data_dir is not None:  # a folder TFDS prepares once: all splits, as it always did
+            return self._build(manual_dir, Path(data_dir), None)
         wanted = only if only is not None else {"all"}
         folder = prepared_dir(self.name, self.version, manual_dir, Path(cache_dir) if cache_dir else None,
                               wanted, lambda d: self._build(manual_dir, d, only))
