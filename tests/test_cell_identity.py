@@ -95,3 +95,25 @@ def test_fingerprint_is_cached_by_path_size_and_mtime(tmp_path, monkeypatch):
     d.mkdir()
     (d / "model.safetensors").write_bytes(b"x")
     assert len(fp.fingerprint(str(d))) == 64
+
+
+def test_tables_warn_when_records_mix_plugin_or_project_versions(tmp_path, capsys):
+    from harness.grid import load_grid
+    from harness.scheduler import run_grid
+    from results.store import load_records, record_path, write_record
+    from results.tables import version_mix, write_tables
+
+    path = tmp_path / "g.yaml"
+    path.write_text(f"name: mix\ndemo: true\ntasks: [vqav2]\nsizes: [nano-s, nano-m]\nresolutions: [32]\n"
+                    f"lrs: [1.0e-3]\ndata_root: {tmp_path}\ncheckpoints: random\n"
+                    "runner: tests.helpers.fake_runner:run\n")
+    workdir = tmp_path / "w"
+    records = run_grid(load_grid(path), workdir, progress=False)
+    assert version_mix(load_records(workdir)) is None
+    old = records[0]
+    write_record(workdir, type(old)(**{**old.to_json(), "config": {**old.config, "task_version": 0}}))
+    assert record_path(workdir, old.cell_id).is_file()
+    capsys.readouterr()
+    write_tables(workdir)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "mix" in line]
+    assert len(warnings) == 1 and "vqav2 plugin versions ['0', '1']" in warnings[0]
