@@ -190,7 +190,7 @@ def project_version() -> str:
         return "unknown"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _task(name: str) -> Any:
     from tasks.registry import get_task
 

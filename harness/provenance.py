@@ -11,7 +11,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def git_state() -> tuple[str | None, bool | None]:
     """(commit, dirty) of the checkout the code runs from; (None, None) outside a git checkout."""
     if not (REPO / ".git").exists():

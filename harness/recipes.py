@@ -7,8 +7,9 @@ file is loaded) and the runner (which trains with it), so both see the same reci
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from tasks.base import Recipe
 

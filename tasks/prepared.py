@@ -23,8 +23,8 @@ import json
 import os
 import shutil
 import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 IGNORED = ("_tfds",)  # the in-folder cache of older versions
 

@@ -106,7 +106,7 @@ def test_json_stdout_is_one_document_on_first_use(docvqa, tmp_path):
                PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     for args in (["score", "docvqa", "--data", str(raw), "--predictions", str(preds), "--json"],
                  ["tasks", "--json"], ["tasks", "--recipes", "--task", "docvqa", "--json"], ["cost", "--json"]):
-        proc = subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=REPO, env=env,
+        proc = subprocess.run([sys.executable, "-m", "harness.cli", *args], check=False, cwd=REPO, env=env,
                               capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr
         json.loads(proc.stdout)  # the whole of stdout is one JSON document

@@ -85,7 +85,7 @@ def run_predictions_enospc(cell: Any, cell_dir: Path) -> dict:
     if os.environ.get("FAKE_RUNNER_ENOSPC"):
         class Full:
             def __init__(self, *a, **k):
-                self.f = open(*a, **k)
+                self.f = open(*a, **k)  # noqa: SIM115 - closed in __exit__
 
             def __enter__(self):
                 return self
