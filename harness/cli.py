@@ -34,11 +34,11 @@ examples:
 def _enable_compile_cache() -> None:
     """Reuse compiled XLA programs across cells and runs: cells of one size and resolution share shapes,
     and on a CPU compiling a train step costs more than a hundred steps of a nano model."""
-    import os
-
     import jax
 
-    cache = Path(os.environ.get("PALIGEMMA_TRANSFER_CACHE", Path.home() / ".cache" / "paligemma-transfer"))
+    from tasks.prepared import cache_root
+
+    cache = cache_root()  # $PALIGEMMA_TRANSFER_CACHE, else $XDG_CACHE_HOME/paligemma-transfer
     jax.config.update("jax_compilation_cache_dir", str(cache / "jax"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
