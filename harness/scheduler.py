@@ -36,7 +36,7 @@ from harness.locks import CellLock
 from harness.provenance import device_info, provenance
 from results.lr_choice import LrChoice, format_lr, select_best_lrs
 from results.store import (SCHEMA_VERSION, Record, atomic_write_text, has_record, predictions_path,
-                           _jsonable, read_record, record_path, versions, write_record)
+                           _jsonable, load_records, read_record, record_path, versions, write_record)
 
 BACKENDS = ("local", "ray")
 BEST_LR_RULE = ("per (task, size), the sweep lr with the highest headline metric on the sweep split; "
@@ -83,6 +83,7 @@ def execute_cell(cell: Cell, workdir: str | Path, runner: str) -> dict[str, Any]
     """
     directory = cell_dir(workdir, cell.cell_id)
     directory.mkdir(parents=True, exist_ok=True)
+    data = raw_data_fingerprint(cell.data_dir)
     start = time.monotonic()
     result = load_runner(runner)(cell, directory)
     wall = time.monotonic() - start
@@ -95,7 +96,31 @@ def execute_cell(cell: Cell, workdir: str | Path, runner: str) -> dict[str, Any]
         target = predictions_path(workdir, cell.cell_id)
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(produced, target)
-    return {"result": dict(result), "wall_time_s": wall, "device": device_info()}
+    return {"result": dict(result), "wall_time_s": wall, "device": {**device_info(), "raw_data": data}}
+
+
+def raw_data_fingerprint(data_dir: str | Path) -> str | None:
+    """Names, sizes and mtimes of a task's raw files, hashed (tasks/prepared.py); None when absent."""
+    from tasks.prepared import files_fingerprint, raw_files
+
+    return files_fingerprint(raw_files(Path(data_dir)))[:16] if Path(data_dir).is_dir() else None
+
+
+def warn_changed_data(grid: Grid, workdir: Path) -> None:
+    """One line per task whose finished cells were computed on raw files that have changed since: their
+    records are kept (the id hashes the data folder, not its content), so say so."""
+    try:
+        records = load_records(workdir)
+    except (OSError, ValueError):
+        return  # a corrupt record is reported where it is read
+    for task in grid.tasks:
+        current = raw_data_fingerprint(grid.data_dir(task))
+        stale = [r for r in records if r.task == task and r.config.get("data_dir") == grid.data_dir(task)
+                 and r.provenance.get("raw_data") not in (None, current)]
+        if stale:
+            print(f"{task}: {len(stale)} finished cell(s) were computed on raw files in {grid.data_dir(task)} "
+                  "that have changed since; their records are kept (delete them to rerun on the new data)",
+                  file=sys.stderr)
 
 
 def make_record(cell: Cell, outcome: Mapping[str, Any]) -> Record:
@@ -536,6 +561,7 @@ def run_grid(grid: Grid, workdir: str | Path, *, backend: str = "local", dry_run
     workdir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(workdir / "grid.yaml", grid.text)
     prepare_demo_data(grid)
+    warn_changed_data(grid, workdir)
 
     sweep = grid.sweep_cells()
     total = len(sweep) + len(grid.final_plan())

@@ -210,3 +210,18 @@ def test_records_share_the_permissions_of_the_other_outputs(tmp_path):
     assert mode == 0o644
     assert records[0].schema_version == 2 and records[0].provenance["project_version"]
     assert "git_commit" in records[0].provenance and "device_kind" in records[0].provenance
+
+
+def test_raw_file_changed_between_runs_is_announced_and_nothing_reruns(tmp_path, capsys):
+    grid_path = make_grid(tmp_path)
+    raw = tmp_path / "data" / "vqav2"
+    raw.mkdir(parents=True)
+    (raw / "answers.json").write_text("[1]")
+    workdir = tmp_path / "w"
+    records = run_grid(load_grid(grid_path), workdir, progress=False)
+    assert all(r.provenance["raw_data"] for r in records)
+    capsys.readouterr()
+    (raw / "answers.json").write_text("[2, 3]")
+    run_grid(load_grid(grid_path), workdir, progress=False)
+    err = [line for line in capsys.readouterr().err.splitlines() if "changed since" in line]
+    assert len(err) == 1 and err[0].startswith("vqav2: 2 finished cell(s)") and len(starts(workdir)) == 2
