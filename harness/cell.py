@@ -6,7 +6,6 @@ checkpoints it left in `cell_dir`, and writes `cell_dir/predictions.jsonl` for t
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -15,6 +14,7 @@ import numpy as np
 
 from harness.data import TextSpec, train_batches
 from harness.evaluate import predict, score_rows, write_jsonl
+from harness.recipes import HARNESS_KEYS, NANO_TOKENIZER, split_overrides  # noqa: F401 - re-exported
 from harness.train import TrainConfig, train
 from model import checkpoint
 from model.config import PaliGemmaConfig, config_for
@@ -22,27 +22,6 @@ from model.paligemma import init_params
 from model.tokenizer import Tokenizer
 from tasks.base import Recipe
 from tasks.registry import get_task
-
-NANO_TOKENIZER = Path(__file__).resolve().parent.parent / "model" / "assets" / "nano_tokenizer.model"
-
-# Override keys the harness itself reads; every other override must be a Recipe field.
-HARNESS_KEYS = {"tokenizer", "eval_batch_size", "checkpoint_every", "compute_dtype", "remat",
-                "max_eval_examples"}
-
-
-def split_overrides(overrides: Mapping[str, Any]) -> tuple[dict, dict]:
-    """(recipe overrides, harness options), with an error naming an unknown key."""
-    recipe_fields = {f.name for f in dataclasses.fields(Recipe)}
-    unknown = set(overrides) - recipe_fields - HARNESS_KEYS
-    if unknown:
-        raise KeyError(f"unknown override(s) {sorted(unknown)}; expected Recipe fields "
-                       f"{sorted(recipe_fields)} or harness options {sorted(HARNESS_KEYS)}")
-    recipe = {k: v for k, v in overrides.items() if k in recipe_fields}
-    if "steps" in recipe:
-        recipe.setdefault("epochs", None)
-    if "epochs" in recipe and recipe["epochs"] is not None:
-        recipe.setdefault("steps", None)
-    return recipe, {k: v for k, v in overrides.items() if k in HARNESS_KEYS}
 
 
 def transfer_config(config: PaliGemmaConfig, recipe: Recipe) -> PaliGemmaConfig:
@@ -83,7 +62,8 @@ def run_cell(cell: Any, cell_dir: Path, *, progress: bool | None = None) -> dict
     spec = TextSpec(text_len=recipe.text_len, square_pad=recipe.pad_to_square,
                     resolution=cell.resolution)
 
-    train_examples = task.examples(cell.data_dir, "train")
+    cache = getattr(cell, "data_cache", "") or None  # the scheduler sets it to WORKDIR/prepared
+    train_examples = task.examples(cell.data_dir, "train", cache_dir=cache)
     num_steps = recipe.num_steps(len(train_examples))
     cfg = TrainConfig(
         lr=recipe.lr, num_steps=num_steps, weight_decay=recipe.weight_decay,
@@ -96,8 +76,10 @@ def run_cell(cell: Any, cell_dir: Path, *, progress: bool | None = None) -> dict
     params = base_params(config, cell.checkpoint, cell.seed)
     params, summary = train(config, params, batches, cfg, workdir=cell_dir, progress=progress,
                             desc=f"train {cell.cell_id}")
+    if getattr(cell, "keep_checkpoints", "none") in ("params", "all"):
+        checkpoint.save_npz(str(Path(cell_dir) / "params.npz"), params)
 
-    eval_examples = task.examples(cell.data_dir, cell.split)
+    eval_examples = task.examples(cell.data_dir, cell.split, cache_dir=cache)
     limit = options.get("max_eval_examples")
     if limit is not None:
         eval_examples = [eval_examples[i] for i in range(min(limit, len(eval_examples)))]

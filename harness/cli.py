@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -34,11 +35,11 @@ examples:
 def _enable_compile_cache() -> None:
     """Reuse compiled XLA programs across cells and runs: cells of one size and resolution share shapes,
     and on a CPU compiling a train step costs more than a hundred steps of a nano model."""
-    import os
-
     import jax
 
-    cache = Path(os.environ.get("PALIGEMMA_TRANSFER_CACHE", Path.home() / ".cache" / "paligemma-transfer"))
+    from tasks.prepared import cache_root
+
+    cache = cache_root()  # $PALIGEMMA_TRANSFER_CACHE, else $XDG_CACHE_HOME/paligemma-transfer
     jax.config.update("jax_compilation_cache_dir", str(cache / "jax"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
@@ -56,7 +57,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"[demo scale] {grid.name}: tiny models on generated data; numbers show that the pipeline "
               "works and how the protocol behaves, not what PaliGemma 2 scores.", file=sys.stderr)
     _enable_compile_cache()
-    run_grid(grid, workdir, backend=args.backend, dry_run=args.dry_run, progress=not args.quiet)
+    run_grid(grid, workdir, backend=args.backend, dry_run=args.dry_run, progress=not args.quiet,
+             cache_dir=args.cache_dir)
     if not args.dry_run:
         print(write_tables(workdir))
         print(f"\ntables and plots written to {workdir / 'tables'}", file=sys.stderr)
@@ -75,23 +77,28 @@ def _cmd_tasks(args: argparse.Namespace) -> int:
 
     if args.recipes:
         rows = recipe_table(args.task)
-        print(json.dumps(rows, indent=1) if args.json else _markdown(rows))
+        print(json.dumps(rows, indent=1) if args.json else _markdown(rows), file=args.stdout)
         return 0
     rows = task_rows()
-    print(json.dumps(rows, indent=1) if args.json else _markdown(rows))
+    print(json.dumps(rows, indent=1) if args.json else _markdown(rows), file=args.stdout)
     return 0
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
     from harness.rescore import rescore
 
-    scores = rescore(args.task, Path(args.data), Path(args.predictions), args.split)
+    result = rescore(args.task, Path(args.data), Path(args.predictions), args.split,
+                     cache_dir=Path(args.cache_dir) if args.cache_dir else None)
+    scores = result.scores
+    print(result.summary(args.task, args.split), file=sys.stderr)
     if args.json:
-        print(json.dumps(scores.metrics))
+        print(json.dumps(scores.metrics), file=args.stdout)
     else:
         for key, value in scores.metrics.items():
             print(f"{key:>24s}  {value:.4f}")
         print(f"{'examples':>24s}  {scores.num_examples}")
+        print(f"{'predictions matched':>24s}  {result.num_predictions}")
+        print(f"{'without a prediction':>24s}  {result.missing}")
         print(f"{'unparsable outputs':>24s}  {scores.num_unparsable}")
     return 0
 
@@ -102,7 +109,8 @@ def _cmd_cost(args: argparse.Namespace) -> int:
     if args.plan:
         return _cost_plan(args, args.text_len or PRETRAIN_TEXT_LEN)
     table = cost_table(text_len=args.text_len or PRETRAIN_TEXT_LEN)
-    print(json.dumps(cost_table_json(table), indent=1) if args.json else format_cost_table(table))
+    print(json.dumps(cost_table_json(table), indent=1) if args.json else format_cost_table(table),
+          file=args.stdout)
     return 0
 
 
@@ -164,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the grid's random-init twin instead (name + '-random', every cell from random "
                    "weights): the baseline for `tables WORKDIR --baseline runs/<name>-random`")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--cache-dir", help="where prepared (TFDS) data goes, keyed on the raw files "
+                   "(default: WORKDIR/prepared)")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("tables", help="regenerate Markdown/CSV/LaTeX tables and PNG plots from records")
@@ -189,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="eval", help="split role: train, minival, eval or test "
                    "(default: eval)")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    p.add_argument("--cache-dir", help="where prepared (TFDS) data goes, keyed on the raw files "
+                   "(default: $XDG_CACHE_HOME/paligemma-transfer/data, i.e. ~/.cache/paligemma-transfer/data)")
     p.set_defaults(func=_cmd_score)
 
     p = sub.add_parser("cost", help="params and training FLOPs per example for the 3x3 family, "
@@ -242,12 +254,28 @@ def main(argv: list[str] | None = None) -> int:
         import os
 
         os.environ["TQDM_DISABLE"] = "1"  # also silences the bars of runners the scheduler calls
+    from tasks.quiet import quiet_environment
+
+    quiet_environment()
+    # With --json, stdout holds exactly one JSON document: anything else printed (a library's notice,
+    # a progress line) goes to stderr, and the command prints its document to `args.stdout`.
+    args.stdout = sys.stdout
+    reserve = contextlib.redirect_stdout(sys.stderr) if getattr(args, "json", False) else contextlib.nullcontext()
     try:
-        return args.func(args)
+        with reserve:
+            return args.func(args)
     except (KeyError, ValueError, FileNotFoundError) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f"paligemma-transfer {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except (RuntimeError, OSError) as e:
+        # Failed cells (RunError; tracebacks in cells/<id>/error.txt) or the system refusing (no space
+        # left, permissions): one line and a non-zero exit, never a traceback. Other errors are bugs.
+        if isinstance(e, RuntimeError) and type(e).__name__ != "RunError":
+            raise
+        message = " ".join(str(e).split())
+        print(f"paligemma-transfer {args.command}: error: {type(e).__name__}: {message}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

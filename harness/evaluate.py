@@ -55,10 +55,14 @@ def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
     """Atomic JSONL write: temp file in the same folder, then rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False, default=_jsonable) + "\n")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False, default=_jsonable) + "\n")
+        os.replace(tmp, path)
+    except BaseException:  # no space left, killed: no half file left behind, the old one (if any) kept
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _jsonable(value: Any) -> Any:

@@ -10,7 +10,9 @@ and every error is one line naming the file, line and field.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import functools
 import hashlib
 import importlib.util
 import json
@@ -30,12 +32,16 @@ from tasks.registry import available
 DEFAULT_RUNNER = "harness.cell:run_cell"
 RANDOM_INIT = "random"
 FIELDS = ("name", "demo", "tasks", "sizes", "resolutions", "lrs", "protocol", "data_root",
-          "checkpoints", "overrides", "runner")
+          "checkpoints", "overrides", "runner", "keep_checkpoints")
 REQUIRED = ("name", "tasks", "sizes", "resolutions", "lrs", "checkpoints")
 SWEEP_FIELDS = ("resolution", "split", "seed")
 FINAL_FIELDS = ("seeds", "split", "resolutions")
 DEMO_FIELDS = ("num_train", "num_eval", "seed")
 ALL_TASKS = "all"  # the overrides key that applies to every task
+# What a finished cell keeps on disk (applied when its record is written): nothing but its record and
+# predictions, its fine-tuned params (cells/<id>/params.npz), or also its last training checkpoint.
+KEEP_CHECKPOINTS = ("none", "params", "all")
+DEFAULT_KEEP = "none"
 
 
 class GridError(ValueError):
@@ -70,13 +76,22 @@ class Cell:
     overrides: tuple[tuple[str, Any], ...] = ()  # sorted (key, value) pairs
     # Labels outputs "demo scale"; it does not change what the cell computes, so it is not hashed.
     demo: bool = False
+    # Where the runner keeps prepared data (tasks/prepared.py; "" = the default cache). Set by the
+    # scheduler; the prepared data is keyed on the raw files, so it does not change the result: not hashed.
+    data_cache: str = ""
+    # Grid.keep_checkpoints, set by the scheduler: whether the runner saves the fine-tuned params.
+    # Not hashed: it changes what stays on disk, not the result.
+    keep_checkpoints: str = DEFAULT_KEEP
+    # What else changes the result (see `identity`): sorted (key, JSON text) pairs, hashed.
+    identity: tuple[tuple[str, str], ...] = ()
 
     def config(self) -> dict[str, Any]:
         """The effective config as JSON-able data: what the hash and the record's `config` hold."""
         return {"task": self.task, "size": self.size, "resolution": self.resolution, "lr": self.lr,
                 "seed": self.seed, "phase": self.phase, "split": self.split,
                 "checkpoint": self.checkpoint, "data_dir": self.data_dir,
-                "overrides": {k: v for k, v in self.overrides}}
+                "overrides": {k: v for k, v in self.overrides},
+                **{k: json.loads(v) for k, v in self.identity}}
 
     @property
     def config_hash(self) -> str:
@@ -115,6 +130,7 @@ class Grid:
     runner: str
     source: Path
     text: str  # the file as read, copied into the workdir by the scheduler
+    keep_checkpoints: str = DEFAULT_KEEP
 
     def swept(self, task: str) -> bool:
         return len(self.lrs[task]) > 1
@@ -136,9 +152,12 @@ class Grid:
 
     def _cell(self, task: str, size: str, resolution: int, lr: float, seed: int, phase: str,
               split: str) -> Cell:
+        checkpoint = self.checkpoint(size, resolution)
         return Cell(task=task, size=size, resolution=resolution, lr=lr, seed=seed, phase=phase,
-                    split=split, checkpoint=self.checkpoint(size, resolution),
-                    data_dir=self.data_dir(task), overrides=self.overrides[task], demo=self.demo)
+                    split=split, checkpoint=checkpoint, data_dir=self.data_dir(task),
+                    overrides=self.overrides[task], demo=self.demo,
+                    identity=identity(task, size, resolution, lr, checkpoint, self.overrides[task],
+                                      self.demo_data))
 
     def sweep_cells(self) -> list[Cell]:
         p = self.protocol
@@ -160,6 +179,58 @@ class Grid:
         p = self.protocol
         return [self._cell(t, s, r, best_lrs[t, s], seed, "final", p.final_split)
                 for t, s, r, seed in self.final_plan() if (t, s) in best_lrs]
+
+
+def project_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("paligemma-transfer")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+@functools.cache
+def _task(name: str) -> Any:
+    from tasks.registry import get_task
+
+    return get_task(name)
+
+
+def demo_identity(task: str, demo_data: DemoData | None) -> dict[str, int] | None:
+    """What makes generated demo data what it is: its sizes, seed and the generator's (plugin's) version."""
+    if demo_data is None:
+        return None
+    return {"num_train": demo_data.num_train, "num_eval": demo_data.num_eval, "seed": demo_data.seed,
+            "generator_version": _task(task).version}
+
+
+def identity(task: str, size: str, resolution: int, lr: float, checkpoint: str,
+             overrides: tuple[tuple[str, Any], ...], demo_data: DemoData | None) -> tuple[tuple[str, str], ...]:
+    """Everything besides the grid's own fields that changes a cell's result, as hashed (key, JSON) pairs:
+    the plugin's version, the effective recipe after overrides, the content fingerprints of the base
+    checkpoint and the tokenizer, the project's version and the demo data's identity."""
+    from harness.fingerprint import MISSING, fingerprint
+    from harness.recipes import recipe_fields, tokenizer_path
+
+    plugin = _task(task)
+    fields = recipe_fields()
+    recipe = plugin.recipe(size, resolution).replace(lr=lr)
+    own = {k: v for k, v in overrides if k in fields}
+    if "steps" in own:
+        own.setdefault("epochs", None)
+    if own.get("epochs") is not None:
+        own.setdefault("steps", None)
+    try:
+        recipe = recipe.replace(**own)
+    except (TypeError, ValueError):
+        pass  # the runner reports a bad combination at cell start; the overrides are hashed anyway
+    tokenizer = tokenizer_path(size, dict(overrides))
+    values = {"task_version": plugin.version, "recipe": dataclasses.asdict(recipe),
+              "checkpoint_sha256": fingerprint(checkpoint),
+              "tokenizer_sha256": fingerprint(tokenizer) if tokenizer is not None else MISSING,
+              "project_version": project_version(), "demo_data": demo_identity(task, demo_data)}
+    return tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in values.items()))
 
 
 # --- loading and validation -----------------------------------------------------------------------
@@ -242,6 +313,12 @@ def _str(value: Any, where: _Where, field: tuple) -> str:
     return value
 
 
+def _choice(value: Any, choices: Sequence[str], where: _Where, field: tuple) -> str:
+    if value not in choices:
+        raise where.error(field, f"expected one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
 def _int(value: Any, where: _Where, field: tuple, minimum: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise where.error(field, f"expected an integer >= {minimum}, got {value!r}")
@@ -310,6 +387,21 @@ def _overrides(value: Any, tasks: Sequence[str], where: _Where) -> dict[str, tup
                                   "not from overrides")
         parsed[scope] = {str(k): _override_value(v, where, ("overrides", scope, k)) for k, v in entries.items()}
     return {t: tuple(sorted({**parsed.get(ALL_TASKS, {}), **parsed.get(t, {})}.items())) for t in tasks}
+
+
+def _check_override_keys(value: Mapping, where: _Where) -> None:
+    """Every override key must be a Recipe field or an option the default runner reads, so a typo
+    (`checkpoint_evry`) fails when the grid is loaded (and in --dry-run), not when a cell starts."""
+    from harness.recipes import HARNESS_KEYS, recipe_fields
+
+    allowed = sorted(recipe_fields() | HARNESS_KEYS)
+    for scope, entries in value.items():
+        for key in entries or {}:
+            if key not in allowed:
+                close = difflib.get_close_matches(str(key), allowed, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise where.error(("overrides", scope, key), f"unknown override{hint}; expected a recipe "
+                                  f"field or harness option: {', '.join(allowed)}")
 
 
 def _protocol(value: Any, resolutions: tuple[int, ...], sizes: Sequence[str], where: _Where) -> Protocol:
@@ -444,11 +536,16 @@ def load_grid(path: str | Path, *, check_files: bool = True) -> Grid:
     used_res = set(protocol.final_resolutions)
     if any(len(v) > 1 for v in lrs.values()):
         used_res.add(protocol.sweep_resolution)
+    runner = _runner(data.get("runner", DEFAULT_RUNNER), where)
+    raw_overrides = data.get("overrides") or {}
+    overrides = _overrides(raw_overrides, tasks, where)
+    if runner == DEFAULT_RUNNER:  # a custom runner may read keys of its own
+        _check_override_keys(raw_overrides, where)
     return Grid(
         name=name, demo=demo, demo_data=demo_data, tasks=tasks, sizes=sizes, resolutions=resolutions,
         lrs=lrs, protocol=protocol,
         data_root=_str(data.get("data_root", "data"), where, ("data_root",)),
         checkpoints=_checkpoints(data["checkpoints"], sizes, sorted(used_res), where, check_files),
-        overrides=_overrides(data.get("overrides") or {}, tasks, where),
-        runner=_runner(data.get("runner", DEFAULT_RUNNER), where),
-        source=path, text=text)
+        overrides=overrides, runner=runner, source=path, text=text,
+        keep_checkpoints=_choice(data.get("keep_checkpoints", DEFAULT_KEEP), KEEP_CHECKPOINTS, where,
+                                 ("keep_checkpoints",)))

@@ -6,6 +6,8 @@ Workdir layout:
     predictions/<cell_id>.jsonl
     records/<cell_id>.json     written last: a record on disk means the cell is done
     best_lr.json               the lr picked per (task, size), and the sweep it was picked from
+    prepared/<task>/...        prepared (TFDS) data keyed on the raw files (tasks/prepared.py), unless
+                               `--cache-dir` puts it elsewhere
 
 A cell with a record is never run again; a killed cell is simply called again and its runner resumes
 from what it left in cells/<cell_id>/. The runner is `runner(cell, cell_dir) -> dict` with at least
@@ -22,7 +24,7 @@ import shutil
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -31,14 +33,32 @@ from tqdm import tqdm
 
 from harness.grid import Cell, Grid
 from harness.locks import CellLock
+from harness.provenance import device_info, provenance
 from results.lr_choice import LrChoice, format_lr, select_best_lrs
-from results.store import (Record, atomic_write_text, has_record, predictions_path, read_record,
-                           record_path, versions, write_record)
+from results.store import (SCHEMA_VERSION, Record, atomic_write_text, has_record, predictions_path,
+                           _jsonable, load_records, read_record, record_path, versions, write_record)
 
 BACKENDS = ("local", "ray")
 RAY_MAX_RETRIES = 3
 BEST_LR_RULE = ("per (task, size), the sweep lr with the highest headline metric on the sweep split; "
                 "ties go to the smaller lr; a missing metric never wins (paligemma2-facts.md §3.2)")
+
+
+OUTCOME = "outcome.json"  # cells/<id>/: the runner's result, kept until its record is written
+
+
+PARAMS_FILE = "params.npz"  # cells/<id>/: the fine-tuned params (keep_checkpoints params or all)
+TRAINING_STATE = "ckpt"  # cells/<id>/: the runner's resumable checkpoint (params + optimizer state)
+
+
+def apply_keep_checkpoints(directory: Path, keep: str) -> None:
+    """Delete what a finished cell does not keep (grid `keep_checkpoints`): `none` keeps neither the
+    params nor the training state, `params` keeps PARAMS_FILE, `all` keeps both. Set-aside corrupt
+    checkpoints (ckpt.corrupt-*) are never deleted."""
+    if keep != "all":
+        shutil.rmtree(directory / TRAINING_STATE, ignore_errors=True)
+    if keep == "none":
+        (directory / PARAMS_FILE).unlink(missing_ok=True)
 
 
 class RunError(RuntimeError):
@@ -67,6 +87,7 @@ def execute_cell(cell: Cell, workdir: str | Path, runner: str) -> dict[str, Any]
     directory = cell_dir(workdir, cell.cell_id)
     directory.mkdir(parents=True, exist_ok=True)
     check_cell(cell)  # the memory plan against this process's devices: refuse before compiling
+    data = raw_data_fingerprint(cell.data_dir)
     start = time.monotonic()
     result = load_runner(runner)(cell, directory)
     wall = time.monotonic() - start
@@ -79,7 +100,31 @@ def execute_cell(cell: Cell, workdir: str | Path, runner: str) -> dict[str, Any]
         target = predictions_path(workdir, cell.cell_id)
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(produced, target)
-    return {"result": dict(result), "wall_time_s": wall}
+    return {"result": dict(result), "wall_time_s": wall, "device": {**device_info(), "raw_data": data}}
+
+
+def raw_data_fingerprint(data_dir: str | Path) -> str | None:
+    """Names, sizes and mtimes of a task's raw files, hashed (tasks/prepared.py); None when absent."""
+    from tasks.prepared import files_fingerprint, raw_files
+
+    return files_fingerprint(raw_files(Path(data_dir)))[:16] if Path(data_dir).is_dir() else None
+
+
+def warn_changed_data(grid: Grid, workdir: Path) -> None:
+    """One line per task whose finished cells were computed on raw files that have changed since: their
+    records are kept (the id hashes the data folder, not its content), so say so."""
+    try:
+        records = load_records(workdir)
+    except (OSError, ValueError):
+        return  # a corrupt record is reported where it is read
+    for task in grid.tasks:
+        current = raw_data_fingerprint(grid.data_dir(task))
+        stale = [r for r in records if r.task == task and r.config.get("data_dir") == grid.data_dir(task)
+                 and r.provenance.get("raw_data") not in (None, current)]
+        if stale:
+            print(f"{task}: {len(stale)} finished cell(s) were computed on raw files in {grid.data_dir(task)} "
+                  "that have changed since; their records are kept (delete them to rerun on the new data)",
+                  file=sys.stderr)
 
 
 def make_record(cell: Cell, outcome: Mapping[str, Any]) -> Record:
@@ -91,28 +136,54 @@ def make_record(cell: Cell, outcome: Mapping[str, Any]) -> Record:
         headline=result["headline"], steps=int(result["steps"]), wall_time_s=round(outcome["wall_time_s"], 3),
         config_hash=cell.config_hash, config=cell.config(), versions=versions(),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"), demo=cell.demo,
-        extra={k: v for k, v in result.items() if k not in ("metrics", "headline", "steps")})
+        extra={k: v for k, v in result.items() if k not in ("metrics", "headline", "steps")},
+        schema_version=SCHEMA_VERSION, provenance=provenance(outcome.get("device")))
+
+
+DEMO_MARKER = ".demo.json"
 
 
 def prepare_demo_data(grid: Grid) -> None:
     """Write demo data for tasks whose data_root/<task> is missing, when the grid has a demo block.
 
-    Written into a temp folder and renamed into place, so a killed run never leaves half a dataset.
+    The folder gets a DEMO_MARKER file with the demo data's identity (sizes, seed, generator version); a
+    generated folder whose identity differs from the grid's is generated again (announced on stderr), so
+    changing `demo: {num_eval: 8}` changes the data as it changes the cell ids. A folder without the
+    marker holds someone's own data and is never touched. Written into a temp folder and renamed into
+    place, so a killed run never leaves half a dataset.
     """
     if grid.demo_data is None:
         return
+    from harness.grid import demo_identity
     from tasks.registry import get_task
 
     for task in grid.tasks:
         target = Path(grid.data_dir(task))
+        wanted = demo_identity(task, grid.demo_data)
+        old = None
         if target.is_dir() and any(target.iterdir()):
-            continue
+            try:
+                old = json.loads((target / DEMO_MARKER).read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue  # not generated by us (or by an older version): leave it alone
+            if old == wanted:
+                continue
+            print(f"{task}: demo data in {target} was generated with {old}; generating it again with "
+                  f"{wanted}", file=sys.stderr)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         d = grid.demo_data
         get_task(task).write_demo(tmp, num_train=d.num_train, num_eval=d.num_eval, seed=d.seed)
+        (tmp / DEMO_MARKER).write_text(json.dumps(wanted), encoding="utf-8")
+        if old is not None:
+            trash = target.with_name(f".{target.name}.old-{os.getpid()}")
+            try:
+                os.rename(target, trash)
+            except OSError:
+                pass
+            shutil.rmtree(trash, ignore_errors=True)
         if target.is_dir() and not any(target.iterdir()):
             target.rmdir()
         try:
@@ -154,6 +225,8 @@ class _Phase:
     num_cpus: float
     poll_s: float
     done_before: int = 0  # records of earlier phases, for the progress bar
+    data_cache: str = ""  # where runners keep prepared data (Cell.data_cache)
+    keep_checkpoints: str = "none"  # Grid.keep_checkpoints, applied when a record is written
     failures: dict[str, str] = field(default_factory=dict)
     reported: set[str] = field(default_factory=set)
     cells: list[Cell] = field(default_factory=list)
@@ -164,6 +237,8 @@ class _Phase:
         self.bar.refresh()
 
     def run(self, cells: list[Cell]) -> None:
+        cells = [replace(c, data_cache=self.data_cache, keep_checkpoints=self.keep_checkpoints)
+                 for c in cells]
         self.cells = cells
         self.sync_bar()
         for cell in cells:
@@ -199,20 +274,48 @@ class _Phase:
         return lock
 
     def _finish(self, cell: Cell, outcome: Mapping[str, Any] | BaseException, lock: CellLock) -> None:
+        """Write the cell's record, or its failure. The runner's outcome is saved first (OUTCOME), so a
+        record write that fails (no space left) or is killed leaves what the next run needs to write the
+        record without running the cell again."""
+        directory = cell_dir(self.workdir, cell.cell_id)
         try:
-            if isinstance(outcome, BaseException):
+            if not isinstance(outcome, BaseException):
+                try:
+                    saved = directory / OUTCOME
+                    if not saved.exists():
+                        atomic_write_text(saved, json.dumps(outcome, default=_jsonable))
+                    write_record(self.workdir, make_record(cell, outcome))
+                    saved.unlink(missing_ok=True)
+                    self._keep_checkpoints(directory)
+                    self.sync_bar()
+                    return
+                except OSError as e:
+                    outcome = OSError(e.errno, f"the record of {cell.cell_id} was not written ({e.strerror}); "
+                                      f"the outcome is kept in {directory / OUTCOME} when it could be saved, "
+                                      "and the next run writes the record from it")
+            try:
                 text = "".join(traceback.format_exception(outcome))
-                atomic_write_text(cell_dir(self.workdir, cell.cell_id) / "error.txt", text)
-                cause = getattr(outcome, "cause", None)  # a RayTaskError's original exception
-                outcome = cause if isinstance(cause, Exception) else outcome
-                message = " ".join(str(outcome).split())  # one line; Ray's errors hold a traceback
-                self.failures[cell.cell_id] = f"{type(outcome).__name__}: {message[:300]}"
-                self.bar.write(f"{cell.cell_id}: FAILED: {self.failures[cell.cell_id]}")
-            else:
-                write_record(self.workdir, make_record(cell, outcome))
-                self.sync_bar()
+                atomic_write_text(directory / "error.txt", text)
+            except OSError:
+                pass  # no space even for the traceback: the one-line message below still says what failed
+            cause = getattr(outcome, "cause", None)  # a RayTaskError's original exception
+            outcome = cause if isinstance(cause, Exception) else outcome
+            message = " ".join(str(outcome).split())  # one line; Ray's errors hold a traceback
+            self.failures[cell.cell_id] = f"{type(outcome).__name__}: {message[:300]}"
+            self.bar.write(f"{cell.cell_id}: FAILED: {self.failures[cell.cell_id]}")
         finally:
             lock.release()
+
+    def _saved_outcome(self, cell: Cell) -> dict[str, Any] | None:
+        """The outcome a previous run saved but could not turn into a record, if any."""
+        try:
+            data = json.loads((cell_dir(self.workdir, cell.cell_id) / OUTCOME).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) and isinstance(data.get("result"), dict) else None
+
+    def _keep_checkpoints(self, directory: Path) -> None:
+        apply_keep_checkpoints(directory, self.keep_checkpoints)
 
     def _run_local(self, cells: list[Cell]) -> None:
         for cell in cells:
@@ -220,6 +323,10 @@ class _Phase:
             if lock is None:
                 continue
             self.bar.set_postfix_str(cell.cell_id)
+            saved = self._saved_outcome(cell)
+            if saved is not None:  # ran to the end before; only its record is missing
+                self._finish(cell, saved, lock)
+                continue
             try:
                 outcome: Any = execute_cell(cell, self.workdir, self.runner)
             except Exception as e:  # noqa: BLE001 - recorded in error.txt; the phase goes on
@@ -247,6 +354,10 @@ class _Phase:
         for cell in cells:
             lock = self._claim(cell)
             if lock is None:
+                continue
+            saved = self._saved_outcome(cell)
+            if saved is not None:  # ran to the end before; only its record is missing
+                self._finish(cell, saved, lock)
                 continue
             try:  # the accelerators the cell's memory plan needs (harness/placement.py)
                 options = ray_request(cell, nodes, self.num_cpus)
@@ -291,22 +402,43 @@ class PlanRow:
     seed: int
     split: str
     status: str  # done | locked by host:pid | todo | after sweep
-    steps: str  # "400", or "3 ep" for an epoch recipe (steps depend on the data size)
+    steps: str  # "400", or "3 ep" for an epoch recipe whose data size is unknown
     batch: int
     flops: float | None  # training FLOPs of the cell (model/cost.py), None when steps are unknown
+    disk: int = 0  # bytes the finished cell keeps (grid keep_checkpoints)
+
+
+def kept_bytes(size: str, resolution: int, keep: str) -> int:
+    """Disk a finished cell keeps: float32 params for `params`; for `all` also the last training
+    checkpoint (params + Adam's two moments, float32)."""
+    from model.config import config_for
+    from model.cost import param_count
+
+    n = param_count(config_for(size, resolution))
+    return {"none": 0, "params": 4 * n, "all": 4 * n + 12 * n}[keep]
 
 
 class _Costs:
-    """Steps, batch and training FLOPs of a (task, size, resolution), from overrides or the recipe."""
+    """Steps, batch and training FLOPs of a (task, size, resolution), from overrides or the recipe.
+    Epoch recipes get their steps from the train role's size (harness/dataset_sizes.py)."""
 
-    def __init__(self, grid: Grid):
-        self.grid, self.cache = grid, {}
+    def __init__(self, grid: Grid, cache_dir: str | Path | None = None):
+        self.grid, self.cache, self.cache_dir = grid, {}, cache_dir
+        self.sizes: dict[str, tuple[int | None, str]] = {}  # task -> (train size, its source)
 
-    def __call__(self, task: str, size: str, resolution: int) -> tuple[str, int, float | None]:
+    def __call__(self, task: str, size: str, resolution: int) -> tuple[str, int, float | None, int]:
         key = (task, size, resolution)
         if key not in self.cache:
-            self.cache[key] = self._compute(*key)
+            self.cache[key] = (*self._compute(*key), kept_bytes(size, resolution, self.grid.keep_checkpoints))
         return self.cache[key]
+
+    def train_size(self, task: str) -> int | None:
+        if task not in self.sizes:
+            from harness.dataset_sizes import train_size
+            from tasks.registry import get_task
+
+            self.sizes[task] = train_size(get_task(task), self.grid.data_dir(task), self.cache_dir)
+        return self.sizes[task][0]
 
     def _compute(self, task: str, size: str, resolution: int) -> tuple[str, int, float | None]:
         from model.config import config_for
@@ -323,15 +455,20 @@ class _Costs:
             ov = {**base, **ov}
         batch, text_len = int(ov["batch_size"]), int(ov["text_len"])
         if ov.get("steps") is None:
-            return f"{ov['epochs']:g} ep", batch, None
-        steps = int(ov["steps"])
+            n = self.train_size(task)
+            if n is None:
+                return f"{ov['epochs']:g} ep", batch, None
+            steps = max(1, round(float(ov["epochs"]) * n / batch))  # Recipe.num_steps
+        else:
+            steps = int(ov["steps"])
         return str(steps), batch, steps * batch * flops_per_example(config_for(size, resolution), text_len)
 
 
-def plan_rows(grid: Grid, workdir: str | Path) -> list[PlanRow]:
+def plan_rows(grid: Grid, workdir: str | Path, cache_dir: str | Path | None = None,
+              costs: _Costs | None = None) -> list[PlanRow]:
     """Every cell of the grid with its status and cost; reads the workdir, writes nothing."""
     workdir = Path(workdir)
-    costs = _Costs(grid)
+    costs = costs if costs is not None else _Costs(grid, cache_dir if cache_dir is not None else workdir / "prepared")
     lrs, _ = best_lrs(grid, workdir)
 
     def status(cell: Cell) -> str:
@@ -355,6 +492,33 @@ def plan_rows(grid: Grid, workdir: str | Path) -> list[PlanRow]:
     return rows
 
 
+def plan_warnings(grid: Grid, costs: _Costs | None = None) -> list[str]:
+    """One line per missing base checkpoint or tokenizer (their cells' ids change once they exist), and
+    per epoch-recipe task whose data size is not known (its FLOPs are left out of the totals)."""
+    from harness.fingerprint import MISSING
+    from harness.recipes import tokenizer_path
+
+    lines, seen = [], set()
+    cells = grid.sweep_cells() + grid.final_cells({(t, s): grid.lrs[t][0] for t in grid.tasks for s in grid.sizes})
+    for cell in cells:
+        ident = dict(cell.identity)
+        if ident.get("checkpoint_sha256") == f'"{MISSING}"' and ("ckpt", cell.checkpoint) not in seen:
+            seen.add(("ckpt", cell.checkpoint))
+            lines.append(f"warning: base checkpoint {cell.checkpoint} does not exist (size {cell.size}, "
+                         f"resolution {cell.resolution}); ids of its cells change once it does")
+        tok = tokenizer_path(cell.size, dict(cell.overrides))
+        if ident.get("tokenizer_sha256") == f'"{MISSING}"' and ("tok", tok) not in seen:
+            seen.add(("tok", tok))
+            lines.append(f"warning: tokenizer {tok or '(none set)'} does not exist" + (
+                "" if tok else f" (size {cell.size} needs overrides.tokenizer)"))
+    if costs is not None:
+        for task, (n, source) in sorted(costs.sizes.items()):
+            lines.append(f"note: {task} train size {n:,} examples, {source}" if n is not None
+                         else f"warning: {task} train size unknown ({source}); its epoch-recipe FLOPs are "
+                         "left out of the totals")
+    return lines
+
+
 def format_plan(grid: Grid, rows: list[PlanRow]) -> str:
     """A fixed-width table of the plan, with totals of what is left to run."""
     header = ("phase", "cell id", "task", "size", "res", "lr", "seed", "split", "steps", "batch",
@@ -373,11 +537,27 @@ def format_plan(grid: Grid, rows: list[PlanRow]) -> str:
                f"{sum(r.phase == 'final' for r in rows)} final), {len(rows) - len(left)} done; "
                f"left to run: {len(left)} cells, {flops:.2e} training FLOPs"
                + (f" (+{unknown} cells with epoch recipes: steps depend on the data size)" if unknown else ""))
-    return "\n".join([summary, ""] + lines)
+    per_task = ["", "left to run per task:"]
+    for task in grid.tasks:
+        mine = [r for r in left if r.task == task]
+        known = [r.flops for r in mine if r.flops is not None]
+        flops_text = f"{sum(known):.2e} training FLOPs" if known else "training FLOPs unknown"
+        if known and len(known) < len(mine):
+            flops_text += f" (+{len(mine) - len(known)} cells of unknown size)"
+        per_task.append(f"  {task}: {len(mine)} cells, {flops_text}")
+    disk = sum(r.disk for r in rows)
+    kept = (f"disk kept by finished cells (keep_checkpoints: {grid.keep_checkpoints}): {_gb(disk)} "
+            "besides records and predictions")
+    return "\n".join([summary, kept] + per_task + [""] + lines)
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 
 def run_grid(grid: Grid, workdir: str | Path, *, backend: str = "local", dry_run: bool = False,
-             progress: bool = True, num_cpus_per_cell: float = 1, poll_s: float = 2.0) -> list[Record]:
+             progress: bool = True, num_cpus_per_cell: float = 1, poll_s: float = 2.0,
+             cache_dir: str | Path | None = None) -> list[Record]:
     """Run (or with dry_run, list) every cell of `grid` in `workdir`; returns the grid's records.
 
     Safe to call again after a crash or on a grid with cells added: finished cells are skipped.
@@ -387,7 +567,10 @@ def run_grid(grid: Grid, workdir: str | Path, *, backend: str = "local", dry_run
         raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
     workdir = Path(workdir)
     if dry_run:
-        print(format_plan(grid, plan_rows(grid, workdir)))
+        costs = _Costs(grid, cache_dir if cache_dir is not None else workdir / "prepared")
+        print(format_plan(grid, plan_rows(grid, workdir, costs=costs)))
+        for line in plan_warnings(grid, costs):
+            print(line, file=sys.stderr)
         return _records(workdir, grid.sweep_cells() + grid.final_cells(best_lrs(grid, workdir)[0]))
     if backend == "ray":
         import_ray()
@@ -395,11 +578,14 @@ def run_grid(grid: Grid, workdir: str | Path, *, backend: str = "local", dry_run
     workdir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(workdir / "grid.yaml", grid.text)
     prepare_demo_data(grid)
+    warn_changed_data(grid, workdir)
 
     sweep = grid.sweep_cells()
     total = len(sweep) + len(grid.final_plan())
     with tqdm(total=total, unit="cell", desc=grid.name, disable=not progress, file=sys.stderr) as bar:
-        phase = _Phase(workdir, grid.runner, bar, backend, num_cpus_per_cell, poll_s)
+        phase = _Phase(workdir, grid.runner, bar, backend, num_cpus_per_cell, poll_s,
+                       data_cache=str(Path(cache_dir) if cache_dir is not None else workdir / "prepared"),
+                       keep_checkpoints=grid.keep_checkpoints)
         phase.run(sweep)
         _raise_failures(phase, workdir, "sweep")
         lrs, choices = best_lrs(grid, workdir)

@@ -13,8 +13,12 @@ the data pipeline is indexed by step (harness/data.py), so a killed run continue
 from __future__ import annotations
 
 import csv
+import logging
+import os
+import sys
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -144,6 +148,35 @@ class _Checkpoints:
         self.manager.close()
 
 
+def _open_checkpoints(directory: Path, every: int, like: dict) -> tuple[_Checkpoints, dict | None]:
+    """The cell's checkpoints and the state restored from the latest one (None: start from the base).
+
+    A checkpoint that cannot be read (files overwritten, half written, from an incompatible run) is named
+    in one line on stderr and moved aside to ckpt.corrupt-<UTC time>, never deleted, and training starts
+    again from the base params: a bad checkpoint costs the steps it held, not the cell. Orbax and
+    TensorStore log the failure at length; their logging is muted while restoring.
+    """
+    logging.disable(logging.CRITICAL)
+    ckpt = None
+    try:
+        ckpt = _Checkpoints(directory, every)
+        return ckpt, ckpt.restore(like)
+    except Exception as e:  # noqa: BLE001 - any failure to read means the checkpoint is unusable
+        error = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+    finally:
+        logging.disable(logging.NOTSET)
+    if ckpt is not None:
+        try:
+            ckpt.manager.close()
+        except Exception:  # noqa: BLE001 - closing a manager over unreadable files may fail too
+            pass
+    aside = directory.with_name(f"{directory.name}.corrupt-{datetime.now(timezone.utc):%Y%m%dT%H%M%S%fZ}")
+    os.rename(directory, aside)
+    print(f"{directory}: unreadable checkpoint ({error}); moved aside to {aside.name}, training restarts "
+          "from the base checkpoint", file=sys.stderr)
+    return _Checkpoints(directory, every), None
+
+
 def train(config: PaliGemmaConfig, params: Any, batches: Sequence[dict], cfg: TrainConfig, *,
           workdir: Path | None = None, progress: bool | None = None,
           desc: str = "train") -> tuple[Any, dict]:
@@ -158,8 +191,8 @@ def train(config: PaliGemmaConfig, params: Any, batches: Sequence[dict], cfg: Tr
     start = 0
     ckpt = None
     if workdir is not None and cfg.checkpoint_every > 0:
-        ckpt = _Checkpoints(Path(workdir) / "ckpt", cfg.checkpoint_every)
-        restored = ckpt.restore({"params": params, "opt_state": opt_state, "step": np.int64(0)})
+        ckpt, restored = _open_checkpoints(Path(workdir) / "ckpt", cfg.checkpoint_every,
+                                           {"params": params, "opt_state": opt_state, "step": np.int64(0)})
         if restored is not None:
             params, opt_state, start = restored["params"], restored["opt_state"], int(restored["step"])
     step_fn = make_train_step(model, tx, cfg.label_smoothing)
@@ -169,18 +202,30 @@ def train(config: PaliGemmaConfig, params: Any, batches: Sequence[dict], cfg: Tr
                unit="step", dynamic_ncols=True)
     batch_size = None
     t0, loss = time.perf_counter(), float("nan")
-    for step in range(start, cfg.num_steps):
-        batch = batches[step]
-        batch_size = len(batch["text"])
-        params, opt_state, stats = step_fn(params, opt_state, batch, jax.random.fold_in(rng, step))
-        loss = float(stats["loss"])
-        elapsed = time.perf_counter() - t0
-        ex_per_s = (step + 1 - start) * batch_size / max(elapsed, 1e-9)
-        log.write(step + 1, loss, float(stats["grad_norm"]), ex_per_s)
-        bar.set_postfix(loss=f"{loss:.3f}", ex_s=f"{ex_per_s:.1f}")
-        bar.update(1)
-        if ckpt is not None and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.num_steps:
-            ckpt.save(step + 1, {"params": params, "opt_state": opt_state, "step": np.int64(step + 1)})
+    try:
+        for step in range(start, cfg.num_steps):
+            batch = batches[step]
+            batch_size = len(batch["text"])
+            params, opt_state, stats = step_fn(params, opt_state, batch, jax.random.fold_in(rng, step))
+            loss = float(stats["loss"])
+            elapsed = time.perf_counter() - t0
+            ex_per_s = (step + 1 - start) * batch_size / max(elapsed, 1e-9)
+            log.write(step + 1, loss, float(stats["grad_norm"]), ex_per_s)
+            bar.set_postfix(loss=f"{loss:.3f}", ex_s=f"{ex_per_s:.1f}")
+            bar.update(1)
+            if ckpt is not None and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.num_steps:
+                ckpt.save(step + 1, {"params": params, "opt_state": opt_state, "step": np.int64(step + 1)})
+    except BaseException:
+        # An error mid-run (or Ctrl-C): let the checkpoint being written finish, so the rerun resumes
+        # from it instead of finding it half written.
+        if ckpt is not None:
+            try:
+                ckpt.close()
+            except Exception:  # noqa: BLE001 - the original error is the one to report
+                pass
+        bar.close()
+        log.close()
+        raise
     bar.close()
     if ckpt is not None:
         ckpt.close()
@@ -197,6 +242,12 @@ class _StepLog:
         if path is None:
             return
         fresh = resume_from == 0 or not path.exists()
+        if not fresh:  # steps logged after the checkpoint are trained again: drop them, not repeat them
+            with open(path, newline="") as f:
+                rows = list(csv.reader(f))
+            kept = rows[:1] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= resume_from]
+            with open(path, "w", newline="") as f:
+                csv.writer(f).writerows(kept)
         self._file = open(path, "w" if fresh else "a", newline="")
         self._writer = csv.writer(self._file)
         if fresh:

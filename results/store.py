@@ -49,6 +49,11 @@ class Record:
     created: str  # UTC, ISO 8601
     demo: bool
     extra: dict[str, Any] = field(default_factory=dict)  # whatever else the runner returned
+    # 1: records written before the field existed; SCHEMA_VERSION for new ones.
+    schema_version: int = 1
+    # Where and from what the number came: project_version, git_commit (None outside a checkout),
+    # git_dirty, device_kind (None when the runner did not use JAX), num_devices.
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     @property
     def score(self) -> float | None:
@@ -60,7 +65,10 @@ class Record:
         return dataclasses.asdict(self)
 
 
-REQUIRED = tuple(f.name for f in dataclasses.fields(Record) if f.name != "extra")
+SCHEMA_VERSION = 2
+REQUIRED = tuple(f.name for f in dataclasses.fields(Record)
+                 if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+OPTIONAL = tuple(f.name for f in dataclasses.fields(Record) if f.name not in REQUIRED)
 
 
 def versions() -> dict[str, str | None]:
@@ -80,6 +88,9 @@ def atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        mask = os.umask(0)
+        os.umask(mask)
+        os.fchmod(fd, 0o666 & ~mask)  # mkstemp makes 0600; outputs share the usual 0644 (umask 022)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
@@ -132,7 +143,7 @@ def read_record(path: str | Path) -> Record:
     missing = [k for k in REQUIRED if k not in data]
     if missing:
         raise RecordError(f"{path}: corrupt record (missing field(s) {', '.join(missing)})")
-    unknown = sorted(set(data) - set(REQUIRED) - {"extra"})
+    unknown = sorted(set(data) - set(REQUIRED) - set(OPTIONAL))
     if unknown:
         raise RecordError(f"{path}: corrupt record (unknown field(s) {', '.join(unknown)})")
     if not isinstance(data["metrics"], dict):

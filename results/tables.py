@@ -12,6 +12,7 @@ cell shows "–". Only records are read, so tables can be rebuilt anywhere from 
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 from typing import Iterable
 
@@ -186,6 +187,21 @@ def _final_cells_of(workdir: Path) -> tuple[pd.DataFrame, list[str], list[Record
     return cells, notes, records, df, chosen
 
 
+def version_mix(records: Iterable[Record]) -> str | None:
+    """One line when the records of one grid come from different plugin or project versions, else None:
+    their numbers may not be comparable (a changed prompt, metric or recipe)."""
+    tasks: dict[str, set] = {}
+    projects: set = set()
+    for r in records:
+        tasks.setdefault(r.task, set()).add(r.config.get("task_version"))
+        projects.add(r.config.get("project_version"))
+    mixed = [f"{t} plugin versions {sorted(map(str, v))}" for t, v in sorted(tasks.items()) if len(v) > 1]
+    if len(projects) > 1:
+        mixed.append(f"project versions {sorted(map(str, projects))}")
+    return f"warning: records mix {'; '.join(mixed)}; rerun the older cells to compare like with like" \
+        if mixed else None
+
+
 def write_tables(workdir: str | Path, out_dir: str | Path | None = None,
                  baseline: str | Path | None = None) -> str:
     """Write tables.md, *.csv, *.tex and *.png into out_dir (default workdir/tables); return the Markdown.
@@ -194,6 +210,9 @@ def write_tables(workdir: str | Path, out_dir: str | Path | None = None,
     out = Path(out_dir) if out_dir is not None else workdir / "tables"
     _, superseded = latest_records(load_records(workdir))
     cells, notes, records, df, chosen = _final_cells_of(workdir)
+    mix = version_mix(records)
+    if mix:
+        print(f"{workdir}: {mix}", file=sys.stderr)
     final = df[df["phase"] == "final"]
     sizes = sorted(final["size"].unique(), key=size_key)
     resolutions = sorted(int(r) for r in final["resolution"].unique())

@@ -9,12 +9,14 @@ spirit of seqio's Task, each piece is a small pure function a test can call on o
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 import io
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Mapping, Sequence
+from typing import Any, ClassVar, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -117,6 +119,10 @@ class Task(abc.ABC):
     name: ClassVar[str]
     description: ClassVar[str]
     headline: ClassVar[str]  # the metric key shown in tables, e.g. "accuracy", "anls", "cider"
+    # Bump when the prompt, targets, parsing, metric, recipe or demo generator changes: it is part of every
+    # cell's id, so finished cells of the old version are not reused. tests/test_plugin_versions.py fails
+    # when a plugin's behaviour changes and this number does not.
+    version: ClassVar[int] = 1
     # Paper roles -> TFDS split expressions (slicing allowed), e.g. {"train": "train[:-5%]", ...}.
     splits: ClassVar[Mapping[str, str]]
     # Which raw files the manual directory must hold, where to get them, and where to put them.
@@ -154,19 +160,38 @@ class Task(abc.ABC):
         """Write demo-scale data into `manual_dir` in the task's official raw format."""
 
     # --- shared machinery ---------------------------------------------------------------------
-    def prepare(self, manual_dir: str | Path, data_dir: str | Path | None = None):
-        """Build the TFDS dataset from the raw files once; returns the prepared builder."""
-        import tensorflow_datasets as tfds
+    def prepare(self, manual_dir: str | Path, data_dir: str | Path | None = None, *,
+                cache_dir: str | Path | None = None, splits: Iterable[str] | None = None):
+        """The prepared builder of the raw files in `manual_dir`, holding at least `splits` (all by default).
+
+        With `data_dir`, TFDS prepares there once, as it always does. Without it, the data lives in a cache
+        keyed on the raw files (tasks/prepared.py): a changed raw file means preparing again, announced on
+        stderr; `cache_dir` chooses the cache (default: cache_root()/data, outside the data folder)."""
+        from tasks.prepared import prepared_dir
 
         manual_dir = Path(manual_dir)
         if not manual_dir.is_dir() or not any(manual_dir.iterdir()):
             raise DataError(f"{self.name}: manual directory {manual_dir} is missing or empty.\n"
                             f"{self.download_instructions}")
-        data_dir = Path(data_dir) if data_dir is not None else manual_dir / "_tfds"
-        tfds.disable_progress_bar()  # the harness shows its own progress; TFDS's bars drown it
+        only = None if splits is None else frozenset(splits)
+        if data_dir is not None:  # a folder TFDS prepares once: all splits, as it always did
+            return self._build(manual_dir, Path(data_dir), None)
+        wanted = only if only is not None else {"all"}
+        folder = prepared_dir(self.name, self.version, manual_dir, Path(cache_dir) if cache_dir else None,
+                              wanted, lambda d: self._build(manual_dir, d, only))
+        return self._build(manual_dir, folder, only)
+
+    def _build(self, manual_dir: Path, data_dir: Path, only: frozenset[str] | None):
+        import tensorflow_datasets as tfds
+
+        from tasks.quiet import quiet_tfds
+
+        quiet_tfds()  # the harness shows its own progress; TFDS's bars and "Downloading" lines drown it
         builder = self.builder(manual_dir, data_dir)
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
+        builder.only_splits = only
+        with contextlib.redirect_stdout(sys.stderr):  # whatever else a library prints is not our output
+            builder.download_and_prepare(
+                download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
         return builder
 
     def split_name(self, role: str) -> str:
@@ -174,22 +199,23 @@ class Task(abc.ABC):
             raise KeyError(f"task {self.name!r} has no split {role!r}; it has {sorted(self.splits)}")
         return self.splits[role]
 
-    def examples(self, manual_dir: str | Path, role: str,
-                 data_dir: str | Path | None = None) -> "ExampleSource":
+    def examples(self, manual_dir: str | Path, role: str, data_dir: str | Path | None = None, *,
+                 cache_dir: str | Path | None = None) -> "ExampleSource":
         """Random-access Examples of one split role ("train", "minival", "eval", "test").
 
         The role's split expression is resolved against the prepared split sizes (tasks/splits.py), so
         the paper's slices also work on demo-sized data."""
-        from tasks.splits import resolve_split
+        from tasks.splits import resolve_split, split_names
 
-        builder = self.prepare(manual_dir, data_dir)
+        expression = self.split_name(role)
+        builder = self.prepare(manual_dir, data_dir, cache_dir=cache_dir, splits=split_names(expression))
         sizes = {name: info.num_examples for name, info in builder.info.splits.items()}
-        split = resolve_split(self.split_name(role), sizes)
+        split = resolve_split(expression, sizes)
         return ExampleSource(self, builder.as_data_source(split=split))
 
-    def references(self, manual_dir: str | Path, role: str,
-                   data_dir: str | Path | None = None) -> dict[str, Any]:
-        return {ex.id: ex.reference for ex in self.examples(manual_dir, role, data_dir)}
+    def references(self, manual_dir: str | Path, role: str, data_dir: str | Path | None = None, *,
+                   cache_dir: str | Path | None = None) -> dict[str, Any]:
+        return {ex.id: ex.reference for ex in self.examples(manual_dir, role, data_dir, cache_dir=cache_dir)}
 
 
 class ExampleSource(Sequence[Example]):

@@ -128,11 +128,12 @@ class ChemDrawBuilder(RawFilesBuilder):
 
     def _split_generators(self, dl_manager):
         paths = {"train": self._manual_dir / TRAIN_CSV, "test": self._manual_dir / TEST_CSV}
+        paths = {split: path for split, path in paths.items() if self.wanted(split)}
         for path in paths.values():
             if not path.is_file():
                 raise DataError(f"chemdraw: {path} is missing.\n{DOWNLOAD_INSTRUCTIONS}")
-        return {"train": self._generate_examples(paths["train"], ("SMILES",)),
-                "test": self._generate_examples(paths["test"], ("file_path", "SMILES"))}
+        required = {"train": ("SMILES",), "test": ("file_path", "SMILES")}
+        return {split: self._generate_examples(path, required[split]) for split, path in paths.items()}
 
     def _generate_examples(self, path: Path, required: tuple[str, ...]) -> Iterator[tuple[str, dict]]:
         yielded = 0
@@ -161,6 +162,7 @@ class ChemDraw(Task):
     description = ("Molecule recognition: ChemDraw drawings (MolScribe's benchmark) -> SMILES; MolScribe's "
                    "canon_smiles exact match.")
     headline = "canon_smiles"
+    version = 1  # bump with any change to prompt, parse, metric, recipe or demo data
     # The benchmark is the eval (and test) split; 1% of the training molecules are held out as minival
     # for lr checks (MolScribe validates on another benchmark; the paper names no minival).
     splits = {"train": "train[:99%]", "minival": "train[99%:]", "eval": "test", "test": "test"}

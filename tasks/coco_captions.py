@@ -152,6 +152,7 @@ class CocoCaptions(Task):
     name = "coco_captions"
     description = "COCO captions (Karpathy splits), CIDEr; big_vision cococap transfer"
     headline = "cider"
+    version = 1  # bump with any change to prompt, parse, metric, recipe or demo data
     splits = {"train": "train", "minival": "minival", "eval": "val", "test": "test"}
     download_instructions = DOWNLOAD_INSTRUCTIONS
     PROMPT = "caption en"  # §2.3

@@ -262,6 +262,7 @@ class MimicCxr(Task):
     name = "mimic_cxr"
     description = "MIMIC-CXR report generation (INDICATION -> FINDINGS + IMPRESSION), RadGraph F1"
     headline = radgraph.HEADLINE
+    version = 1  # bump with any change to prompt, parse, metric, recipe or demo data
     splits = {"train": "train", "minival": "validate", "eval": "test", "test": "test"}
     download_instructions = DOWNLOAD_INSTRUCTIONS
 

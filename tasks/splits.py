@@ -53,3 +53,14 @@ def _bound(value: str | None, n: int) -> int | None:
     if n >= 2 and 0 < abs(pct) < 100:
         k = min(max(k, 1), n - 1)
     return k if pct >= 0 else n - k
+
+
+def split_names(expression: str) -> set[str]:
+    """The prepared splits an expression reads ("train[:-5%] + val" -> {"train", "val"})."""
+    names = set()
+    for raw in expression.split("+"):
+        match = _SPLIT_TERM.match(raw)
+        if not match:
+            raise ValueError(f"unsupported split expression {expression!r} (term {raw.strip()!r})")
+        names.add(match.group(1))
+    return names

@@ -61,6 +61,8 @@ class VQAv2Builder(RawFilesBuilder):
     def _split_generators(self, dl_manager):
         splits = {}
         for split, subtype in SUBTYPES.items():
+            if not self.wanted(split):
+                continue
             questions = self._manual_dir / f"v2_OpenEnded_mscoco_{subtype}_questions.json"
             annotations = (None if split == "test"
                            else self._manual_dir / f"v2_mscoco_{subtype}_annotations.json")
@@ -114,6 +116,7 @@ class VQAv2(Task):
     name = "vqav2"
     description = "VQAv2 open-ended VQA on COCO; official VQA accuracy (minival, as the paper reports)."
     headline = "accuracy"
+    version = 1  # bump with any change to prompt, parse, metric, recipe or demo data
     # big_vision's roles (facts §2.1): minival = the last 10,240 validation questions, train = train + the
     # rest of validation. The paper reports minival (Table 13), so `eval` is minival too.
     splits = {

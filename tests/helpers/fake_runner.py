@@ -63,3 +63,43 @@ def run_failing_nano_m(cell: Any, cell_dir: Path) -> dict:
     if cell.size == "nano-m":
         raise RuntimeError(f"simulated failure in {cell.cell_id}")
     return run(cell, cell_dir)
+
+
+def run_with_state(cell: Any, cell_dir: Path) -> dict:
+    """Like `run`, and leaves what the real runner leaves: a training checkpoint (ckpt/) and, when the
+    grid keeps them, the fine-tuned params (params.npz)."""
+    (Path(cell_dir) / "ckpt").mkdir(exist_ok=True)
+    (Path(cell_dir) / "ckpt" / "state").write_bytes(b"x" * 100)
+    if getattr(cell, "keep_checkpoints", "none") != "none":
+        (Path(cell_dir) / "params.npz").write_bytes(b"p" * 10)
+    return run(cell, cell_dir)
+
+
+def run_predictions_enospc(cell: Any, cell_dir: Path) -> dict:
+    """Like `run`, but writing the predictions fails with "no space left on device" while
+    FAKE_RUNNER_ENOSPC is set."""
+    import errno
+
+    from harness import evaluate
+
+    if os.environ.get("FAKE_RUNNER_ENOSPC"):
+        class Full:
+            def __init__(self, *a, **k):
+                self.f = open(*a, **k)  # noqa: SIM115 - closed in __exit__
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                self.f.close()
+
+            def write(self, text):
+                self.f.write(text[: len(text) // 2])
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        evaluate.open = Full  # the module-level name `open` in write_jsonl
+        try:
+            evaluate.write_jsonl(Path(cell_dir) / "predictions.jsonl", [{"id": "0", "prediction": "x"}])
+        finally:
+            del evaluate.open
+    return run(cell, cell_dir)
