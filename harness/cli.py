@@ -124,7 +124,8 @@ def _cost_plan(args: argparse.Namespace, text_len) -> int:
                [config_for(s, r) for s in ("3b", "10b", "28b") for r in (224, 448, 896)])
     table = plan_table(configs, text_len=text_len, batch_size=args.batch, device=args.device,
                        devices=args.devices, remat=args.remat, compute_dtype=args.compute_dtype)
-    print(json.dumps(plan_table_json(table), indent=1) if args.json else format_plan_table(table))
+    print(json.dumps(plan_table_json(table), indent=1) if args.json else format_plan_table(table),
+          file=args.stdout)
     return 0
 
 
