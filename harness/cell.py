@@ -7,6 +7,7 @@ checkpoints it left in `cell_dir`, and writes `cell_dir/predictions.jsonl` for t
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -16,7 +17,7 @@ import numpy as np
 from harness.data import TextSpec, train_batches
 from harness.evaluate import predict, score_rows, write_jsonl
 from harness.train import TrainConfig, train
-from model import checkpoint
+from model import checkpoint, hub
 from model.config import PaliGemmaConfig, config_for
 from model.paligemma import init_params
 from model.tokenizer import Tokenizer
@@ -52,8 +53,12 @@ def transfer_config(config: PaliGemmaConfig, recipe: Recipe) -> PaliGemmaConfig:
         attn_logits_softcap=config.llm.attn_logits_softcap if recipe.attn_logits_softcap else None)
 
 
-def tokenizer_for(config: PaliGemmaConfig, options: Mapping[str, Any]) -> Tokenizer:
+def tokenizer_for(config: PaliGemmaConfig, options: Mapping[str, Any], checkpoint_path: str = "") -> Tokenizer:
+    """overrides.tokenizer, else the tokenizer.model of an hf:// checkpoint's repository, else (nano only)
+    the nano tokenizer shipped in model/assets."""
     path = options.get("tokenizer")
+    if path is None and hub.is_hub_id(checkpoint_path):
+        path = hub.tokenizer_file(checkpoint_path)
     if path is None:
         if config.family != "nano":
             raise FileNotFoundError(
@@ -70,6 +75,13 @@ def base_params(config: PaliGemmaConfig, checkpoint_path: str, seed: int) -> Any
     float32 master weights whatever the compute dtype)."""
     if checkpoint_path == "random":
         return init_params(config, jax.random.key(seed))
+    directory = hub.resolve(checkpoint_path) if hub.is_hub_id(checkpoint_path) else checkpoint_path
+    if os.path.isdir(directory):
+        # A transformers directory carries its own config.json; the cell's config decides the semantics
+        # (soft-caps, sliding window), so only the shapes must agree.
+        _, params = checkpoint.load(directory, dtype=np.float32)
+        checkpoint.check_against(checkpoint.flatten(params), config, checkpoint_path)
+        return params
     _, params = checkpoint.load(checkpoint_path, config_name=config.name, dtype=np.float32)
     return params
 
@@ -79,7 +91,7 @@ def run_cell(cell: Any, cell_dir: Path, *, progress: bool | None = None) -> dict
     recipe_overrides, options = split_overrides(dict(cell.overrides))
     recipe = task.recipe(cell.size, cell.resolution).replace(lr=cell.lr, **recipe_overrides)
     config = transfer_config(config_for(cell.size, cell.resolution), recipe)
-    tokenizer = tokenizer_for(config, options)
+    tokenizer = tokenizer_for(config, options, cell.checkpoint)
     spec = TextSpec(text_len=recipe.text_len, square_pad=recipe.pad_to_square,
                     resolution=cell.resolution)
 

@@ -23,6 +23,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
+from model import hub
 from model.config import config_for, family_of
 from results.lr_choice import format_lr
 from tasks.registry import available
@@ -65,7 +66,7 @@ class Cell:
     seed: int
     phase: str  # "sweep" | "final"
     split: str  # the split role evaluated
-    checkpoint: str  # a file path, or "random"
+    checkpoint: str  # a file path, an HF directory, hf://org/name[@revision], or "random"
     data_dir: str  # the task's manual dir, data_root/<task>
     overrides: tuple[tuple[str, Any], ...] = ()  # sorted (key, value) pairs
     # Labels outputs "demo scale"; it does not change what the cell computes, so it is not hashed.
@@ -110,7 +111,7 @@ class Grid:
     lrs: Mapping[str, tuple[float, ...]]  # per task
     protocol: Protocol
     data_root: str
-    checkpoints: str  # pattern with {size} and {resolution}, or "random"
+    checkpoints: str  # pattern with {size} and {resolution} (a path or hf://org/name), or "random"
     overrides: Mapping[str, tuple[tuple[str, Any], ...]]  # per task, "all" already merged in
     runner: str
     source: Path
@@ -373,8 +374,13 @@ def _checkpoints(value: Any, sizes: Sequence[str], resolutions: Iterable[int], w
                 path = pattern.format(size=size, resolution=res)
             except (KeyError, IndexError, ValueError) as e:
                 raise where.error(("checkpoints",), f"bad pattern {pattern!r} ({e!r}); it may use "
-                                  "{size} and {resolution}, or be 'random'") from None
-            if check_files and not Path(path).is_file():
+                                  "{size} and {resolution}, or be 'random'; hf://org/name is a Hub id") from None
+            if hub.is_hub_id(path):
+                try:
+                    hub.parse(path)
+                except ValueError as e:
+                    raise where.error(("checkpoints",), f"{e} (size {size}, resolution {res})") from None
+            elif check_files and not Path(path).is_file() and not Path(path, "config.json").is_file():
                 raise where.error(("checkpoints",), f"checkpoint file {path} does not exist (size {size}, "
                                   f"resolution {res}); relative paths are read from {os.getcwd()}")
     return pattern
