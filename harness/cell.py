@@ -16,6 +16,7 @@ import numpy as np
 
 from harness.data import TextSpec, train_batches
 from harness.evaluate import predict, score_rows, write_jsonl
+from harness.experiment_log import DEFAULT as DEFAULT_LOGS, open_log
 from harness.train import TrainConfig, train
 from model import checkpoint, hub
 from model.config import PaliGemmaConfig, config_for
@@ -106,8 +107,11 @@ def run_cell(cell: Any, cell_dir: Path, *, progress: bool | None = None) -> dict
     batches = train_batches(train_examples, tokenizer, spec, batch_size=recipe.batch_size,
                             num_steps=num_steps, seed=cell.seed)
     params = base_params(config, cell.checkpoint, cell.seed)
+    # Closed after the eval; a cell that raises leaves them to be closed at exit, and resumes appending.
+    metrics_log = open_log(getattr(cell, "logging", DEFAULT_LOGS), cell_dir, run_name=cell.cell_id,
+                           config=cell.config())
     params, summary = train(config, params, batches, cfg, workdir=cell_dir, progress=progress,
-                            desc=f"train {cell.cell_id}")
+                            desc=f"train {cell.cell_id}", metrics_log=metrics_log)
 
     eval_examples = task.examples(cell.data_dir, cell.split)
     limit = options.get("max_eval_examples")
@@ -118,6 +122,8 @@ def run_cell(cell: Any, cell_dir: Path, *, progress: bool | None = None) -> dict
                    desc=f"decode {cell.cell_id}")
     references = {ex.id: ex.reference for ex in eval_examples}
     scores, rows = score_rows(task, rows, references)
+    metrics_log.scalars(summary["steps"], {f"eval/{k}": v for k, v in scores.metrics.items()})
+    metrics_log.close()
     write_jsonl(Path(cell_dir) / "predictions.jsonl", rows)
     return {"metrics": scores.metrics, "headline": task.headline, "steps": summary["steps"],
             "num_eval_examples": scores.num_examples, "num_unparsable": scores.num_unparsable,

@@ -50,6 +50,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     grid = load_grid(args.grid, check_files=not (args.dry_run or args.random_init))
     if args.random_init:
         grid = grid.random_init_twin()
+    if args.log is not None:
+        from dataclasses import replace
+
+        from harness.experiment_log import check_names
+
+        grid = replace(grid, logging=check_names([n for n in args.log if n != "none"]))
     workdir = Path(args.workdir or Path("runs") / grid.name)
     if grid.demo:
         print(f"[demo scale] {grid.name}: tiny models on generated data; numbers show that the pipeline "
@@ -146,6 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--random-init", action="store_true",
                    help="run the grid's random-init twin instead (name + '-random', every cell from random "
                    "weights): the baseline for `tables WORKDIR --baseline runs/<name>-random`")
+    p.add_argument("--log", action="append", metavar="WRITER", choices=("csv", "tensorboard", "wandb", "none"),
+                   help="experiment log of every cell, repeatable: csv, tensorboard, wandb (the [wandb] extra) "
+                   "or none; replaces the grid's `logging` (default: csv and tensorboard, under "
+                   "WORKDIR/cells/<cell id>/)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_run)
 

@@ -23,6 +23,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
+from harness.experiment_log import DEFAULT as DEFAULT_LOGGING, check_names
 from model import hub
 from model.config import config_for, family_of
 from results.lr_choice import format_lr
@@ -31,7 +32,7 @@ from tasks.registry import available
 DEFAULT_RUNNER = "harness.cell:run_cell"
 RANDOM_INIT = "random"
 FIELDS = ("name", "demo", "tasks", "sizes", "resolutions", "lrs", "protocol", "data_root",
-          "checkpoints", "overrides", "runner")
+          "checkpoints", "overrides", "runner", "logging")
 REQUIRED = ("name", "tasks", "sizes", "resolutions", "lrs", "checkpoints")
 SWEEP_FIELDS = ("resolution", "split", "seed")
 FINAL_FIELDS = ("seeds", "split", "resolutions")
@@ -71,6 +72,8 @@ class Cell:
     overrides: tuple[tuple[str, Any], ...] = ()  # sorted (key, value) pairs
     # Labels outputs "demo scale"; it does not change what the cell computes, so it is not hashed.
     demo: bool = False
+    # The experiment-log writers (harness/experiment_log.py); not hashed either.
+    logging: tuple[str, ...] = DEFAULT_LOGGING
 
     def config(self) -> dict[str, Any]:
         """The effective config as JSON-able data: what the hash and the record's `config` hold."""
@@ -116,6 +119,7 @@ class Grid:
     runner: str
     source: Path
     text: str  # the file as read, copied into the workdir by the scheduler
+    logging: tuple[str, ...] = DEFAULT_LOGGING  # experiment-log writers of every cell
 
     def swept(self, task: str) -> bool:
         return len(self.lrs[task]) > 1
@@ -139,7 +143,8 @@ class Grid:
               split: str) -> Cell:
         return Cell(task=task, size=size, resolution=resolution, lr=lr, seed=seed, phase=phase,
                     split=split, checkpoint=self.checkpoint(size, resolution),
-                    data_dir=self.data_dir(task), overrides=self.overrides[task], demo=self.demo)
+                    data_dir=self.data_dir(task), overrides=self.overrides[task], demo=self.demo,
+                    logging=self.logging)
 
     def sweep_cells(self) -> list[Cell]:
         p = self.protocol
@@ -386,6 +391,16 @@ def _checkpoints(value: Any, sizes: Sequence[str], resolutions: Iterable[int], w
     return pattern
 
 
+def _logging(value: Any, where: _Where) -> tuple[str, ...]:
+    """`logging: [csv, tensorboard, wandb]` (any of them; [] for none)."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise where.error(("logging",), f"expected a list of experiment-log names, got {value!r}")
+    try:
+        return check_names(value)
+    except ValueError as e:
+        raise where.error(("logging",), str(e)) from None
+
+
 def _runner(value: Any, where: _Where) -> str:
     runner = _str(value, where, ("runner",))
     module, _, function = runner.partition(":")
@@ -457,4 +472,4 @@ def load_grid(path: str | Path, *, check_files: bool = True) -> Grid:
         checkpoints=_checkpoints(data["checkpoints"], sizes, sorted(used_res), where, check_files),
         overrides=_overrides(data.get("overrides") or {}, tasks, where),
         runner=_runner(data.get("runner", DEFAULT_RUNNER), where),
-        source=path, text=text)
+        source=path, text=text, logging=_logging(data.get("logging", list(DEFAULT_LOGGING)), where))

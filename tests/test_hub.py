@@ -180,6 +180,12 @@ def test_a_grid_cell_runs_from_an_hf_checkpoint_offline(cache, tmp_path):
     (record,) = [json.loads(p.read_text()) for p in (tmp_path / "out" / "records").glob("*.json")]
     assert record["config"]["checkpoint"] == "hf://google/paligemma2-nano-s-pt-32"
     assert record["steps"] == 2 and record["extra"]["num_eval_examples"] == 4
+    # The cell's experiment log (on by default): TensorBoard events with every step and the eval metrics.
+    from tests.test_experiment_log import TRAIN_TAGS, read_tensorboard
+
+    scalars = read_tensorboard(tmp_path / "out" / "cells" / record["cell_id"] / "tensorboard")
+    assert all([s for s, _ in scalars[tag]] == [1, 2] for tag in TRAIN_TAGS)
+    assert scalars[f"eval/{record['headline']}"] == [(2, pytest.approx(record["metrics"][record["headline"]]))]
 
 
 def test_a_grid_cell_whose_repository_is_not_cached_fails_in_one_line(cache, tmp_path):
