@@ -76,14 +76,15 @@ def _cmd_tables(args: argparse.Namespace) -> int:
 
 
 def _cmd_tasks(args: argparse.Namespace) -> int:
+    from harness.tabular import markdown_rows
     from harness.task_listing import recipe_table, task_rows
 
     if args.recipes:
         rows = recipe_table(args.task)
-        print(json.dumps(rows, indent=1) if args.json else _markdown(rows))
+        print(json.dumps(rows, indent=1) if args.json else markdown_rows(rows))
         return 0
     rows = task_rows()
-    print(json.dumps(rows, indent=1) if args.json else _markdown(rows))
+    print(json.dumps(rows, indent=1) if args.json else markdown_rows(rows))
     return 0
 
 
@@ -122,15 +123,6 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
                          max_resolution=args.max_resolution, progress=not args.quiet):
         print(path)
     return 0
-
-
-def _markdown(rows: list[dict]) -> str:
-    if not rows:
-        return "(none)"
-    cols = list(rows[0])
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from harness.grid import Cell, Grid
 from harness.locks import CellLock
+from harness.tabular import fixed_width
 from results.lr_choice import LrChoice, format_lr, select_best_lrs
 from results.store import (Record, atomic_write_text, has_record, predictions_path, read_record,
                            record_path, versions, write_record)
@@ -341,12 +342,8 @@ def format_plan(grid: Grid, rows: list[PlanRow]) -> str:
     """A fixed-width table of the plan, with totals of what is left to run."""
     header = ("phase", "cell id", "task", "size", "res", "lr", "seed", "split", "steps", "batch",
               "train FLOPs", "status")
-    table = [header] + [(r.phase, r.cell_id, r.task, r.size, str(r.resolution), r.lr, str(r.seed), r.split,
-                         r.steps, str(r.batch), "-" if r.flops is None else f"{r.flops:.2e}", r.status)
-                        for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in table]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    table = [(r.phase, r.cell_id, r.task, r.size, str(r.resolution), r.lr, str(r.seed), r.split, r.steps,
+              str(r.batch), "-" if r.flops is None else f"{r.flops:.2e}", r.status) for r in rows]
     left = [r for r in rows if r.status != "done"]
     flops = sum(r.flops for r in left if r.flops is not None)
     unknown = sum(r.flops is None for r in left)
@@ -355,7 +352,7 @@ def format_plan(grid: Grid, rows: list[PlanRow]) -> str:
                f"{sum(r.phase == 'final' for r in rows)} final), {len(rows) - len(left)} done; "
                f"left to run: {len(left)} cells, {flops:.2e} training FLOPs"
                + (f" (+{unknown} cells with epoch recipes: steps depend on the data size)" if unknown else ""))
-    return "\n".join([summary, ""] + lines)
+    return "\n".join([summary, "", fixed_width(header, table)])
 
 
 def run_grid(grid: Grid, workdir: str | Path, *, backend: str = "local", dry_run: bool = False,

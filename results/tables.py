@@ -17,6 +17,7 @@ from typing import Iterable
 
 import pandas as pd
 
+from harness.tabular import latex, markdown
 from results.lr_choice import format_lr, select_best_lrs
 from model.config import FAMILIES
 from results import plots
@@ -148,34 +149,7 @@ def sensitivity_csv(sens: list) -> pd.DataFrame:
 
 # --- rendering ------------------------------------------------------------------------------------
 
-def markdown(df: pd.DataFrame, index_name: str, bold: set = frozenset()) -> str:
-    header = [index_name] + list(df.columns)
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    for label, row in df.iterrows():
-        cells = [f"**{v}**" if (label, col) in bold else str(v) for col, v in row.items()]
-        lines.append("| " + " | ".join([str(label)] + cells) + " |")
-    return "\n".join(lines)
-
-
-LATEX_ESCAPES = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
-                 "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}",
-                 "±": r"$\pm$", "–": "--", "→": r"$\to$"}
-
-
-def _tex(value: object) -> str:
-    return "".join(LATEX_ESCAPES.get(ch, ch) for ch in str(value))
-
-
-def latex(df: pd.DataFrame, index_name: str, caption: str, bold: set = frozenset()) -> str:
-    header = [index_name] + list(df.columns)
-    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{_tex(caption)}}}",
-             r"\begin{tabular}{l" + "r" * len(df.columns) + "}", r"\toprule",
-             " & ".join(_tex(h) for h in header) + r" \\", r"\midrule"]
-    for label, row in df.iterrows():
-        cells = [rf"\textbf{{{_tex(v)}}}" if (label, col) in bold else _tex(v) for col, v in row.items()]
-        lines.append(" & ".join([_tex(label)] + cells) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
-    return "\n".join(lines) + "\n"
+# markdown() and latex() are the project's one table writer, harness/tabular.py.
 
 
 def _final_cells_of(workdir: Path) -> tuple[pd.DataFrame, list[str], list[Record], pd.DataFrame, dict]:
