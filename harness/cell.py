@@ -16,7 +16,8 @@ import numpy as np
 
 from harness.data import TextSpec, train_batches
 from harness.evaluate import predict, score_rows, write_jsonl
-from harness.experiment_log import DEFAULT as DEFAULT_LOGS, open_log
+from harness.experiment_log import DEFAULT as DEFAULT_LOGS
+from harness.experiment_log import open_log
 from harness.train import TrainConfig, train
 from model import checkpoint, hub
 from model.config import PaliGemmaConfig, config_for

@@ -23,7 +23,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
-from harness.experiment_log import DEFAULT as DEFAULT_LOGGING, check_names
+from harness.experiment_log import DEFAULT as DEFAULT_LOGGING
+from harness.experiment_log import check_names
 from model import hub
 from model.config import config_for, family_of
 from results.lr_choice import format_lr

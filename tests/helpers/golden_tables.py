@@ -40,9 +40,9 @@ def _plan(grid, workdir: Path) -> str:
 
 def render(root: Path) -> dict[str, str]:
     """Run the grid (and its random-init twin, the baseline) under `root`; return {name: text}."""
-    from harness.tabular import markdown_rows as _markdown
     from harness.grid import load_grid
     from harness.scheduler import run_grid
+    from harness.tabular import markdown_rows as _markdown
     from harness.task_listing import recipe_table, task_rows
     from results.tables import write_tables
 
