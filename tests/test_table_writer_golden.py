@@ -33,3 +33,22 @@ def test_edge_cases_keep_the_old_forms():
     assert latex(df, "k", "50% ~ ^", bold={("a_b", "v")}).splitlines()[2:9] == [
         r"\caption{50\% \textasciitilde{} \textasciicircum{}}", r"\begin{tabular}{lr}", r"\toprule",
         r"k & v \\", r"\midrule", r"a\_b & \textbf{1} \\", r"c & 2 \\"]
+
+
+def test_demo_grid_outputs_are_the_old_ones_plus_the_demo_scale_labels(tmp_path):
+    """The same grid with `demo: true`: Markdown and the plan are byte-identical to the old renderers'; each
+    CSV gains one comment line and each LaTeX caption one leading sentence (tests/test_outputs_say_demo_scale.py),
+    nothing else."""
+    from results.tables import DEMO_DETAIL, DEMO_LINE
+    from tests.helpers.golden_tables import GOLDEN_DEMO
+
+    rendered = render(tmp_path / "run", demo=True)
+    golden = {p.name: p.read_text(encoding="utf-8") for p in GOLDEN_DEMO.iterdir()}
+    assert set(rendered) == set(golden)
+    for name, old in golden.items():
+        if name.endswith(".csv"):
+            old = f"# {DEMO_LINE}\n" + old
+        elif name.endswith(".tex"):
+            old = old.replace(r"\caption{", r"\caption{Demo scale (" + DEMO_DETAIL.replace("%", r"\%") + "). ", 1)
+        assert rendered[name] == old, name
+    assert golden["tables.md"].startswith("> **Demo scale.**") and "[demo scale]" in golden["plan_before.txt"]

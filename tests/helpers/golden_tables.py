@@ -1,7 +1,9 @@
 """Every table the project renders (Markdown, LaTeX, CSV, the fixed-width plan, the task listings), from
 records a fake-runner grid writes. tests/golden/tables/ holds what the hand-written renderers produced
 before the table writer moved onto pandas/tabulate; test_table_writer_golden.py holds the new code to them
-byte for byte. Regenerate (only on purpose): python -m tests.helpers.golden_tables
+byte for byte. tests/golden/tables_demo/ is the same grid with `demo: true`, written by the same old code
+(before outputs said "demo scale" beyond tables.md). Regenerate only on purpose, with the code to pin on
+PYTHONPATH: python tests/helpers/golden_tables.py [--demo]
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import textwrap
 from pathlib import Path
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "tables"
+GOLDEN_DEMO = GOLDEN.with_name("tables_demo")  # the same grid with demo: true
 
 GRID = textwrap.dedent("""
     name: golden
@@ -38,16 +41,20 @@ def _plan(grid, workdir: Path) -> str:
     return format_plan(grid, rows) + "\n"
 
 
-def render(root: Path) -> dict[str, str]:
+def render(root: Path, demo: bool = False) -> dict[str, str]:
     """Run the grid (and its random-init twin, the baseline) under `root`; return {name: text}."""
     from harness.grid import load_grid
     from harness.scheduler import run_grid
-    from harness.tabular import markdown_rows as _markdown
     from harness.task_listing import recipe_table, task_rows
     from results.tables import write_tables
 
+    try:
+        from harness.tabular import markdown_rows as _markdown
+    except ImportError:  # the code before the table writer moved, which made the golden files
+        from harness.cli import _markdown
+
     root.mkdir(parents=True, exist_ok=True)
-    (root / "grid.yaml").write_text(GRID)
+    (root / "grid.yaml").write_text(GRID.replace("demo: false", f"demo: {str(demo).lower()}"))
     cwd = os.getcwd()
     os.chdir(root)
     try:
@@ -69,10 +76,13 @@ def render(root: Path) -> dict[str, str]:
 
 
 if __name__ == "__main__":
+    import sys
     import tempfile
 
-    GOLDEN.mkdir(parents=True, exist_ok=True)
+    demo = "--demo" in sys.argv
+    target = GOLDEN_DEMO if demo else GOLDEN
+    target.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        for name, text in render(Path(tmp)).items():
-            (GOLDEN / name).write_text(text, encoding="utf-8")
-            print(f"wrote {GOLDEN / name}")
+        for name, text in render(Path(tmp), demo=demo).items():
+            (target / name).write_text(text, encoding="utf-8")
+            print(f"wrote {target / name}")
