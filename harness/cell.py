@@ -108,9 +108,10 @@ def run_cell(cell: Any, cell_dir: Path, *, progress: bool | None = None) -> dict
     batches = train_batches(train_examples, tokenizer, spec, batch_size=recipe.batch_size,
                             num_steps=num_steps, seed=cell.seed)
     params = base_params(config, cell.checkpoint, cell.seed)
-    # Closed after the eval; a cell that raises leaves them to be closed at exit, and resumes appending.
+    # Closed after the eval (a cell that raises leaves them to exit; a resume appends). `logging` and
+    # `config()` are optional: a cell need only have the fields run_cell reads.
     metrics_log = open_log(getattr(cell, "logging", DEFAULT_LOGS), cell_dir, run_name=cell.cell_id,
-                           config=cell.config())
+                           config=cell.config() if callable(getattr(cell, "config", None)) else {})
     params, summary = train(config, params, batches, cfg, workdir=cell_dir, progress=progress,
                             desc=f"train {cell.cell_id}", metrics_log=metrics_log)
 
