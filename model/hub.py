@@ -72,9 +72,10 @@ def _message(hub_id: str, error: Exception) -> str:
     return f"{hub_id}: cannot download from the Hub ({error.__class__.__name__}: {first})"
 
 
-def resolve(hub_id: str) -> str:
+def resolve(hub_id: str, *, local_only: bool = False) -> str:
     """The local snapshot directory of `hf://org/name[@revision]`, downloaded into the Hub cache if
-    missing. Raises HubError (one line) when it cannot be had or lacks a loadable checkpoint."""
+    missing (never with `local_only`, e.g. to fingerprint a checkpoint while planning). Raises HubError
+    (one line) when it cannot be had or lacks a loadable checkpoint."""
     try:
         repo_id, revision = parse(hub_id)
     except ValueError as e:
@@ -83,7 +84,8 @@ def resolve(hub_id: str) -> str:
     from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
 
     try:
-        directory = snapshot_download(repo_id, revision=revision, allow_patterns=list(ALLOW_PATTERNS))
+        directory = snapshot_download(repo_id, revision=revision, allow_patterns=list(ALLOW_PATTERNS),
+                                      local_files_only=local_only)
     except (HfHubHTTPError, LocalEntryNotFoundError, HFValidationError, OSError) as e:
         raise HubError(_message(hub_id, e)) from None
     names = set(os.listdir(directory))

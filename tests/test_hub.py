@@ -68,6 +68,17 @@ def test_resolve_offline_loads_the_same_tensors(offline):
         np.testing.assert_array_equal(checkpoint.flatten(params)[key], value)
     assert hub.tokenizer_file(f"hf://{REPO_ID}") == os.path.join(directory, "tokenizer.model")
     assert hub.resolve(f"hf://{REPO_ID}@main") == directory
+    assert hub.resolve(f"hf://{REPO_ID}", local_only=True) == directory
+
+
+def test_local_only_never_downloads(cache, monkeypatch):
+    """As a fingerprint at planning time uses it: the cache or a clear error, even with the Hub reachable."""
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache[0]))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
+    assert hub.resolve(f"hf://{REPO_ID}", local_only=True).startswith(str(cache[0]))
+    with pytest.raises(hub.HubError, match=r"^hf://google/other: not in the Hugging Face cache"):
+        hub.resolve("hf://google/other", local_only=True)
 
 
 def test_released_repo_ids():
