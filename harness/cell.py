@@ -6,6 +6,7 @@ checkpoints it left in `cell_dir`, and writes `cell_dir/predictions.jsonl` for t
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -15,8 +16,10 @@ import numpy as np
 from harness.data import TextSpec, train_batches
 from harness.evaluate import predict, score_rows, write_jsonl
 from harness.recipes import HARNESS_KEYS, NANO_TOKENIZER, split_overrides  # noqa: F401 - re-exported
+from harness.experiment_log import DEFAULT as DEFAULT_LOGS
+from harness.experiment_log import open_log
 from harness.train import TrainConfig, train
-from model import checkpoint
+from model import checkpoint, hub
 from model.config import PaliGemmaConfig, config_for
 from model.paligemma import init_params
 from model.tokenizer import Tokenizer
@@ -31,8 +34,12 @@ def transfer_config(config: PaliGemmaConfig, recipe: Recipe) -> PaliGemmaConfig:
         attn_logits_softcap=config.llm.attn_logits_softcap if recipe.attn_logits_softcap else None)
 
 
-def tokenizer_for(config: PaliGemmaConfig, options: Mapping[str, Any]) -> Tokenizer:
+def tokenizer_for(config: PaliGemmaConfig, options: Mapping[str, Any], checkpoint_path: str = "") -> Tokenizer:
+    """overrides.tokenizer, else the tokenizer.model of an hf:// checkpoint's repository, else (nano only)
+    the nano tokenizer shipped in model/assets."""
     path = options.get("tokenizer")
+    if path is None and hub.is_hub_id(checkpoint_path):
+        path = hub.tokenizer_file(checkpoint_path)
     if path is None:
         if config.family != "nano":
             raise FileNotFoundError(
@@ -49,6 +56,13 @@ def base_params(config: PaliGemmaConfig, checkpoint_path: str, seed: int) -> Any
     float32 master weights whatever the compute dtype)."""
     if checkpoint_path == "random":
         return init_params(config, jax.random.key(seed))
+    directory = hub.resolve(checkpoint_path) if hub.is_hub_id(checkpoint_path) else checkpoint_path
+    if os.path.isdir(directory):
+        # A transformers directory carries its own config.json; the cell's config decides the semantics
+        # (soft-caps, sliding window), so only the shapes must agree.
+        _, params = checkpoint.load(directory, dtype=np.float32)
+        checkpoint.check_against(checkpoint.flatten(params), config, checkpoint_path)
+        return params
     _, params = checkpoint.load(checkpoint_path, config_name=config.name, dtype=np.float32)
     return params
 
@@ -58,7 +72,7 @@ def run_cell(cell: Any, cell_dir: Path, *, progress: bool | None = None) -> dict
     recipe_overrides, options = split_overrides(dict(cell.overrides))
     recipe = task.recipe(cell.size, cell.resolution).replace(lr=cell.lr, **recipe_overrides)
     config = transfer_config(config_for(cell.size, cell.resolution), recipe)
-    tokenizer = tokenizer_for(config, options)
+    tokenizer = tokenizer_for(config, options, cell.checkpoint)
     spec = TextSpec(text_len=recipe.text_len, square_pad=recipe.pad_to_square,
                     resolution=cell.resolution)
 
@@ -74,8 +88,12 @@ def run_cell(cell: Any, cell_dir: Path, *, progress: bool | None = None) -> dict
     batches = train_batches(train_examples, tokenizer, spec, batch_size=recipe.batch_size,
                             num_steps=num_steps, seed=cell.seed)
     params = base_params(config, cell.checkpoint, cell.seed)
+    # Closed after the eval (a cell that raises leaves them to exit; a resume appends). `logging` and
+    # `config()` are optional: a cell need only have the fields run_cell reads.
+    metrics_log = open_log(getattr(cell, "logging", DEFAULT_LOGS), cell_dir, run_name=cell.cell_id,
+                           config=cell.config() if callable(getattr(cell, "config", None)) else {})
     params, summary = train(config, params, batches, cfg, workdir=cell_dir, progress=progress,
-                            desc=f"train {cell.cell_id}")
+                            desc=f"train {cell.cell_id}", metrics_log=metrics_log)
     if getattr(cell, "keep_checkpoints", "none") in ("params", "all"):
         checkpoint.save_npz(str(Path(cell_dir) / "params.npz"), params)
 
@@ -88,6 +106,8 @@ def run_cell(cell: Any, cell_dir: Path, *, progress: bool | None = None) -> dict
                    desc=f"decode {cell.cell_id}")
     references = {ex.id: ex.reference for ex in eval_examples}
     scores, rows = score_rows(task, rows, references)
+    metrics_log.scalars(summary["steps"], {f"eval/{k}": v for k, v in scores.metrics.items()})
+    metrics_log.close()
     write_jsonl(Path(cell_dir) / "predictions.jsonl", rows)
     return {"metrics": scores.metrics, "headline": task.headline, "steps": summary["steps"],
             "num_eval_examples": scores.num_examples, "num_unparsable": scores.num_unparsable,

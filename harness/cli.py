@@ -52,6 +52,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     grid = load_grid(args.grid, check_files=not (args.dry_run or args.random_init))
     if args.random_init:
         grid = grid.random_init_twin()
+    if args.log is not None:
+        from dataclasses import replace
+
+        from harness.experiment_log import check_names
+
+        grid = replace(grid, logging=check_names([n for n in args.log if n != "none"]))
     workdir = Path(args.workdir or Path("runs") / grid.name)
     if grid.demo:
         print(f"[demo scale] {grid.name}: tiny models on generated data; numbers show that the pipeline "
@@ -73,14 +79,15 @@ def _cmd_tables(args: argparse.Namespace) -> int:
 
 
 def _cmd_tasks(args: argparse.Namespace) -> int:
+    from harness.tabular import markdown_rows
     from harness.task_listing import recipe_table, task_rows
 
     if args.recipes:
         rows = recipe_table(args.task)
-        print(json.dumps(rows, indent=1) if args.json else _markdown(rows), file=args.stdout)
+        print(json.dumps(rows, indent=1) if args.json else markdown_rows(rows), file=args.stdout)
         return 0
     rows = task_rows()
-    print(json.dumps(rows, indent=1) if args.json else _markdown(rows), file=args.stdout)
+    print(json.dumps(rows, indent=1) if args.json else markdown_rows(rows), file=args.stdout)
     return 0
 
 
@@ -144,15 +151,6 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _markdown(rows: list[dict]) -> str:
-    if not rows:
-        return "(none)"
-    cols = list(rows[0])
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="paligemma-transfer", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -172,6 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--random-init", action="store_true",
                    help="run the grid's random-init twin instead (name + '-random', every cell from random "
                    "weights): the baseline for `tables WORKDIR --baseline runs/<name>-random`")
+    p.add_argument("--log", action="append", metavar="WRITER", choices=("csv", "tensorboard", "wandb", "none"),
+                   help="experiment log of every cell, repeatable: csv, tensorboard, wandb (the [wandb] extra) "
+                   "or none; replaces the grid's `logging` (default: csv and tensorboard, under "
+                   "WORKDIR/cells/<cell id>/)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--cache-dir", help="where prepared (TFDS) data goes, keyed on the raw files "
                    "(default: WORKDIR/prepared)")

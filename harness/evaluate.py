@@ -7,7 +7,6 @@ the rows are what `paligemma-transfer score` reads back, so a table can be resco
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -18,6 +17,7 @@ from harness.data import TextSpec, eval_batches
 from harness.train import progress_kwargs
 from model.config import PaliGemmaConfig
 from model.decode import generate
+from results.store import atomic_write_text, jsonable
 from tasks.base import Example, Recipe, Scores, Task
 
 
@@ -52,26 +52,6 @@ def score_rows(task: Task, rows: Iterable[dict], references: dict[str, Any]) -> 
 
 
 def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
-    """Atomic JSONL write: temp file in the same folder, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False, default=_jsonable) + "\n")
-        os.replace(tmp, path)
-    except BaseException:  # no space left, killed: no half file left behind, the old one (if any) kept
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, (set, tuple)):
-        return list(value)
-    if hasattr(value, "__dict__"):
-        return vars(value)
-    return str(value)
+    """Atomic JSONL write (results.store.atomic_write_text: temp file, fsync, rename, fsync the folder)."""
+    text = "".join(json.dumps(row, ensure_ascii=False, default=jsonable) + "\n" for row in rows)
+    atomic_write_text(Path(path), text)

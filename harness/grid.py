@@ -25,6 +25,9 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
+from harness.experiment_log import DEFAULT as DEFAULT_LOGGING
+from harness.experiment_log import check_names
+from model import hub
 from model.config import config_for, family_of
 from results.lr_choice import format_lr
 from tasks.registry import available
@@ -32,7 +35,7 @@ from tasks.registry import available
 DEFAULT_RUNNER = "harness.cell:run_cell"
 RANDOM_INIT = "random"
 FIELDS = ("name", "demo", "tasks", "sizes", "resolutions", "lrs", "protocol", "data_root",
-          "checkpoints", "overrides", "runner", "keep_checkpoints")
+          "checkpoints", "overrides", "runner", "keep_checkpoints", "logging")
 REQUIRED = ("name", "tasks", "sizes", "resolutions", "lrs", "checkpoints")
 SWEEP_FIELDS = ("resolution", "split", "seed")
 FINAL_FIELDS = ("seeds", "split", "resolutions")
@@ -71,7 +74,7 @@ class Cell:
     seed: int
     phase: str  # "sweep" | "final"
     split: str  # the split role evaluated
-    checkpoint: str  # a file path, or "random"
+    checkpoint: str  # a file path, an HF directory, hf://org/name[@revision], or "random"
     data_dir: str  # the task's manual dir, data_root/<task>
     overrides: tuple[tuple[str, Any], ...] = ()  # sorted (key, value) pairs
     # Labels outputs "demo scale"; it does not change what the cell computes, so it is not hashed.
@@ -84,6 +87,8 @@ class Cell:
     keep_checkpoints: str = DEFAULT_KEEP
     # What else changes the result (see `identity`): sorted (key, JSON text) pairs, hashed.
     identity: tuple[tuple[str, str], ...] = ()
+    # The experiment-log writers (harness/experiment_log.py); not hashed either.
+    logging: tuple[str, ...] = DEFAULT_LOGGING
 
     def config(self) -> dict[str, Any]:
         """The effective config as JSON-able data: what the hash and the record's `config` hold."""
@@ -125,12 +130,13 @@ class Grid:
     lrs: Mapping[str, tuple[float, ...]]  # per task
     protocol: Protocol
     data_root: str
-    checkpoints: str  # pattern with {size} and {resolution}, or "random"
+    checkpoints: str  # pattern with {size} and {resolution} (a path or hf://org/name), or "random"
     overrides: Mapping[str, tuple[tuple[str, Any], ...]]  # per task, "all" already merged in
     runner: str
     source: Path
     text: str  # the file as read, copied into the workdir by the scheduler
     keep_checkpoints: str = DEFAULT_KEEP
+    logging: tuple[str, ...] = DEFAULT_LOGGING  # experiment-log writers of every cell
 
     def swept(self, task: str) -> bool:
         return len(self.lrs[task]) > 1
@@ -157,7 +163,8 @@ class Grid:
                     split=split, checkpoint=checkpoint, data_dir=self.data_dir(task),
                     overrides=self.overrides[task], demo=self.demo,
                     identity=identity(task, size, resolution, lr, checkpoint, self.overrides[task],
-                                      self.demo_data))
+                                      self.demo_data),
+                    logging=self.logging)
 
     def sweep_cells(self) -> list[Cell]:
         p = self.protocol
@@ -465,11 +472,26 @@ def _checkpoints(value: Any, sizes: Sequence[str], resolutions: Iterable[int], w
                 path = pattern.format(size=size, resolution=res)
             except (KeyError, IndexError, ValueError) as e:
                 raise where.error(("checkpoints",), f"bad pattern {pattern!r} ({e!r}); it may use "
-                                  "{size} and {resolution}, or be 'random'") from None
-            if check_files and not Path(path).is_file():
+                                  "{size} and {resolution}, or be 'random'; hf://org/name is a Hub id") from None
+            if hub.is_hub_id(path):
+                try:
+                    hub.parse(path)
+                except ValueError as e:
+                    raise where.error(("checkpoints",), f"{e} (size {size}, resolution {res})") from None
+            elif check_files and not Path(path).is_file() and not Path(path, "config.json").is_file():
                 raise where.error(("checkpoints",), f"checkpoint file {path} does not exist (size {size}, "
                                   f"resolution {res}); relative paths are read from {os.getcwd()}")
     return pattern
+
+
+def _logging(value: Any, where: _Where) -> tuple[str, ...]:
+    """`logging: [csv, tensorboard, wandb]` (any of them; [] for none)."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise where.error(("logging",), f"expected a list of experiment-log names, got {value!r}")
+    try:
+        return check_names(value)
+    except ValueError as e:
+        raise where.error(("logging",), str(e)) from None
 
 
 def _runner(value: Any, where: _Where) -> str:
@@ -548,4 +570,5 @@ def load_grid(path: str | Path, *, check_files: bool = True) -> Grid:
         checkpoints=_checkpoints(data["checkpoints"], sizes, sorted(used_res), where, check_files),
         overrides=overrides, runner=runner, source=path, text=text,
         keep_checkpoints=_choice(data.get("keep_checkpoints", DEFAULT_KEEP), KEEP_CHECKPOINTS, where,
-                                 ("keep_checkpoints",)))
+                                 ("keep_checkpoints",)),
+        logging=_logging(data.get("logging", list(DEFAULT_LOGGING)), where))

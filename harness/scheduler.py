@@ -34,6 +34,7 @@ from tqdm import tqdm
 from harness.grid import Cell, Grid
 from harness.locks import CellLock
 from harness.provenance import device_info, provenance
+from harness.tabular import fixed_width
 from results.lr_choice import LrChoice, format_lr, select_best_lrs
 from results.store import (SCHEMA_VERSION, Record, atomic_write_text, has_record, predictions_path,
                            _jsonable, load_records, read_record, record_path, versions, write_record)
@@ -523,12 +524,8 @@ def format_plan(grid: Grid, rows: list[PlanRow]) -> str:
     """A fixed-width table of the plan, with totals of what is left to run."""
     header = ("phase", "cell id", "task", "size", "res", "lr", "seed", "split", "steps", "batch",
               "train FLOPs", "status")
-    table = [header] + [(r.phase, r.cell_id, r.task, r.size, str(r.resolution), r.lr, str(r.seed), r.split,
-                         r.steps, str(r.batch), "-" if r.flops is None else f"{r.flops:.2e}", r.status)
-                        for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in table]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    table = [(r.phase, r.cell_id, r.task, r.size, str(r.resolution), r.lr, str(r.seed), r.split, r.steps,
+              str(r.batch), "-" if r.flops is None else f"{r.flops:.2e}", r.status) for r in rows]
     left = [r for r in rows if r.status != "done"]
     flops = sum(r.flops for r in left if r.flops is not None)
     unknown = sum(r.flops is None for r in left)
@@ -548,7 +545,7 @@ def format_plan(grid: Grid, rows: list[PlanRow]) -> str:
     disk = sum(r.disk for r in rows)
     kept = (f"disk kept by finished cells (keep_checkpoints: {grid.keep_checkpoints}): {_gb(disk)} "
             "besides records and predictions")
-    return "\n".join([summary, kept] + per_task + [""] + lines)
+    return "\n".join([summary, kept] + per_task + ["", fixed_width(header, table)])
 
 
 def _gb(n: int) -> str:

@@ -179,11 +179,13 @@ def _open_checkpoints(directory: Path, every: int, like: dict) -> tuple[_Checkpo
 
 def train(config: PaliGemmaConfig, params: Any, batches: Sequence[dict], cfg: TrainConfig, *,
           workdir: Path | None = None, progress: bool | None = None,
-          desc: str = "train") -> tuple[Any, dict]:
+          desc: str = "train", metrics_log: Any = None) -> tuple[Any, dict]:
     """Fine-tune `params` for cfg.num_steps on `batches[step]`; returns (params, summary).
 
     With `workdir`, a per-step CSV log goes to workdir/train_log.csv and, when cfg.checkpoint_every > 0,
-    checkpoints to workdir/ckpt; an existing checkpoint is resumed from.
+    checkpoints to workdir/ckpt; an existing checkpoint is resumed from. `metrics_log` (an
+    harness.experiment_log.ExperimentLog) gets train/loss, train/lr, train/grad_norm and
+    train/examples_per_s at every step.
     """
     model = build_model(config, cfg)
     tx = make_optimizer(params, cfg)
@@ -201,6 +203,8 @@ def train(config: PaliGemmaConfig, params: Any, batches: Sequence[dict], cfg: Tr
     bar = tqdm(total=cfg.num_steps, initial=start, desc=desc, leave=False, **progress_kwargs(progress),
                unit="step", dynamic_ncols=True)
     batch_size = None
+    # The lr each step's update used (optax counts updates from 0), computed once for the whole run.
+    lrs = cfg.lr * np.asarray(schedule(cfg.num_steps, cfg.warmup_fraction)(np.arange(cfg.num_steps)))
     t0, loss = time.perf_counter(), float("nan")
     try:
         for step in range(start, cfg.num_steps):
@@ -211,6 +215,10 @@ def train(config: PaliGemmaConfig, params: Any, batches: Sequence[dict], cfg: Tr
             elapsed = time.perf_counter() - t0
             ex_per_s = (step + 1 - start) * batch_size / max(elapsed, 1e-9)
             log.write(step + 1, loss, float(stats["grad_norm"]), ex_per_s)
+            if metrics_log is not None:
+                metrics_log.scalars(step + 1, {"train/loss": loss, "train/lr": float(lrs[step]),
+                                               "train/grad_norm": float(stats["grad_norm"]),
+                                               "train/examples_per_s": ex_per_s})
             bar.set_postfix(loss=f"{loss:.3f}", ex_s=f"{ex_per_s:.1f}")
             bar.update(1)
             if ckpt is not None and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.num_steps:

@@ -4,6 +4,8 @@
   with its task and sensitivity label, and the diagonal where both gains are equal.
 - lr_sweep_curves: one panel per task, headline metric x100 against lr (log axis), a line per size,
   the protocol's pick starred.
+- versus_bars: per task, score minus a baseline's per size-resolution cell.
+A demo grid's plots say "[demo scale]" in their title and in the PNG's Title/Description metadata.
 """
 
 from __future__ import annotations
@@ -23,12 +25,28 @@ import pandas as pd  # noqa: E402
 from results.sensitivity import Sensitivity  # noqa: E402
 
 
+DEMO_TAG = "[demo scale] "
+
+
+def _save(fig, path: str | Path, title: str, demo: bool) -> Path:
+    """Write the PNG with its title (and, for a demo grid, "demo scale") in its metadata too, so the file
+    says what it is to a reader that sees no pixels."""
+    fig.tight_layout()
+    metadata = {"Title": (DEMO_TAG if demo else "") + title}
+    if demo:
+        metadata["Description"] = ("demo scale: tiny models on generated data; the numbers show that the "
+                                   "pipeline and the protocol work, not what PaliGemma 2 scores")
+    fig.savefig(path, dpi=120, metadata=metadata)
+    plt.close(fig)
+    return Path(path)
+
+
 def _no_data(ax, text: str) -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
     ax.set_axis_off()
 
 
-def gains_scatter(sens: list[Sensitivity], path: str | Path) -> Path:
+def gains_scatter(sens: list[Sensitivity], path: str | Path, demo: bool = False) -> Path:
     fig, ax = plt.subplots(figsize=(5.5, 5))
     points = [s for s in sens if s.resolution is not None and s.size is not None]
     if not points:
@@ -50,11 +68,9 @@ def gains_scatter(sens: list[Sensitivity], path: str | Path) -> Path:
         ax.legend(loc="lower right", fontsize=8)
     ax.set_xlabel("gain from the next resolution (points x100)")
     ax.set_ylabel("gain from the next model size (points x100)")
-    ax.set_title("Resolution vs size sensitivity (error bars: 2 se)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    title = "Resolution vs size sensitivity (error bars: 2 se)"
+    ax.set_title((DEMO_TAG if demo else "") + title)
+    return _save(fig, path, title, demo)
 
 
 def _label_points(fig, ax, points: list[Sensitivity], xs: list[float], ys: list[float]) -> None:
@@ -90,7 +106,7 @@ def _label_points(fig, ax, points: list[Sensitivity], xs: list[float], ys: list[
         taken.append(box)
 
 
-def lr_sweep_curves(sweep: pd.DataFrame, chosen: Mapping, path: str | Path) -> Path:
+def lr_sweep_curves(sweep: pd.DataFrame, chosen: Mapping, path: str | Path, demo: bool = False) -> Path:
     """`sweep`: the tidy sweep frame of results.tables (task, size, lr, metric, score, best)."""
     tasks = sorted(sweep["task"].unique())
     cols = min(3, max(1, len(tasks)))
@@ -113,14 +129,13 @@ def lr_sweep_curves(sweep: pd.DataFrame, chosen: Mapping, path: str | Path) -> P
         ax.legend(fontsize=8)
     for ax in list(axes.flat)[len(tasks):] if tasks else []:
         ax.set_axis_off()
-    fig.suptitle("Learning-rate sweep (star: the protocol's pick)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    title = "Learning-rate sweep (star: the protocol's pick)"
+    fig.suptitle((DEMO_TAG if demo else "") + title)
+    return _save(fig, path, title, demo)
 
 
-def versus_bars(tidy: pd.DataFrame, baseline: str, path: str | Path, sizes: list[str]) -> Path:
+def versus_bars(tidy: pd.DataFrame, baseline: str, path: str | Path, sizes: list[str],
+                demo: bool = False) -> Path:
     """Per task, one bar per size-resolution cell: score minus the baseline's (points x100); bars in
     the tables' column order (resolution, then `sizes` in family order)."""
     fig, ax = plt.subplots(figsize=(8, 3.8))
@@ -138,8 +153,6 @@ def versus_bars(tidy: pd.DataFrame, baseline: str, path: str | Path, sizes: list
         ax.set_xticks(range(len(tasks)), tasks, rotation=20, fontsize=8)
         ax.legend(fontsize=8, ncol=len(cells))
     ax.set_ylabel("score - baseline (points x100)")
-    ax.set_title(f"Against {baseline}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    title = f"Against {baseline}"
+    ax.set_title((DEMO_TAG if demo else "") + title)
+    return _save(fig, path, title, demo)

@@ -83,7 +83,9 @@ def versions() -> dict[str, str | None]:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file in the same folder and os.replace, so readers never see half a file."""
+    """The project's one atomic writer (records, predictions, best_lr.json, grid.yaml, error.txt): a temp
+    file in the same folder, fsynced, then os.replace and an fsync of the folder, so readers never see half
+    a file and a crash right after the call cannot lose the rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -99,6 +101,21 @@ def atomic_write_text(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Persist a rename in `directory` (POSIX; a no-op where folders cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def record_path(workdir: str | Path, cell_id: str) -> Path:
@@ -113,18 +130,24 @@ def has_record(workdir: str | Path, cell_id: str) -> bool:
     return record_path(workdir, cell_id).is_file()
 
 
-def _jsonable(value: Any) -> Any:
-    """numpy/JAX scalars and arrays (common in a runner's extras) as plain JSON values."""
+def jsonable(value: Any) -> Any:
+    """json.dumps' `default` for records and prediction files: numpy/JAX scalars and arrays (common in a
+    runner's extras and in parsed outputs), paths, sets (sorted) and dataclasses as plain JSON values.
+    Anything else is an error naming its type, not a silent str(): what is written must read back."""
     if hasattr(value, "tolist"):
         return value.tolist()
     if isinstance(value, Path):
         return str(value)
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=repr)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
     raise TypeError(f"{type(value).__name__} is not JSON-serialisable: {value!r}")
 
 
 def write_record(workdir: str | Path, record: Record) -> Path:
     path = record_path(workdir, record.cell_id)
-    text = json.dumps(record.to_json(), indent=2, sort_keys=True, default=_jsonable)
+    text = json.dumps(record.to_json(), indent=2, sort_keys=True, default=jsonable)
     atomic_write_text(path, text + "\n")
     return path
 

@@ -18,6 +18,7 @@ from typing import Iterable
 
 import pandas as pd
 
+from harness.tabular import latex, markdown
 from results.lr_choice import format_lr, select_best_lrs
 from model.config import FAMILIES
 from results import plots
@@ -28,7 +29,23 @@ from results.store import Record, load_records
 MISSING = "–"
 DEMO_BANNER = ("> **Demo scale.** These numbers come from tiny models trained on generated data. They show "
                "that the pipeline and the protocol work, not what PaliGemma 2 scores.")
+DEMO_DETAIL = ("tiny models on generated data; the numbers show that the pipeline and the protocol work, not "
+               "what PaliGemma 2 scores")
+DEMO_LINE = f"demo scale: {DEMO_DETAIL}"
 SIZE_ORDER = [s for spec in FAMILIES.values() for s in spec["sizes"]]
+
+
+def _write_csv(frame: pd.DataFrame, path: Path, demo: bool) -> None:
+    """A demo grid's CSV starts with a `# demo scale: ...` comment line (pandas: read_csv(comment="#"))."""
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        if demo:
+            f.write(f"# {DEMO_LINE}\n")
+        frame.to_csv(f, index=False)
+
+
+def _caption(caption: str, demo: bool) -> str:
+    """A LaTeX caption, led by "Demo scale." for a demo grid."""
+    return f"Demo scale ({DEMO_DETAIL}). {caption}" if demo else caption
 
 
 def size_key(size: str) -> tuple[int, str]:
@@ -149,34 +166,7 @@ def sensitivity_csv(sens: list) -> pd.DataFrame:
 
 # --- rendering ------------------------------------------------------------------------------------
 
-def markdown(df: pd.DataFrame, index_name: str, bold: set = frozenset()) -> str:
-    header = [index_name] + list(df.columns)
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    for label, row in df.iterrows():
-        cells = [f"**{v}**" if (label, col) in bold else str(v) for col, v in row.items()]
-        lines.append("| " + " | ".join([str(label)] + cells) + " |")
-    return "\n".join(lines)
-
-
-LATEX_ESCAPES = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
-                 "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}",
-                 "±": r"$\pm$", "–": "--", "→": r"$\to$"}
-
-
-def _tex(value: object) -> str:
-    return "".join(LATEX_ESCAPES.get(ch, ch) for ch in str(value))
-
-
-def latex(df: pd.DataFrame, index_name: str, caption: str, bold: set = frozenset()) -> str:
-    header = [index_name] + list(df.columns)
-    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{_tex(caption)}}}",
-             r"\begin{tabular}{l" + "r" * len(df.columns) + "}", r"\toprule",
-             " & ".join(_tex(h) for h in header) + r" \\", r"\midrule"]
-    for label, row in df.iterrows():
-        cells = [rf"\textbf{{{_tex(v)}}}" if (label, col) in bold else _tex(v) for col, v in row.items()]
-        lines.append(" & ".join([_tex(label)] + cells) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
-    return "\n".join(lines) + "\n"
+# markdown() and latex() are the project's one table writer, harness/tabular.py.
 
 
 def _final_cells_of(workdir: Path) -> tuple[pd.DataFrame, list[str], list[Record], pd.DataFrame, dict]:
@@ -218,7 +208,8 @@ def write_tables(workdir: str | Path, out_dir: str | Path | None = None,
     resolutions = sorted(int(r) for r in final["resolution"].unique())
     out.mkdir(parents=True, exist_ok=True)
 
-    parts = [DEMO_BANNER, ""] if any(r.demo for r in records) else []
+    demo = any(r.demo for r in records)
+    parts = [DEMO_BANNER, ""] if demo else []
     parts += [f"# Results: {workdir.name}", "", f"{len(records)} records."]
     if superseded:
         parts.append(f"{superseded} older record(s) of rerun cells are superseded by newer ones.")
@@ -229,8 +220,8 @@ def write_tables(workdir: str | Path, out_dir: str | Path | None = None,
                  f"x100, split: {splits}. – = no record.")
     parts += ["", "## Final runs (Table 13 layout)", "", markdown(t13, "task"), "", caption13]
     parts += [f"Note: {n}." for n in notes]
-    cells.reset_index().to_csv(out / "table13.csv", index=False)
-    (out / "table13.tex").write_text(latex(t13, "task", caption13), encoding="utf-8")
+    _write_csv(cells.reset_index(), out / "table13.csv", demo)
+    (out / "table13.tex").write_text(latex(t13, "task", _caption(caption13, demo)), encoding="utf-8")
 
     sweep, bold, sweep_csv = sweep_table(df, chosen)
     sweep_split = ", ".join(sorted(df[df["phase"] == "sweep"]["split"].unique())) or MISSING
@@ -243,8 +234,8 @@ def write_tables(workdir: str | Path, out_dir: str | Path | None = None,
                      "does).")
     else:
         parts += [markdown(sweep, "task size", bold), "", caption14]
-    sweep_csv.to_csv(out / "lr_sweep.csv", index=False)
-    (out / "lr_sweep.tex").write_text(latex(sweep, "task size", caption14, bold), encoding="utf-8")
+    _write_csv(sweep_csv, out / "lr_sweep.csv", demo)
+    (out / "lr_sweep.tex").write_text(latex(sweep, "task size", _caption(caption14, demo), bold), encoding="utf-8")
 
     sens = sensitivities(cells, sizes, resolutions)
     if sens:
@@ -252,11 +243,11 @@ def write_tables(workdir: str | Path, out_dir: str | Path | None = None,
         caption = ("Sensitivity (Fig. 3): gain in points x100 from the lowest to the next resolution at the "
                    "smallest size, and from the smallest to the next size at the lowest resolution. " + RULE)
         parts += ["", "## Resolution vs size sensitivity (Fig. 3)", "", markdown(st, "task"), "", caption]
-        (out / "sensitivity.tex").write_text(latex(st, "task", caption), encoding="utf-8")
-    sensitivity_csv(sens).to_csv(out / "sensitivity.csv", index=False)
+        (out / "sensitivity.tex").write_text(latex(st, "task", _caption(caption, demo)), encoding="utf-8")
+    _write_csv(sensitivity_csv(sens), out / "sensitivity.csv", demo)
 
-    plots.gains_scatter(sens, out / "sensitivity.png")
-    plots.lr_sweep_curves(sweep_csv, chosen, out / "lr_sweep.png")
+    plots.gains_scatter(sens, out / "sensitivity.png", demo=demo)
+    plots.lr_sweep_curves(sweep_csv, chosen, out / "lr_sweep.png", demo=demo)
     pngs = ["sensitivity.png", "lr_sweep.png"]
     if baseline is not None:
         baseline = Path(baseline)
@@ -268,9 +259,9 @@ def write_tables(workdir: str | Path, out_dir: str | Path | None = None,
                    f"won: cells where {workdir.name} scores higher. {workdir.name} wins {won} of {compared} "
                    f"tasks (positive mean diff).")
         parts += ["", f"## Against {baseline.name}", "", markdown(vs, "task"), "", caption]
-        tidy.to_csv(out / "versus.csv", index=False)
-        (out / "versus.tex").write_text(latex(vs, "task", caption), encoding="utf-8")
-        plots.versus_bars(tidy, baseline.name, out / "versus.png", sizes)
+        _write_csv(tidy, out / "versus.csv", demo)
+        (out / "versus.tex").write_text(latex(vs, "task", _caption(caption, demo)), encoding="utf-8")
+        plots.versus_bars(tidy, baseline.name, out / "versus.png", sizes, demo=demo)
         pngs.append("versus.png")
     parts += ["", f"Plots beside this file: {', '.join(pngs)}."]
     text = "\n".join(parts) + "\n"

@@ -20,6 +20,9 @@ from typing import Any, ClassVar, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from tasks.errors import DataError  # noqa: F401 - the tasks import it from here
+from tasks.splits import resolve_split, split_names
+
 # The paper's transfer lr sweep (§4.1): {0.03, 0.06, 0.1, 0.3, 0.6, 1.0, 3.0} x 1e-5.
 PAPER_LR_GRID: tuple[float, ...] = (3e-7, 6e-7, 1e-6, 3e-6, 6e-6, 1e-5, 3e-5)
 
@@ -107,10 +110,6 @@ class Scores:
     num_examples: int
     num_unparsable: int = 0
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-
-class DataError(ValueError):
-    """Bad input data: the message names the file, line or field and what was expected."""
 
 
 class Task(abc.ABC):
@@ -205,8 +204,6 @@ class Task(abc.ABC):
 
         The role's split expression is resolved against the prepared split sizes (tasks/splits.py), so
         the paper's slices also work on demo-sized data."""
-        from tasks.splits import resolve_split, split_names
-
         expression = self.split_name(role)
         builder = self.prepare(manual_dir, data_dir, cache_dir=cache_dir, splits=split_names(expression))
         sizes = {name: info.num_examples for name, info in builder.info.splits.items()}

@@ -27,14 +27,13 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 import tensorflow_datasets as tfds
 from rdkit import Chem, rdBase
-from rdkit.Chem.Draw import rdMolDraw2D
 
 from metrics.smiles import smiles_scores
 from tasks.base import DataError, Example, Recipe, Scores, Task, image_source, paper_point, text
 from tasks.builder import RawFilesBuilder
+from tasks.chemdraw_drawing import TEST_CSV, TRAIN_CSV, render_smiles
+from tasks.demo.chemdraw import write_demo
 
-TRAIN_CSV = "pubchem/train_pubchem.csv"
-TEST_CSV = "synthetic/chemdraw.csv"
 # Unpublished (facts §2.6); the output format's name, in the style of PaliGemma's short task prompts.
 PREFIX = "smiles"
 
@@ -58,24 +57,6 @@ LR_GRID = (1e-6, 5e-6, 1e-5, 5e-5, 1e-4)
 LABEL_SMOOTHING = 0.1
 MAX_OUTPUT = 256
 TEXT_LEN = MAX_OUTPUT + 8  # + prefix and separator ("smiles\n" is 2-3 Gemma tokens)
-
-
-def render_smiles(smiles: str, seed: int | tuple[int, ...]) -> bytes | None:
-    """A PNG drawing of the molecule (None if RDKit cannot parse it), style drawn from `seed`: canvas
-    240-400 px a side, rotation, bond width; so one molecule is not always the same picture."""
-    with rdBase.BlockLogs():
-        mol = Chem.MolFromSmiles(smiles)
-    if mol is None or mol.GetNumAtoms() == 0:
-        return None
-    rng = np.random.default_rng(seed)
-    width, height = (int(v) for v in rng.integers(240, 401, size=2))
-    drawer = rdMolDraw2D.MolDraw2DCairo(width, height)
-    options = drawer.drawOptions()
-    options.rotate = float(rng.uniform(0, 360))
-    options.bondLineWidth = float(rng.uniform(1.0, 3.0))
-    drawer.DrawMolecule(mol)
-    drawer.FinishDrawing()
-    return drawer.GetDrawingText()
 
 
 def target_smiles(smiles: str) -> str:
@@ -198,6 +179,4 @@ class ChemDraw(Task):
                       extra={"per_example": dict(zip(ids, result.matches))})
 
     def write_demo(self, manual_dir: str | Path, *, num_train: int, num_eval: int, seed: int) -> None:
-        from tasks.demo.chemdraw import write_demo
-
         write_demo(manual_dir, num_train=num_train, num_eval=num_eval, seed=seed)

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 import tensorflow_datasets as tfds
 
 from metrics.captioning import caption_scores
+from metrics.sacrebleu_metrics import sacrebleu_scores
 from model.config import config_for
 from tasks.base import DataError, Example, Recipe, Scores, Task, paper_point, read_json, text
 from tasks.builder import RawFilesBuilder
@@ -192,8 +193,11 @@ class CocoCaptions(Task):
                 unparsable += 1
             captions[key] = pred if isinstance(pred, str) else ""
         result = caption_scores(captions, references, METRICS)
-        return Scores(metrics=result.corpus, num_examples=len(references),
-                      num_unparsable=unparsable, extra={"per_example": result.per_example})
+        # Extra, not headline: sacrebleu's BLEU and chrF on the raw text, every reference (13a tokens).
+        extra_scores, signatures = sacrebleu_scores(captions, references)
+        return Scores(metrics={**result.corpus, **extra_scores}, num_examples=len(references),
+                      num_unparsable=unparsable,
+                      extra={"per_example": result.per_example, "sacrebleu_signatures": signatures})
 
     def write_demo(self, manual_dir: str | Path, *, num_train: int, num_eval: int,
                    seed: int) -> None:

@@ -32,6 +32,7 @@ import tensorflow_datasets as tfds
 
 from metrics import radgraph
 from metrics.captioning import caption_scores
+from metrics.sacrebleu_metrics import sacrebleu_scores
 from model.config import config_for
 from tasks.base import DataError, Example, Recipe, Scores, Task, text
 from tasks.builder import RawFilesBuilder
@@ -311,9 +312,11 @@ class MimicCxr(Task):
         annotator = self.annotator()
         graphs = radgraph.radgraph_scores(reports, dict(references), annotator)
         per_example = {k: {**captions.per_example[k], **graphs.per_example[k]} for k in references}
-        return Scores(metrics={**captions.corpus, **graphs.corpus}, num_examples=len(references),
+        # Extra, not headline: sacrebleu's BLEU and chrF on the raw report text (13a tokens).
+        extra_scores, signatures = sacrebleu_scores(reports, {k: [r] for k, r in references.items()})
+        return Scores(metrics={**captions.corpus, **graphs.corpus, **extra_scores}, num_examples=len(references),
                       num_unparsable=unparsable,
-                      extra={"per_example": per_example,
+                      extra={"per_example": per_example, "sacrebleu_signatures": signatures,
                              "radgraph_annotator": getattr(annotator, "description",
                                                            repr(annotator))})
 

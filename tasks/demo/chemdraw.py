@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from rdkit import Chem, RDConfig, rdBase
 
-from tasks.chemdraw import TEST_CSV, TRAIN_CSV, render_smiles
+from tasks.chemdraw_drawing import TEST_CSV, TRAIN_CSV, render_smiles
 
 SOURCE = Path(RDConfig.RDDataDir) / "NCI" / "first_5K.smi"
 MAX_HEAVY_ATOMS = 15
