@@ -37,7 +37,7 @@ from harness.provenance import device_info, provenance
 from harness.tabular import fixed_width
 from results.lr_choice import LrChoice, format_lr, select_best_lrs
 from results.store import (SCHEMA_VERSION, Record, atomic_write_text, has_record, predictions_path,
-                           _jsonable, load_records, read_record, record_path, versions, write_record)
+                           jsonable, load_records, read_record, record_path, versions, write_record)
 
 BACKENDS = ("local", "ray")
 RAY_MAX_RETRIES = 3
@@ -284,7 +284,7 @@ class _Phase:
                 try:
                     saved = directory / OUTCOME
                     if not saved.exists():
-                        atomic_write_text(saved, json.dumps(outcome, default=_jsonable))
+                        atomic_write_text(saved, json.dumps(outcome, default=jsonable))
                     write_record(self.workdir, make_record(cell, outcome))
                     saved.unlink(missing_ok=True)
                     self._keep_checkpoints(directory)
