@@ -83,9 +83,14 @@ def run_predictions_enospc(cell: Any, cell_dir: Path) -> dict:
     from harness import evaluate
 
     if os.environ.get("FAKE_RUNNER_ENOSPC"):
+        real_fdopen = os.fdopen
+
         class Full:
+            """The file object of the project's atomic writer (results.store.atomic_write_text), full
+            after half of the first write."""
+
             def __init__(self, *a, **k):
-                self.f = open(*a, **k)  # noqa: SIM115 - closed in __exit__
+                self.f = real_fdopen(*a, **k)
 
             def __enter__(self):
                 return self
@@ -97,9 +102,9 @@ def run_predictions_enospc(cell: Any, cell_dir: Path) -> dict:
                 self.f.write(text[: len(text) // 2])
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-        evaluate.open = Full  # the module-level name `open` in write_jsonl
+        os.fdopen = Full  # what atomic_write_text opens its temp file with
         try:
             evaluate.write_jsonl(Path(cell_dir) / "predictions.jsonl", [{"id": "0", "prediction": "x"}])
         finally:
-            del evaluate.open
+            os.fdopen = real_fdopen
     return run(cell, cell_dir)
