@@ -26,7 +26,7 @@ DOCS = REPO / "docs"
 SCANNED = (".py", ".yaml", ".yml", ".md")
 SKIPPED_DIRS = {".git", ".venv", "venv", "runs", "data", "build", "dist", "node_modules", "__pycache__"}
 # Files the harness writes (named in the code and the README as outputs), not documents anyone cites.
-OUTPUT_NAMES = {"tables.md"}
+OUTPUT_NAMES = {"tables.md", "tasks.md", "recipes.md", "empty.md"}  # the last three: golden listing files
 # Short names the code uses for the two facts documents.
 ALIASES = {"facts": "paligemma2-facts.md", "metric-facts": "metric-facts.md",
            "paligemma2-facts": "paligemma2-facts.md"}
