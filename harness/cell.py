@@ -15,8 +15,9 @@ import numpy as np
 
 from harness.data import TextSpec, train_batches
 from harness.evaluate import predict, score_rows, write_jsonl
+from harness.mesh import resolve_mesh
 from harness.train import TrainConfig, train
-from model import checkpoint
+from model import checkpoint, sharding
 from model.config import PaliGemmaConfig, config_for
 from model.paligemma import init_params
 from model.tokenizer import Tokenizer
@@ -65,11 +66,17 @@ def tokenizer_for(config: PaliGemmaConfig, options: Mapping[str, Any]) -> Tokeni
     return Tokenizer(str(path))
 
 
-def base_params(config: PaliGemmaConfig, checkpoint_path: str, seed: int) -> Any:
+def base_params(config: PaliGemmaConfig, checkpoint_path: str, seed: int, mesh=None) -> Any:
     """Random init, or a checkpoint's params in float32 (released ones are bfloat16; the trainer keeps
-    float32 master weights whatever the compute dtype)."""
+    float32 master weights whatever the compute dtype). With `mesh`, a random init is created already
+    sharded (no device holds the whole model); jax's partitionable threefry gives the same values on
+    any mesh."""
     if checkpoint_path == "random":
-        return init_params(config, jax.random.key(seed))
+        if mesh is None:
+            return init_params(config, jax.random.key(seed))
+        shapes = jax.eval_shape(lambda k: init_params(config, k), jax.random.key(seed))
+        return jax.jit(lambda k: init_params(config, k),
+                       out_shardings=sharding.param_shardings(shapes, mesh))(jax.random.key(seed))
     _, params = checkpoint.load(checkpoint_path, config_name=config.name, dtype=np.float32)
     return params
 
@@ -91,11 +98,15 @@ def run_cell(cell: Any, cell_dir: Path, *, progress: bool | None = None) -> dict
         freeze_img=recipe.freeze_img, freeze_llm=recipe.freeze_llm,
         compute_dtype=options.get("compute_dtype", "float32"), remat=options.get("remat", False),
         checkpoint_every=options.get("checkpoint_every", max(1, num_steps // 4)), seed=cell.seed)
+    mesh = resolve_mesh(getattr(cell, "mesh", None), config, text_len=recipe.text_len,
+                        batch_size=recipe.batch_size, remat=cfg.remat)
+    # Each process of a multi-host job loads only its rows of every global batch.
+    rows = sharding.process_rows(sharding.batch_sharding(mesh), recipe.batch_size)
     batches = train_batches(train_examples, tokenizer, spec, batch_size=recipe.batch_size,
-                            num_steps=num_steps, seed=cell.seed)
-    params = base_params(config, cell.checkpoint, cell.seed)
+                            num_steps=num_steps, seed=cell.seed, rows=rows)
+    params = base_params(config, cell.checkpoint, cell.seed, mesh)
     params, summary = train(config, params, batches, cfg, workdir=cell_dir, progress=progress,
-                            desc=f"train {cell.cell_id}")
+                            desc=f"train {cell.cell_id}", mesh=mesh)
 
     eval_examples = task.examples(cell.data_dir, cell.split)
     limit = options.get("max_eval_examples")
@@ -103,10 +114,11 @@ def run_cell(cell: Any, cell_dir: Path, *, progress: bool | None = None) -> dict
         eval_examples = [eval_examples[i] for i in range(min(limit, len(eval_examples)))]
     rows = predict(config, params, eval_examples, tokenizer, recipe, spec,
                    batch_size=options.get("eval_batch_size", recipe.batch_size), progress=progress,
-                   desc=f"decode {cell.cell_id}")
+                   desc=f"decode {cell.cell_id}", mesh=mesh)
     references = {ex.id: ex.reference for ex in eval_examples}
     scores, rows = score_rows(task, rows, references)
-    write_jsonl(Path(cell_dir) / "predictions.jsonl", rows)
+    if jax.process_index() == 0:  # every process decoded the same rows; one writes them
+        write_jsonl(Path(cell_dir) / "predictions.jsonl", rows)
     return {"metrics": scores.metrics, "headline": task.headline, "steps": summary["steps"],
             "num_eval_examples": scores.num_examples, "num_unparsable": scores.num_unparsable,
-            "train": summary}
+            "train": summary, "mesh": sharding.mesh_info(mesh)}

@@ -43,9 +43,14 @@ def _enable_compile_cache() -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from harness import multihost
     from harness.grid import load_grid
     from harness.scheduler import run_grid
+    from model.sharding import initialize_distributed
     from results.tables import write_tables
+
+    if not args.dry_run:
+        initialize_distributed()  # a multi-host job (docs/scale.md): before anything touches a device
 
     grid = load_grid(args.grid, check_files=not (args.dry_run or args.random_init))
     if args.random_init:
@@ -56,7 +61,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
               "works and how the protocol behaves, not what PaliGemma 2 scores.", file=sys.stderr)
     _enable_compile_cache()
     run_grid(grid, workdir, backend=args.backend, dry_run=args.dry_run, progress=not args.quiet)
-    if not args.dry_run:
+    if not args.dry_run and multihost.is_primary():
         print(write_tables(workdir))
         print(f"\ntables and plots written to {workdir / 'tables'}", file=sys.stderr)
     return 0

@@ -236,6 +236,8 @@ def initialize_distributed() -> bool:
         for name, key in (("num_processes", "JAX_NUM_PROCESSES"), ("process_id", "JAX_PROCESS_ID")):
             if key in env:
                 kwargs[name] = _env_int(key, 0)
+    # CPU processes exchange collectives over gloo (GPUs and TPUs have their own transports).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(**kwargs)
     return True
 
