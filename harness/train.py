@@ -214,7 +214,7 @@ def train(config: PaliGemmaConfig, params: Any, batches: Sequence[dict], cfg: Tr
     primary = jax.process_index() == 0
     log = _StepLog(Path(workdir) / "train_log.csv" if workdir is not None and primary else None,
                    resume_from=start)
-    rng = jax.device_put(jax.random.key(cfg.seed), shards.scalar)
+    rng = jax.jit(lambda: jax.random.key(cfg.seed), out_shardings=shards.scalar)()  # global on any mesh
     bar = tqdm(total=cfg.num_steps, initial=start, desc=desc, leave=False, **progress_kwargs(progress),
                unit="step", dynamic_ncols=True)
     batch_size = None
