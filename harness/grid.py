@@ -342,7 +342,7 @@ def _mesh(value: Any, tasks: Sequence[str], where: _Where) -> dict[str, MeshRequ
     {all: request, <task>: request} where a task's own request wins over `all`."""
     if value is None:
         return {}
-    if isinstance(value, Mapping) and value and not set(value) & set(MESH_KEYS):
+    if isinstance(value, Mapping) and set(value) & {ALL_TASKS, *tasks}:
         _check_keys(value, (ALL_TASKS, *tasks), where, ("mesh",))
         per = {scope: _mesh_request(v, where, ("mesh", scope)) for scope, v in value.items()}
         return {t: per.get(t, per.get(ALL_TASKS)) for t in tasks}
