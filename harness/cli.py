@@ -117,8 +117,13 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         print(f"wrote {make_tokenizer(load_spec(args.config), NANO_SP_VOCAB)}")
         return 0
     _enable_compile_cache()
+    mesh = None
+    if args.model_parallel is not None:
+        from model.sharding import mesh_from_axes
+
+        mesh = mesh_from_axes(model=args.model_parallel)
     for path in pretrain(args.config, tuple(args.sizes) if args.sizes else None,
-                         max_resolution=args.max_resolution, progress=not args.quiet):
+                         max_resolution=args.max_resolution, progress=not args.quiet, mesh=mesh):
         print(path)
     return 0
 
@@ -200,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop after the stages at or below this resolution (default: all stages)")
     p.add_argument("--tokenizer", action="store_true",
                    help="only (re)train the nano SentencePiece tokenizer on the generated text")
+    p.add_argument("--model-parallel", type=int, metavar="M",
+                   help="train sharded over every local device: a (devices/M, M) data x model mesh "
+                   "(default: one device)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_pretrain)
     return parser
