@@ -99,7 +99,7 @@ def run_cell(cell: Any, cell_dir: Path, *, progress: bool | None = None) -> dict
         compute_dtype=options.get("compute_dtype", "float32"), remat=options.get("remat", False),
         checkpoint_every=options.get("checkpoint_every", max(1, num_steps // 4)), seed=cell.seed)
     mesh = resolve_mesh(getattr(cell, "mesh", None), config, text_len=recipe.text_len,
-                        batch_size=recipe.batch_size, remat=cfg.remat)
+                        batch_size=recipe.batch_size, remat=cfg.remat, compute_dtype=cfg.compute_dtype)
     # Each process of a multi-host job loads only its rows of every global batch.
     rows = sharding.process_rows(sharding.batch_sharding(mesh), recipe.batch_size)
     batches = train_batches(train_examples, tokenizer, spec, batch_size=recipe.batch_size,

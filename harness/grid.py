@@ -38,10 +38,10 @@ DEMO_FIELDS = ("num_train", "num_eval", "seed")
 ALL_TASKS = "all"  # the overrides key that applies to every task
 AUTO_MESH = "auto"
 MESH_KEYS = ("model_parallel", "data", "model")
-# A mesh request: None (all devices over 'data'), "auto" (the memory plan picks model_parallel), or
-# sorted (key, value) pairs of MESH_KEYS, e.g. (("model_parallel", 4),). Resolved per cell at run time
-# against the devices the run has (harness/mesh.py).
-MeshRequest = str | tuple[tuple[str, int], ...] | None
+# A mesh request: None (no `mesh:`; as "auto"), "auto" (the memory plan picks model_parallel), or a
+# dict of MESH_KEYS, e.g. {"model_parallel": 4}. Resolved per cell at run time against the devices the
+# run has (harness/mesh.py).
+MeshRequest = str | dict[str, int] | None
 
 
 class GridError(ValueError):
@@ -334,7 +334,7 @@ def _mesh_request(value: Any, where: _Where, field: tuple) -> MeshRequest:
         raise where.error(field, "give either model_parallel or data/model, not both")
     if not value:
         raise where.error(field, f"empty mesh; expected {AUTO_MESH!r} or some of {', '.join(MESH_KEYS)}")
-    return tuple(sorted((k, _int(v, where, field + (k,), 1)) for k, v in value.items()))
+    return {str(k): _int(v, where, field + (k,), 1) for k, v in value.items()}
 
 
 def _mesh(value: Any, tasks: Sequence[str], where: _Where) -> dict[str, MeshRequest]:
@@ -357,7 +357,7 @@ def _check_mesh_batches(mesh: Mapping[str, MeshRequest], overrides: Mapping[str,
     from tasks.registry import get_task
 
     for task, request in mesh.items():
-        data = dict(request).get("data") if isinstance(request, tuple) else None
+        data = request.get("data") if isinstance(request, Mapping) else None
         if data is None:
             continue
         field = ("mesh", task, "data") if isinstance(raw, Mapping) and task in raw else (

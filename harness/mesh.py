@@ -1,8 +1,9 @@
 """A cell's mesh request (the grid's `mesh:` field) -> a jax Mesh over the devices this run has.
 
-`None` puts every device on 'data' (pure FSDP); `{model_parallel: M}` gives data = devices / M;
-`{data: D, model: M}` must cover the devices exactly; `auto` asks the memory plan
-(model.cost.auto_model_parallel) for the smallest model axis that fits. The mesh changes where the
+`auto` (and no `mesh:` at all) asks the memory plan (model.cost.auto_model_parallel) for the model axis
+that fits, and puts the other devices on 'data'; on a CPU, which has no memory figures, that is 1 (pure
+FSDP). `{model_parallel: M}` gives data = devices / M; `{data: D, model: M}` must cover the devices
+exactly. The mesh changes where the
 numbers are computed, not what they are, so it is not part of a cell's identity (harness/grid.py).
 """
 
@@ -31,7 +32,8 @@ def device_name(device: jax.Device) -> str:
     return kind
 
 
-def auto_model_parallel(config: PaliGemmaConfig, *, text_len: int, batch_size: int, devices: list) -> int:
+def auto_model_parallel(config: PaliGemmaConfig, *, text_len: int, batch_size: int, devices: list,
+                        remat: bool = False, compute_dtype: str = "float32") -> int:
     """The model axis the memory plan picks for this cell on `devices`.
 
     The planner lives in model/cost.py (issue 13, memory plan). Where it is missing, or on a device it
@@ -45,17 +47,16 @@ def auto_model_parallel(config: PaliGemmaConfig, *, text_len: int, batch_size: i
     if planner is None or name == "cpu":  # FALLBACK until model.cost.auto_model_parallel exists
         return 1
     return int(planner(config, text_len=text_len, batch_size=batch_size, device=name,
-                       num_devices=len(devices), remat=False))
+                       num_devices=len(devices), remat=remat, compute_dtype=compute_dtype))
 
 
 def resolve_mesh(request: MeshRequest, config: PaliGemmaConfig, *, text_len: int, batch_size: int,
-                 remat: bool = False, devices: list | None = None) -> Mesh:
+                 remat: bool = False, compute_dtype: str = "float32", devices: list | None = None) -> Mesh:
     """The Mesh for one cell; a request that does not fit the devices or the batch is a one-line error."""
     devices = list(jax.devices() if devices is None else devices)
-    if request is None:
-        mesh = sharding.mesh_from_axes(model=1, devices=devices)
-    elif request == AUTO_MESH:
-        mp = auto_model_parallel(config, text_len=text_len, batch_size=batch_size, devices=devices)
+    if request is None or request == AUTO_MESH:
+        mp = auto_model_parallel(config, text_len=text_len, batch_size=batch_size, devices=devices,
+                                 remat=remat, compute_dtype=compute_dtype)
         mesh = sharding.mesh_from_axes(model=mp, devices=devices)
     else:
         axes: dict[str, Any] = dict(request)
@@ -71,8 +72,6 @@ def resolve_mesh(request: MeshRequest, config: PaliGemmaConfig, *, text_len: int
 
 
 def describe(request: MeshRequest) -> str:
-    if request is None:
-        return "(default: all devices on data)"
-    if request == AUTO_MESH:
+    if request is None or request == AUTO_MESH:
         return AUTO_MESH
-    return "{" + ", ".join(f"{k}: {v}" for k, v in request) + "}"
+    return "{" + ", ".join(f"{k}: {v}" for k, v in request.items()) + "}"

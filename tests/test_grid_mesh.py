@@ -40,9 +40,9 @@ def test_mesh_forms_and_per_task_requests(tmp_path):
                                                                      ("docvqa", "nano-s"): 1e-3})} == {
         "vqav2": None, "docvqa": None}
     grid = _load(tmp_path, "mesh: {model_parallel: 2}\n")
-    assert grid.mesh == {"vqav2": (("model_parallel", 2),), "docvqa": (("model_parallel", 2),)}
+    assert grid.mesh == {"vqav2": {"model_parallel": 2}, "docvqa": {"model_parallel": 2}}
     grid = _load(tmp_path, "mesh: {all: auto, docvqa: {data: 2, model: 4}}\n")
-    assert grid.mesh == {"vqav2": "auto", "docvqa": (("data", 2), ("model", 4))}
+    assert grid.mesh == {"vqav2": "auto", "docvqa": {"data": 2, "model": 4}}
 
 
 def test_mesh_is_not_part_of_the_cell_identity(tmp_path):
@@ -50,7 +50,7 @@ def test_mesh_is_not_part_of_the_cell_identity(tmp_path):
     meshed = _load(tmp_path, "mesh: {model_parallel: 4}\n").final_cells(
         {("vqav2", "nano-s"): 1e-3, ("docvqa", "nano-s"): 1e-3})
     assert [c.cell_id for c in plain] == [c.cell_id for c in meshed]
-    assert plain == meshed and meshed[0].mesh == (("model_parallel", 4),)
+    assert plain == meshed and meshed[0].mesh == {"model_parallel": 4}
 
 
 @pytest.mark.parametrize("extra, expected", [
@@ -74,9 +74,9 @@ def test_resolve_mesh_checks_devices_and_batch():
     assert dict(mesh.shape) == {"data": 1, "model": 1}
     assert dict(resolve_mesh("auto", config, text_len=16, batch_size=4, devices=one).shape) == {"data": 1, "model": 1}
     with pytest.raises(ValueError, match=r"mesh data=2 x model=4 does not cover the 1 device"):
-        resolve_mesh((("data", 2), ("model", 4)), config, text_len=16, batch_size=4, devices=one)
+        resolve_mesh({"data": 2, "model": 4}, config, text_len=16, batch_size=4, devices=one)
     with pytest.raises(ValueError, match=r"data axis of 4, which does not split the batch size 6"):
-        resolve_mesh((("model_parallel", 1),), config, text_len=16, batch_size=6, devices=one * 4)
+        resolve_mesh({"model_parallel": 1}, config, text_len=16, batch_size=6, devices=one * 4)
 
 
 CELL_SCRIPT = textwrap.dedent("""
