@@ -188,7 +188,7 @@ class _Phase:
         keep = multihost.agree([c.cell_id in ids for c in self.cells])
         return [c for c, k in zip(self.cells, keep) if k]
 
-    def _claim(self, cell: Cell) -> "CellLock | multihost.FollowerLock | None":
+    def _claim(self, cell: Cell) -> CellLock | multihost.FollowerLock | None:
         """The cell's lock, or None when the cell is done or a live process holds the lock.
 
         Multi-host: process 0 takes the lock, the others follow its answer (one cell per pod)."""

@@ -27,9 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
-
 from jax.sharding import Mesh
+from tqdm.auto import tqdm
 
 from model import sharding
 from model.config import PaliGemmaConfig
@@ -109,7 +108,7 @@ def build_model(config: PaliGemmaConfig, cfg: TrainConfig) -> PaliGemma:
 
 
 def make_train_step(model: PaliGemma, tx: optax.GradientTransformation,
-                    label_smoothing: float, shardings: "StateShardings | None" = None) -> Callable:
+                    label_smoothing: float, shardings: StateShardings | None = None) -> Callable:
     """The jitted step (params, opt_state, batch, rng) -> (params, opt_state, stats); with `shardings`,
     its inputs and outputs are pinned to the mesh (params and optimizer state by the partition rules,
     the batch over 'data', rng and stats replicated) and XLA inserts the gathers and reductions."""
@@ -144,7 +143,7 @@ class StateShardings:
     scalar: Any
 
     @classmethod
-    def build(cls, mesh: Mesh, params: Any, tx: optax.GradientTransformation) -> "StateShardings":
+    def build(cls, mesh: Mesh, params: Any, tx: optax.GradientTransformation) -> StateShardings:
         """Optimizer state follows the params it mirrors: the rules match on the end of each leaf's path
         (Adam's mu/nu of llm/.../q_einsum/w end in that name) and the FSDP split needs only its shape;
         counters and other scalars are replicated."""
@@ -221,7 +220,7 @@ def train(config: PaliGemmaConfig, params: Any, batches: Sequence[dict], cfg: Tr
     t0, loss = time.perf_counter(), float("nan")
     for step in range(start, cfg.num_steps):
         host = batches[step]
-        if jax.process_count() == 1:  # else the rows are this host's part, checked in process_rows
+        if jax.process_count() == 1:  # multi-host: the rows are this host's part; resolve_mesh checked B
             check_batch(len(host["text"]), mesh)
         batch = sharding.put_batch(host, shards.batch)
         batch_size = batch["text"].shape[0]
