@@ -98,3 +98,51 @@ def test_two_processes_train_and_decode_like_one_device(two_processes):
         assert r["tokens_equal"]
     # Each process fed its own half of every global batch.
     assert sorted(tuple(r["rows"]) for r in two_processes) == [(0, 4), (4, 8)]
+
+
+GRID = """\
+name: mh
+demo: {{num_train: 8, num_eval: 6, seed: 5}}
+tasks: [vqav2]
+sizes: [nano-s]
+resolutions: [32]
+lrs: [1.0e-3, 3.0e-3]
+data_root: {data}
+checkpoints: random
+mesh: {{model_parallel: 2}}
+overrides:
+  all: {{steps: 2, batch_size: 4, text_len: 24, max_decode_len: 4, eval_batch_size: 4, tokenizer: {tok}}}
+"""
+
+
+@pytest.mark.slow
+def test_grid_run_on_two_processes_writes_each_record_once(tmp_path):
+    """`paligemma-transfer run` started on both processes: process 0 takes the locks and writes; the
+    sweep's 2 cells and the final cell each get one record, with the 2-process (2, 2)-per-host mesh."""
+    grid = tmp_path / "mh.yaml"
+    grid.write_text(GRID.format(data=tmp_path / "data", tok=ROOT / "model" / "assets" / "nano_tokenizer.model"))
+    port = _free_port()
+    procs = []
+    for i in range(2):
+        env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
+                   JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i),
+                   PALIGEMMA_TRANSFER_CACHE=str(tmp_path / f"cache{i}"))
+        with open(tmp_path / f"err{i}", "w") as err:
+            procs.append(subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(grid), "--workdir",
+                                           str(tmp_path / "out"), "--quiet"], cwd=ROOT, env=env,
+                                          stdout=subprocess.DEVNULL, stderr=err))
+    try:
+        codes = [p.wait(timeout=1200) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for i, code in enumerate(codes):
+        assert code == 0, (tmp_path / f"err{i}").read_text()[-3000:]
+    records = [json.loads(p.read_text()) for p in (tmp_path / "out" / "records").glob("*.json")]
+    assert sorted(r["phase"] for r in records) == ["final", "sweep", "sweep"]
+    for r in records:
+        assert {k: r["extra"]["mesh"][k] for k in ("data", "model", "devices", "processes")} == {
+            "data": 2, "model": 2, "devices": 4, "processes": 2}
+        assert (tmp_path / "out" / "predictions" / f"{r['cell_id']}.jsonl").exists()
+    assert (tmp_path / "out" / "best_lr.json").exists()
