@@ -15,11 +15,12 @@ import numpy as np
 
 from harness.data import TextSpec, train_batches
 from harness.evaluate import predict, score_rows, write_jsonl
-from harness.recipes import HARNESS_KEYS, NANO_TOKENIZER, split_overrides  # noqa: F401 - re-exported
 from harness.experiment_log import DEFAULT as DEFAULT_LOGS
 from harness.experiment_log import open_log
+from harness.mesh import resolve_mesh
+from harness.recipes import HARNESS_KEYS, NANO_TOKENIZER, split_overrides  # noqa: F401 - re-exported
 from harness.train import TrainConfig, train
-from model import checkpoint, hub
+from model import checkpoint, hub, sharding
 from model.config import PaliGemmaConfig, config_for
 from model.paligemma import init_params
 from model.tokenizer import Tokenizer
@@ -51,11 +52,17 @@ def tokenizer_for(config: PaliGemmaConfig, options: Mapping[str, Any], checkpoin
     return Tokenizer(str(path))
 
 
-def base_params(config: PaliGemmaConfig, checkpoint_path: str, seed: int) -> Any:
+def base_params(config: PaliGemmaConfig, checkpoint_path: str, seed: int, mesh=None) -> Any:
     """Random init, or a checkpoint's params in float32 (released ones are bfloat16; the trainer keeps
-    float32 master weights whatever the compute dtype)."""
+    float32 master weights whatever the compute dtype). With `mesh`, a random init is created already
+    sharded (no device holds the whole model); jax's partitionable threefry gives the same values on
+    any mesh."""
     if checkpoint_path == "random":
-        return init_params(config, jax.random.key(seed))
+        if mesh is None:
+            return init_params(config, jax.random.key(seed))
+        shapes = jax.eval_shape(lambda k: init_params(config, k), jax.random.key(seed))
+        return jax.jit(lambda k: init_params(config, k),
+                       out_shardings=sharding.param_shardings(shapes, mesh))(jax.random.key(seed))
     directory = hub.resolve(checkpoint_path) if hub.is_hub_id(checkpoint_path) else checkpoint_path
     if os.path.isdir(directory):
         # A transformers directory carries its own config.json; the cell's config decides the semantics
@@ -85,17 +92,27 @@ def run_cell(cell: Any, cell_dir: Path, *, progress: bool | None = None) -> dict
         freeze_img=recipe.freeze_img, freeze_llm=recipe.freeze_llm,
         compute_dtype=options.get("compute_dtype", "float32"), remat=options.get("remat", False),
         checkpoint_every=options.get("checkpoint_every", max(1, num_steps // 4)), seed=cell.seed)
+    mesh = resolve_mesh(getattr(cell, "mesh", None), config, text_len=recipe.text_len,
+                        batch_size=recipe.batch_size, remat=cfg.remat, compute_dtype=cfg.compute_dtype)
+    # Each process of a multi-host job loads only its rows of every global batch.
+    rows = sharding.process_rows(sharding.batch_sharding(mesh), recipe.batch_size)
     batches = train_batches(train_examples, tokenizer, spec, batch_size=recipe.batch_size,
-                            num_steps=num_steps, seed=cell.seed)
-    params = base_params(config, cell.checkpoint, cell.seed)
+                            num_steps=num_steps, seed=cell.seed, rows=rows)
+    params = base_params(config, cell.checkpoint, cell.seed, mesh)
     # Closed after the eval (a cell that raises leaves them to exit; a resume appends). `logging` and
-    # `config()` are optional: a cell need only have the fields run_cell reads.
-    metrics_log = open_log(getattr(cell, "logging", DEFAULT_LOGS), cell_dir, run_name=cell.cell_id,
+    # `config()` are optional: a cell need only have the fields run_cell reads. Only process 0 logs.
+    metrics_log = open_log(getattr(cell, "logging", DEFAULT_LOGS) if jax.process_index() == 0 else (),
+                           cell_dir, run_name=cell.cell_id,
                            config=cell.config() if callable(getattr(cell, "config", None)) else {})
     params, summary = train(config, params, batches, cfg, workdir=cell_dir, progress=progress,
-                            desc=f"train {cell.cell_id}", metrics_log=metrics_log)
+                            desc=f"train {cell.cell_id}", metrics_log=metrics_log, mesh=mesh)
     if getattr(cell, "keep_checkpoints", "none") in ("params", "all"):
-        checkpoint.save_npz(str(Path(cell_dir) / "params.npz"), params)
+        from jax.experimental import multihost_utils
+
+        # Sharded over every process's devices: each process gathers the whole tree, process 0 writes it.
+        host = multihost_utils.process_allgather(params) if jax.process_count() > 1 else params
+        if jax.process_index() == 0:
+            checkpoint.save_npz(str(Path(cell_dir) / "params.npz"), host)
 
     eval_examples = task.examples(cell.data_dir, cell.split, cache_dir=cache)
     limit = options.get("max_eval_examples")
@@ -103,12 +120,13 @@ def run_cell(cell: Any, cell_dir: Path, *, progress: bool | None = None) -> dict
         eval_examples = [eval_examples[i] for i in range(min(limit, len(eval_examples)))]
     rows = predict(config, params, eval_examples, tokenizer, recipe, spec,
                    batch_size=options.get("eval_batch_size", recipe.batch_size), progress=progress,
-                   desc=f"decode {cell.cell_id}")
+                   desc=f"decode {cell.cell_id}", mesh=mesh)
     references = {ex.id: ex.reference for ex in eval_examples}
     scores, rows = score_rows(task, rows, references)
     metrics_log.scalars(summary["steps"], {f"eval/{k}": v for k, v in scores.metrics.items()})
     metrics_log.close()
-    write_jsonl(Path(cell_dir) / "predictions.jsonl", rows)
+    if jax.process_index() == 0:  # every process decoded the same rows; one writes them
+        write_jsonl(Path(cell_dir) / "predictions.jsonl", rows)
     return {"metrics": scores.metrics, "headline": task.headline, "steps": summary["steps"],
             "num_eval_examples": scores.num_examples, "num_unparsable": scores.num_unparsable,
-            "train": summary}
+            "train": summary, "mesh": sharding.mesh_info(mesh)}

@@ -45,9 +45,14 @@ def _enable_compile_cache() -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from harness import multihost
     from harness.grid import load_grid
     from harness.scheduler import run_grid
+    from model.sharding import initialize_distributed
     from results.tables import write_tables
+
+    if not args.dry_run:
+        initialize_distributed()  # a multi-host job (docs/scale.md): before anything touches a device
 
     grid = load_grid(args.grid, check_files=not (args.dry_run or args.random_init))
     if args.random_init:
@@ -65,7 +70,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     _enable_compile_cache()
     run_grid(grid, workdir, backend=args.backend, dry_run=args.dry_run, progress=not args.quiet,
              cache_dir=args.cache_dir)
-    if not args.dry_run:
+    if not args.dry_run and multihost.is_primary():
         print(write_tables(workdir))
         print(f"\ntables and plots written to {workdir / 'tables'}", file=sys.stderr)
     return 0
@@ -145,8 +150,13 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         print(f"wrote {make_tokenizer(load_spec(args.config), NANO_SP_VOCAB)}")
         return 0
     _enable_compile_cache()
+    mesh = None
+    if args.model_parallel is not None:
+        from model.sharding import mesh_from_axes
+
+        mesh = mesh_from_axes(model=args.model_parallel)
     for path in pretrain(args.config, tuple(args.sizes) if args.sizes else None,
-                         max_resolution=args.max_resolution, progress=not args.quiet):
+                         max_resolution=args.max_resolution, progress=not args.quiet, mesh=mesh):
         print(path)
     return 0
 
@@ -242,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop after the stages at or below this resolution (default: all stages)")
     p.add_argument("--tokenizer", action="store_true",
                    help="only (re)train the nano SentencePiece tokenizer on the generated text")
+    p.add_argument("--model-parallel", type=int, metavar="M",
+                   help="train sharded over every local device: a (devices/M, M) data x model mesh "
+                   "(default: one device)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_pretrain)
     return parser

@@ -71,17 +71,25 @@ def _choose_target(ex: Example, rng: np.random.Generator) -> str:
     return ex.targets[int(rng.integers(len(ex.targets)))] if ex.targets else ""
 
 
-def _batched(rows: grain.MapDataset, batch_size: int, num_steps: int) -> grain.MapDataset:
-    return rows.batch(batch_size, drop_remainder=True, batch_fn=_stack).slice(slice(0, num_steps))
+def _batched(rows: grain.MapDataset, batch_size: int, num_steps: int,
+             part: slice | None = None) -> grain.MapDataset:
+    """Item k: rows [k * batch_size, (k + 1) * batch_size), or with `part` only that slice of them (the
+    rows one process of a multi-host job feeds, model/sharding.process_rows); rows outside it are never
+    loaded."""
+    if part is None or (part.start in (None, 0) and part.stop in (None, batch_size)):
+        return rows.batch(batch_size, drop_remainder=True, batch_fn=_stack).slice(slice(0, num_steps))
+    start, stop = part.start or 0, batch_size if part.stop is None else part.stop
+    return grain.MapDataset.range(num_steps).map(
+        lambda k: _stack([rows[k * batch_size + i] for i in range(start, stop)]))
 
 
 def train_batches(examples: Sequence[Example], tokenizer, spec: TextSpec, *, batch_size: int,
-                  num_steps: int, seed: int) -> grain.MapDataset:
+                  num_steps: int, seed: int, rows: slice | None = None) -> grain.MapDataset:
     """A MapDataset whose item `step` is the training batch of that step.
 
     Epochs are reshuffled with distinct seeds; each example's training target is drawn from its targets
     (big_vision's `choice`) by a generator seeded with (seed, epoch, index), so the batch of a step never
-    depends on what ran before it.
+    depends on what ran before it. `rows`: only these rows of every batch (one host's part).
     """
     n = len(examples)
     if n == 0:
@@ -94,7 +102,7 @@ def train_batches(examples: Sequence[Example], tokenizer, spec: TextSpec, *, bat
         ex = examples[j]
         return train_row(ex, _choose_target(ex, np.random.default_rng([seed, epoch, j])), tokenizer, spec)
 
-    return _batched(grain.MapDataset.range(epochs * n).map(load), batch_size, num_steps)
+    return _batched(grain.MapDataset.range(epochs * n).map(load), batch_size, num_steps, rows)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from harness.data import TextSpec, eval_batches
@@ -23,8 +24,11 @@ from tasks.base import Example, Recipe, Scores, Task
 
 def predict(config: PaliGemmaConfig, params: Any, examples: Sequence[Example], tokenizer,
             recipe: Recipe, spec: TextSpec, *, batch_size: int, progress: bool | None = None,
-            desc: str = "decode") -> list[dict]:
-    """Generate text for every example; returns prediction rows in example order."""
+            desc: str = "decode", mesh: Mesh | None = None) -> list[dict]:
+    """Generate text for every example; returns prediction rows in example order.
+
+    With `mesh`, decoding runs sharded on it (model/decode.py); every process of a multi-host job
+    decodes the same batches and gets the same rows back."""
     rows: list[dict] = []
     beam = recipe.beam_size if recipe.decode == "beam" else 1
     total = -(-len(examples) // batch_size)
@@ -32,7 +36,8 @@ def predict(config: PaliGemmaConfig, params: Any, examples: Sequence[Example], t
                       desc=desc, leave=False, **progress_kwargs(progress), unit="batch", dynamic_ncols=True):
         a = batch.arrays
         out = generate(config, params, a["image"], a["text"], a["mask_ar"], a["mask_input"],
-                       max_decode_len=recipe.max_decode_len, beam_size=beam, eos_id=tokenizer.eos_id)
+                       max_decode_len=recipe.max_decode_len, beam_size=beam, eos_id=tokenizer.eos_id,
+                       mesh=mesh)
         for i, ex_id in enumerate(batch.ids):
             rows.append({"id": ex_id, "prediction": tokenizer.decode(np.asarray(out[i]).tolist())})
     return rows

@@ -19,7 +19,7 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -35,7 +35,7 @@ from tasks.registry import available
 DEFAULT_RUNNER = "harness.cell:run_cell"
 RANDOM_INIT = "random"
 FIELDS = ("name", "demo", "tasks", "sizes", "resolutions", "lrs", "protocol", "data_root",
-          "checkpoints", "overrides", "runner", "keep_checkpoints", "logging")
+          "checkpoints", "overrides", "runner", "keep_checkpoints", "logging", "mesh")
 REQUIRED = ("name", "tasks", "sizes", "resolutions", "lrs", "checkpoints")
 SWEEP_FIELDS = ("resolution", "split", "seed")
 FINAL_FIELDS = ("seeds", "split", "resolutions")
@@ -45,6 +45,12 @@ ALL_TASKS = "all"  # the overrides key that applies to every task
 # predictions, its fine-tuned params (cells/<id>/params.npz), or also its last training checkpoint.
 KEEP_CHECKPOINTS = ("none", "params", "all")
 DEFAULT_KEEP = "none"
+AUTO_MESH = "auto"
+MESH_KEYS = ("model_parallel", "data", "model")
+# A mesh request: None (no `mesh:`; as "auto"), "auto" (the memory plan picks model_parallel), or a
+# dict of MESH_KEYS, e.g. {"model_parallel": 4}. Resolved per cell at run time against the devices the
+# run has (harness/mesh.py).
+MeshRequest = str | dict[str, int] | None
 
 
 class GridError(ValueError):
@@ -89,6 +95,9 @@ class Cell:
     identity: tuple[tuple[str, str], ...] = ()
     # The experiment-log writers (harness/experiment_log.py); not hashed either.
     logging: tuple[str, ...] = DEFAULT_LOGGING
+    # Where it runs (harness/mesh.py): the result does not depend on it (up to float reassociation),
+    # so it is neither hashed nor compared; each record says which mesh its cell ran on.
+    mesh: MeshRequest = field(default=None, compare=False)
 
     def config(self) -> dict[str, Any]:
         """The effective config as JSON-able data: what the hash and the record's `config` hold."""
@@ -137,6 +146,7 @@ class Grid:
     text: str  # the file as read, copied into the workdir by the scheduler
     keep_checkpoints: str = DEFAULT_KEEP
     logging: tuple[str, ...] = DEFAULT_LOGGING  # experiment-log writers of every cell
+    mesh: Mapping[str, MeshRequest] = field(default_factory=dict)  # per task; missing: None
 
     def swept(self, task: str) -> bool:
         return len(self.lrs[task]) > 1
@@ -164,7 +174,7 @@ class Grid:
                     overrides=self.overrides[task], demo=self.demo,
                     identity=identity(task, size, resolution, lr, checkpoint, self.overrides[task],
                                       self.demo_data),
-                    logging=self.logging)
+                    logging=self.logging, mesh=self.mesh.get(task))
 
     def sweep_cells(self) -> list[Cell]:
         p = self.protocol
@@ -411,6 +421,54 @@ def _check_override_keys(value: Mapping, where: _Where) -> None:
                                   f"field or harness option: {', '.join(allowed)}")
 
 
+def _mesh_request(value: Any, where: _Where, field: tuple) -> MeshRequest:
+    """`auto`, or {model_parallel: M} (data = devices / M), or {data: D, model: M} (either may be left
+    out and is then devices / the other)."""
+    if value is None or value == AUTO_MESH:
+        return value
+    value = _mapping(value, where, field)
+    _check_keys(value, MESH_KEYS, where, field)
+    if "model_parallel" in value and len(value) > 1:
+        raise where.error(field, "give either model_parallel or data/model, not both")
+    if not value:
+        raise where.error(field, f"empty mesh; expected {AUTO_MESH!r} or some of {', '.join(MESH_KEYS)}")
+    return {str(k): _int(v, where, field + (k,), 1) for k, v in value.items()}
+
+
+def _mesh(value: Any, tasks: Sequence[str], where: _Where) -> dict[str, MeshRequest]:
+    """`mesh` is one request for every task (`auto`, {model_parallel: 4}, {data: 2, model: 4}), or
+    {all: request, <task>: request} where a task's own request wins over `all`."""
+    if value is None:
+        return {}
+    if isinstance(value, Mapping) and set(value) & {ALL_TASKS, *tasks}:
+        _check_keys(value, (ALL_TASKS, *tasks), where, ("mesh",))
+        per = {scope: _mesh_request(v, where, ("mesh", scope)) for scope, v in value.items()}
+        return {t: per.get(t, per.get(ALL_TASKS)) for t in tasks}
+    request = _mesh_request(value, where, ("mesh",))
+    return {t: request for t in tasks}
+
+
+def _check_mesh_batches(mesh: Mapping[str, MeshRequest], overrides: Mapping[str, tuple], sizes: Sequence[str],
+                        resolutions: Iterable[int], where: _Where, raw: Any) -> None:
+    """A mesh with an explicit data axis must split every batch of its task evenly (checked here, before
+    anything runs; a data axis derived from the device count is checked when the cell starts)."""
+    from tasks.registry import get_task
+
+    for task, request in mesh.items():
+        data = request.get("data") if isinstance(request, Mapping) else None
+        if data is None:
+            continue
+        field = ("mesh", task, "data") if isinstance(raw, Mapping) and task in raw else (
+            ("mesh", ALL_TASKS, "data") if isinstance(raw, Mapping) and ALL_TASKS in raw else ("mesh", "data"))
+        batch = dict(overrides[task]).get("batch_size")
+        batches = {batch} if batch is not None else {
+            get_task(task).recipe(size, res).batch_size for size in sizes for res in resolutions}
+        for b in sorted(batches):
+            if isinstance(b, int) and b % data:
+                raise where.error(field, f"data axis {data} does not split {task}'s batch size {b}; "
+                                  f"use a data axis that divides it (or set overrides.{task}.batch_size)")
+
+
 def _protocol(value: Any, resolutions: tuple[int, ...], sizes: Sequence[str], where: _Where) -> Protocol:
     value = _mapping(value if value is not None else {}, where, ("protocol",))
     _check_keys(value, ("sweep", "final"), where, ("protocol",))
@@ -554,6 +612,7 @@ def load_grid(path: str | Path, *, check_files: bool = True) -> Grid:
                 raise where.error(("resolutions", i), e.args[0]) from None
 
     lrs = _lrs(data["lrs"], tasks, where)
+    mesh = _mesh(data.get("mesh"), tasks, where)
     protocol = _protocol(data.get("protocol"), resolutions, sizes, where)
     used_res = set(protocol.final_resolutions)
     if any(len(v) > 1 for v in lrs.values()):
@@ -563,6 +622,7 @@ def load_grid(path: str | Path, *, check_files: bool = True) -> Grid:
     overrides = _overrides(raw_overrides, tasks, where)
     if runner == DEFAULT_RUNNER:  # a custom runner may read keys of its own
         _check_override_keys(raw_overrides, where)
+    _check_mesh_batches(mesh, overrides, sizes, sorted(used_res), where, data.get("mesh"))
     return Grid(
         name=name, demo=demo, demo_data=demo_data, tasks=tasks, sizes=sizes, resolutions=resolutions,
         lrs=lrs, protocol=protocol,
@@ -571,4 +631,5 @@ def load_grid(path: str | Path, *, check_files: bool = True) -> Grid:
         overrides=overrides, runner=runner, source=path, text=text,
         keep_checkpoints=_choice(data.get("keep_checkpoints", DEFAULT_KEEP), KEEP_CHECKPOINTS, where,
                                  ("keep_checkpoints",)),
-        logging=_logging(data.get("logging", list(DEFAULT_LOGGING)), where))
+        logging=_logging(data.get("logging", list(DEFAULT_LOGGING)), where),
+        mesh=mesh)

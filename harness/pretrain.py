@@ -110,9 +110,10 @@ def continue_at(params: Any, resolution_config) -> Any:
 
 
 def pretrain_size(spec: PretrainSpec, size: str, *, max_resolution: int | None = None,
-                  progress: bool = True) -> list[Path]:
+                  progress: bool = True, mesh=None) -> list[Path]:
     """Runs the stages for one size. Resumable: a stage whose .npz exists is loaded, not rerun, and a
-    stage in progress checkpoints every 100 steps under {out}/.work and resumes from there."""
+    stage in progress checkpoints every 100 steps under {out}/.work and resumes from there. `mesh`: the
+    trainer's (data, model) mesh (default: one device); the same sharded step as fine-tuning."""
     tokenizer = Tokenizer(spec.tokenizer)
     written, params = [], None
     for i, stage in enumerate(spec.stages):
@@ -135,7 +136,7 @@ def pretrain_size(spec: PretrainSpec, size: str, *, max_resolution: int | None =
         workdir = spec.out / ".work" / f"{size}-{stage.resolution}"
         t0 = time.perf_counter()
         params, summary = train(config, params, batches, cfg, workdir=workdir, progress=progress,
-                                desc=f"{size} {stage.name} @{stage.resolution}px")
+                                desc=f"{size} {stage.name} @{stage.resolution}px", mesh=mesh)
         # Stored in bfloat16 like the released checkpoints (half the bytes to ship); the next stage
         # continues from the stored values, so a resumed run and an uninterrupted one agree.
         params = jax.tree.map(lambda x: np.asarray(x).astype(ml_dtypes.bfloat16), params)
@@ -152,10 +153,10 @@ def pretrain_size(spec: PretrainSpec, size: str, *, max_resolution: int | None =
 
 
 def pretrain(spec_path: str | Path, sizes: tuple[str, ...] | None = None, *,
-             max_resolution: int | None = None, progress: bool = True) -> list[Path]:
+             max_resolution: int | None = None, progress: bool = True, mesh=None) -> list[Path]:
     spec = load_spec(spec_path)
     return [p for size in (sizes or spec.sizes)
-            for p in pretrain_size(spec, size, max_resolution=max_resolution, progress=progress)]
+            for p in pretrain_size(spec, size, max_resolution=max_resolution, progress=progress, mesh=mesh)]
 
 
 def make_tokenizer(spec: PretrainSpec, vocab_size: int) -> Path:

@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from tqdm import tqdm
 
+from harness import multihost
 from harness.grid import Cell, Grid
 from harness.locks import CellLock
 from harness.provenance import device_info, provenance
@@ -97,7 +98,7 @@ def execute_cell(cell: Cell, workdir: str | Path, runner: str) -> dict[str, Any]
         raise RunError(f"runner {runner} returned {result!r} for {cell.cell_id}; expected a dict with "
                        "'metrics' (a mapping), 'headline' (str) and 'steps' (int)")
     produced = directory / "predictions.jsonl"
-    if produced.exists():
+    if produced.exists() and multihost.is_primary():
         target = predictions_path(workdir, cell.cell_id)
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(produced, target)
@@ -246,21 +247,38 @@ class _Phase:
             lock_path = cell_dir(self.workdir, cell.cell_id) / "lock"
             if lock_path.exists() and has_record(self.workdir, cell.cell_id):
                 CellLock(lock_path).clear_if_stale()
-        pending = [c for c in cells if not has_record(self.workdir, c.cell_id)]
+        pending = self._agreed([c for c in cells if not has_record(self.workdir, c.cell_id)])
         while pending:
             if self.backend == "ray":
                 self._run_ray(pending)
             else:
                 self._run_local(pending)
-            pending = [c for c in pending
-                       if c.cell_id not in self.failures and not has_record(self.workdir, c.cell_id)]
+            pending = self._agreed([c for c in pending
+                                    if c.cell_id not in self.failures and not has_record(self.workdir, c.cell_id)])
             self.sync_bar()
             if pending:  # locked by another scheduler: wait for its record or for its lock to go stale
                 self.bar.set_postfix_str(f"waiting for {len(pending)} locked cell(s)")
                 time.sleep(self.poll_s)
 
-    def _claim(self, cell: Cell) -> CellLock | None:
-        """The cell's lock, or None when the cell is done or a live process holds the lock."""
+    def _agreed(self, pending: list[Cell]) -> list[Cell]:
+        """Process 0's list on every process of a multi-host job (the others read nothing themselves)."""
+        if not multihost.multi_host():
+            return pending
+        ids = {c.cell_id for c in pending}
+        keep = multihost.agree([c.cell_id in ids for c in self.cells])
+        return [c for c, k in zip(self.cells, keep) if k]
+
+    def _claim(self, cell: Cell) -> CellLock | multihost.FollowerLock | None:
+        """The cell's lock, or None when the cell is done or a live process holds the lock.
+
+        Multi-host: process 0 takes the lock, the others follow its answer (one cell per pod)."""
+        if multihost.multi_host():
+            lock = self._claim_one(cell) if multihost.is_primary() else None
+            claimed = multihost.agree([lock is not None])[0]
+            return (lock if multihost.is_primary() else multihost.FollowerLock()) if claimed else None
+        return self._claim_one(cell)
+
+    def _claim_one(self, cell: Cell) -> CellLock | None:
         if has_record(self.workdir, cell.cell_id):
             return None
         lock = CellLock(cell_dir(self.workdir, cell.cell_id) / "lock")
@@ -281,6 +299,8 @@ class _Phase:
         directory = cell_dir(self.workdir, cell.cell_id)
         try:
             if not isinstance(outcome, BaseException):
+                if not multihost.is_primary():  # process 0 writes the record; the others follow
+                    return
                 try:
                     saved = directory / OUTCOME
                     if not saved.exists():
@@ -296,7 +316,8 @@ class _Phase:
                                       "and the next run writes the record from it")
             try:
                 text = "".join(traceback.format_exception(outcome))
-                atomic_write_text(directory / "error.txt", text)
+                if multihost.is_primary():
+                    atomic_write_text(directory / "error.txt", text)
             except OSError:
                 pass  # no space even for the traceback: the one-line message below still says what failed
             cause = getattr(outcome, "cause", None)  # a RayTaskError's original exception
@@ -570,12 +591,18 @@ def run_grid(grid: Grid, workdir: str | Path, *, backend: str = "local", dry_run
             print(line, file=sys.stderr)
         return _records(workdir, grid.sweep_cells() + grid.final_cells(best_lrs(grid, workdir)[0]))
     if backend == "ray":
+        if multihost.multi_host():
+            raise RunError("a multi-host job runs its cells itself (--backend local); Ray places "
+                           "single-host cells")
         import_ray()
     load_runner(grid.runner)  # fail now, not once per cell
-    workdir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(workdir / "grid.yaml", grid.text)
-    prepare_demo_data(grid)
-    warn_changed_data(grid, workdir)
+    primary = multihost.is_primary()
+    if primary:
+        workdir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(workdir / "grid.yaml", grid.text)
+        prepare_demo_data(grid)
+        warn_changed_data(grid, workdir)
+    multihost.barrier("grid prepared")
 
     sweep = grid.sweep_cells()
     total = len(sweep) + len(grid.final_plan())
@@ -585,12 +612,15 @@ def run_grid(grid: Grid, workdir: str | Path, *, backend: str = "local", dry_run
                        keep_checkpoints=grid.keep_checkpoints)
         phase.run(sweep)
         _raise_failures(phase, workdir, "sweep")
+        multihost.barrier("sweep recorded")  # process 0's records are on disk for every process
         lrs, choices = best_lrs(grid, workdir)
-        write_best_lrs(workdir, grid, choices)
+        if primary:
+            write_best_lrs(workdir, grid, choices)
         final = grid.final_cells(lrs)
         phase.done_before = len(sweep)
         phase.run(final)
         _raise_failures(phase, workdir, "final")
+        multihost.barrier("final recorded")
     return _records(workdir, sweep + final)
 
 

@@ -8,6 +8,11 @@ puts 1 - ls on the target and ls / (V - 1) on every other class.
 
 The run is resumable: orbax checkpoints (params, optimizer state, step) every `checkpoint_every` steps, and
 the data pipeline is indexed by step (harness/data.py), so a killed run continues where it stopped.
+
+Sharding (docs/scale.md): params and optimizer state live on a (data, model) mesh as model/sharding.py's
+rules say, each batch is split over 'data', and the step is jitted with those shardings as its in/out
+shardings. The default mesh is one device, so the single-device run is the same code on a 1x1 mesh; a
+checkpoint restores onto whatever mesh the resumed run has.
 """
 
 from __future__ import annotations
@@ -26,8 +31,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
+from model import sharding
 from model.config import PaliGemmaConfig
 from model.paligemma import PaliGemma
 
@@ -105,7 +112,10 @@ def build_model(config: PaliGemmaConfig, cfg: TrainConfig) -> PaliGemma:
 
 
 def make_train_step(model: PaliGemma, tx: optax.GradientTransformation,
-                    label_smoothing: float) -> Callable:
+                    label_smoothing: float, shardings: StateShardings | None = None) -> Callable:
+    """The jitted step (params, opt_state, batch, rng) -> (params, opt_state, stats); with `shardings`,
+    its inputs and outputs are pinned to the mesh (params and optimizer state by the partition rules,
+    the batch over 'data', rng and stats replicated) and XLA inserts the gathers and reductions."""
     def loss_fn(params, batch, rng):
         logits = model.apply({"params": params}, batch["image"], batch["text"][:, :-1],
                              batch["mask_ar"][:, :-1], batch["mask_input"][:, :-1], train=True,
@@ -119,7 +129,32 @@ def make_train_step(model: PaliGemma, tx: optax.GradientTransformation,
         return optax.apply_updates(params, updates), opt_state, {
             "loss": loss, "grad_norm": optax.global_norm(grads)}
 
-    return jax.jit(step, donate_argnums=(0, 1))
+    if shardings is None:
+        return jax.jit(step, donate_argnums=(0, 1))
+    s = shardings
+    return jax.jit(step, donate_argnums=(0, 1), in_shardings=(s.params, s.opt_state, s.batch, s.scalar),
+                   out_shardings=(s.params, s.opt_state, s.scalar))
+
+
+@dataclass(frozen=True)
+class StateShardings:
+    """Where each part of the training state lives on `mesh` (trees of NamedSharding)."""
+
+    mesh: Mesh
+    params: Any
+    opt_state: Any
+    batch: Any
+    scalar: Any
+
+    @classmethod
+    def build(cls, mesh: Mesh, params: Any, tx: optax.GradientTransformation) -> StateShardings:
+        """Optimizer state follows the params it mirrors: the rules match on the end of each leaf's path
+        (Adam's mu/nu of llm/.../q_einsum/w end in that name) and the FSDP split needs only its shape;
+        counters and other scalars are replicated."""
+        shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), params)
+        return cls(mesh=mesh, params=sharding.param_shardings(shapes, mesh),
+                   opt_state=sharding.param_shardings(jax.eval_shape(tx.init, shapes), mesh),
+                   batch=sharding.batch_sharding(mesh), scalar=sharding.replicated(mesh))
 
 
 class _Checkpoints:
@@ -133,11 +168,16 @@ class _Checkpoints:
         self.manager = ocp.CheckpointManager(
             directory.absolute(), options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
 
-    def restore(self, like: dict) -> dict | None:
+    def restore(self, like: dict, shardings: dict | None = None) -> dict | None:
+        """The latest checkpoint, or None. With `shardings` (a tree like `like`) every array is read
+        straight into its place on the current mesh, whatever mesh wrote it: orbax reads each device's
+        slice from the stored array."""
         step = self.manager.latest_step()
         if step is None:
             return None
         abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), like)
+        if shardings is not None:
+            abstract = sharding.with_shardings(abstract, shardings)
         return self.manager.restore(step, args=self._ocp.args.StandardRestore(abstract))
 
     def save(self, step: int, state: dict) -> None:
@@ -148,7 +188,8 @@ class _Checkpoints:
         self.manager.close()
 
 
-def _open_checkpoints(directory: Path, every: int, like: dict) -> tuple[_Checkpoints, dict | None]:
+def _open_checkpoints(directory: Path, every: int, like: dict,
+                      shardings: dict | None = None) -> tuple[_Checkpoints, dict | None]:
     """The cell's checkpoints and the state restored from the latest one (None: start from the base).
 
     A checkpoint that cannot be read (files overwritten, half written, from an incompatible run) is named
@@ -160,7 +201,7 @@ def _open_checkpoints(directory: Path, every: int, like: dict) -> tuple[_Checkpo
     ckpt = None
     try:
         ckpt = _Checkpoints(directory, every)
-        return ckpt, ckpt.restore(like)
+        return ckpt, ckpt.restore(like, shardings)
     except Exception as e:  # noqa: BLE001 - any failure to read means the checkpoint is unusable
         error = " ".join(f"{type(e).__name__}: {e}".split())[:300]
     finally:
@@ -179,27 +220,36 @@ def _open_checkpoints(directory: Path, every: int, like: dict) -> tuple[_Checkpo
 
 def train(config: PaliGemmaConfig, params: Any, batches: Sequence[dict], cfg: TrainConfig, *,
           workdir: Path | None = None, progress: bool | None = None,
-          desc: str = "train", metrics_log: Any = None) -> tuple[Any, dict]:
+          desc: str = "train", metrics_log: Any = None, mesh: Mesh | None = None) -> tuple[Any, dict]:
     """Fine-tune `params` for cfg.num_steps on `batches[step]`; returns (params, summary).
 
     With `workdir`, a per-step CSV log goes to workdir/train_log.csv and, when cfg.checkpoint_every > 0,
-    checkpoints to workdir/ckpt; an existing checkpoint is resumed from. `metrics_log` (an
-    harness.experiment_log.ExperimentLog) gets train/loss, train/lr, train/grad_norm and
-    train/examples_per_s at every step.
+    checkpoints to workdir/ckpt; an existing checkpoint is resumed from (an unreadable one is moved aside).
+    `metrics_log` (an harness.experiment_log.ExperimentLog) gets train/loss, train/lr, train/grad_norm and
+    train/examples_per_s at every step. `mesh` (default: this process's first device) is where the state
+    lives; the returned params stay sharded on it. On a multi-host mesh `batches[step]` holds this
+    process's rows of the global batch (sharding.process_rows), and only process 0 writes the CSV log.
     """
+    mesh = sharding.local_mesh() if mesh is None else mesh
     model = build_model(config, cfg)
     tx = make_optimizer(params, cfg)
-    opt_state = tx.init(params)
+    shards = StateShardings.build(mesh, params, tx)
+    params = sharding.place(params, shards.params)
+    opt_state = jax.jit(tx.init, out_shardings=shards.opt_state)(params)
     start = 0
     ckpt = None
     if workdir is not None and cfg.checkpoint_every > 0:
-        ckpt, restored = _open_checkpoints(Path(workdir) / "ckpt", cfg.checkpoint_every,
-                                           {"params": params, "opt_state": opt_state, "step": np.int64(0)})
+        ckpt, restored = _open_checkpoints(
+            Path(workdir) / "ckpt", cfg.checkpoint_every,
+            {"params": params, "opt_state": opt_state, "step": np.int64(0)},
+            {"params": shards.params, "opt_state": shards.opt_state, "step": shards.scalar})
         if restored is not None:
             params, opt_state, start = restored["params"], restored["opt_state"], int(restored["step"])
-    step_fn = make_train_step(model, tx, cfg.label_smoothing)
-    log = _StepLog(Path(workdir) / "train_log.csv" if workdir is not None else None, resume_from=start)
-    rng = jax.random.key(cfg.seed)
+    step_fn = make_train_step(model, tx, cfg.label_smoothing, shards)
+    primary = jax.process_index() == 0
+    log = _StepLog(Path(workdir) / "train_log.csv" if workdir is not None and primary else None,
+                   resume_from=start)
+    rng = jax.jit(lambda: jax.random.key(cfg.seed), out_shardings=shards.scalar)()  # global on any mesh
     bar = tqdm(total=cfg.num_steps, initial=start, desc=desc, leave=False, **progress_kwargs(progress),
                unit="step", dynamic_ncols=True)
     batch_size = None
@@ -208,8 +258,11 @@ def train(config: PaliGemmaConfig, params: Any, batches: Sequence[dict], cfg: Tr
     t0, loss = time.perf_counter(), float("nan")
     try:
         for step in range(start, cfg.num_steps):
-            batch = batches[step]
-            batch_size = len(batch["text"])
+            host = batches[step]
+            if jax.process_count() == 1:  # multi-host: the rows are this host's part; resolve_mesh checked B
+                check_batch(len(host["text"]), mesh)
+            batch = sharding.put_batch(host, shards.batch)
+            batch_size = batch["text"].shape[0]
             params, opt_state, stats = step_fn(params, opt_state, batch, jax.random.fold_in(rng, step))
             loss = float(stats["loss"])
             elapsed = time.perf_counter() - t0
@@ -240,6 +293,16 @@ def train(config: PaliGemmaConfig, params: Any, batches: Sequence[dict], cfg: Tr
     log.close()
     return params, {"steps": cfg.num_steps, "resumed_from": start, "final_loss": loss,
                     "train_seconds": time.perf_counter() - t0}
+
+
+def check_batch(batch_size: int, mesh: Mesh) -> int:
+    """The global batch size, if it splits evenly over the mesh's 'data' axis; else a clear error."""
+    data = mesh.shape[sharding.DATA]
+    if batch_size % data:
+        raise ValueError(f"batch size {batch_size} does not split over the mesh's data axis of {data} "
+                         f"(mesh data={data} x model={mesh.shape[sharding.MODEL]}); choose a batch size "
+                         f"divisible by {data} or another mesh")
+    return batch_size
 
 
 class _StepLog:

@@ -7,6 +7,11 @@ max_decode_len is reached; jit keeps one compiled version per input shape.
 Prompts of different lengths share one cache without re-aligning: every example writes its prompt at
 slots [0, P) (padding slots are masked) and generated token t at slot P + t, with its own position
 (number of real prompt tokens + t), so the attention sees the same sequence as an unpadded run.
+
+Sharded decoding: on a (data, model) mesh the params sit where model/sharding.py's rules put them, the
+prompts and the cache rows go over 'data' and the KV heads over 'model' (each only where it divides;
+else that axis is replicated), and the tokens come back replicated. Greedy and beam pick the same
+tokens on any mesh: only the reduction order of the matmuls changes.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
+from model import sharding
 from model.config import PaliGemmaConfig
 from model.gemma2 import unstack_layers
 from model.paligemma import Cache, PaliGemma, Params
@@ -106,8 +113,19 @@ def _beam(logits, cache, extend, max_len: int, eos_id: jax.Array, beam: int) -> 
     return jax.lax.while_loop(cond, body, (1, token, cache, state, done))[3]["best_tokens"]
 
 
+def _constrain_cache(cache: Cache, mesh: Mesh) -> Cache:
+    """Pins the cache to the mesh: KV [B, K, ...] rows over 'data' and heads over 'model', per-example
+    state rows over 'data', the shared write slot replicated."""
+    pin = jax.lax.with_sharding_constraint
+    kv = [tuple(pin(x, sharding.kv_cache_sharding(x.shape, mesh)) for x in layer) for layer in cache["kv"]]
+    rows = {key: pin(cache[key], sharding.rows_sharding(cache[key].shape, mesh))
+            for key in ("pos", "valid", "next_pos")}
+    return dict(cache, kv=kv, end=pin(cache["end"], sharding.replicated(mesh)), **rows)
+
+
 @functools.lru_cache(maxsize=None)
-def _compiled(config: PaliGemmaConfig, dtype: np.dtype, max_len: int, beam_size: int):
+def _compiled(config: PaliGemmaConfig, dtype: np.dtype, max_len: int, beam_size: int, mesh: Mesh | None = None):
+    mesh = sharding.local_mesh() if mesh is None else mesh
     model = PaliGemma(config, dtype=dtype)
 
     def run(params, images, tokens, mask_ar, mask_input, eos_id):
@@ -118,24 +136,32 @@ def _compiled(config: PaliGemmaConfig, dtype: np.dtype, max_len: int, beam_size:
         logits, cache = model.apply(variables, images, tokens, mask_ar, mask_input, cache_size=cache_size,
                                     method=PaliGemma.prefill)
         layers = unstack_layers(params["llm"]["layers"], config.llm.depth)
-        extend = functools.partial(model.apply, variables, layers=layers, method=PaliGemma.extend)
+        step = functools.partial(model.apply, variables, layers=layers, method=PaliGemma.extend)
+
+        def extend(token, cache):
+            logits, cache = step(token, cache)
+            return logits, _constrain_cache(cache, mesh)
+
+        cache = _constrain_cache(cache, mesh)
         if beam_size == 1:
             return _greedy(logits, cache, extend, max_len, eos_id)
         return _beam(logits, cache, extend, max_len, eos_id, beam_size)
 
-    return jax.jit(run)
+    return jax.jit(run, out_shardings=sharding.replicated(mesh))
 
 
 def generate(config: PaliGemmaConfig, params: Params, images: Any, tokens: Any, mask_ar: Any,
              mask_input: Any, *, max_decode_len: int, beam_size: int = 1, eos_id: int = 1,
-             dtype: Any = jnp.float32) -> np.ndarray:
+             dtype: Any = jnp.float32, mesh: Mesh | None = None) -> np.ndarray:
     """Decodes after each prompt; returns int32 [B, max_decode_len]: the generated ids, EOS included,
     0 after it.
 
     The prompt is big_vision's eval layout [BOS, prefix, "\\n"] (mask_ar all 0), right-padded with
     mask_input 0; images [B, H, W, 3] in [-1, 1]. beam_size 1 is greedy (where an eos_id outside the
     vocabulary never stops it early). Pass params already on the device (jax arrays) when calling
-    repeatedly, or they are copied over on every call.
+    repeatedly, or they are copied over on every call. `mesh` (default: this process's first device)
+    is where decoding runs; params already placed on it by the partition rules (as harness/train.py
+    returns them) stay where they are. On a multi-host mesh every process passes the same prompts.
     """
     tokens = np.asarray(tokens, np.int32)
     b, t = tokens.shape
@@ -150,7 +176,11 @@ def generate(config: PaliGemmaConfig, params: Params, images: Any, tokens: Any, 
                          f"(got {max_decode_len}, {beam_size})")
     if beam_size > 1 and not 0 <= eos_id < config.llm.vocab_size:
         raise ValueError(f"generate: beam search needs an eos_id in the vocabulary, got {eos_id}")
-    fn = _compiled(config, jnp.dtype(dtype), max_decode_len, beam_size)
-    out = fn(params, jnp.asarray(images, jnp.float32), tokens, jnp.asarray(mask_ar, jnp.int32),
-             jnp.asarray(mask_input, bool), jnp.int32(eos_id))
+    key = (config, jnp.dtype(dtype), max_decode_len, beam_size)
+    fn = _compiled(*key) if mesh is None else _compiled(*key, mesh)  # one cache entry per (key, mesh)
+    where = sharding.local_mesh() if mesh is None else mesh
+    params = sharding.place(params, sharding.param_shardings(params, where))
+    inputs = [np.asarray(images, np.float32), tokens, np.asarray(mask_ar, np.int32), np.asarray(mask_input, bool)]
+    inputs = [sharding.place(x, sharding.rows_sharding(x.shape, where)) for x in inputs]
+    out = fn(params, *inputs, sharding.place(np.int32(eos_id), sharding.replicated(where)))
     return np.asarray(out, np.int32)

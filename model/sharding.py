@@ -13,8 +13,10 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
+import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 DATA, MODEL = "data", "model"
@@ -96,6 +98,121 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(DATA))
 
 
+def replicated(mesh: Mesh) -> NamedSharding:
+    """The whole value on every device of `mesh` (scalars, rng keys, step counters)."""
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def local_mesh() -> Mesh:
+    """A 1x1 mesh over this process's first device: the default, so single-device callers keep working."""
+    return make_mesh(1, devices=jax.local_devices()[:1])
+
+
+def mesh_from_axes(data: int | None = None, model: int | None = None,
+                   devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A (data, model) mesh from either axis, the other filled in from the device count.
+
+    `data * model` must equal the number of devices: a mesh that leaves devices idle is a mistake in
+    the grid file, not something to guess around.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    n = len(devices)
+    for name, value in (("data", data), ("model", model)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"mesh {name}={value!r}; expected an integer >= 1")
+    if model is None:
+        model = 1 if data is None else n // data if n % data == 0 else 0
+    if data is None:
+        data = n // model if n % model == 0 else 0
+    if data * model != n:
+        raise ValueError(f"mesh data={data} x model={model} does not cover the {n} device(s) here; "
+                         f"data x model must equal the device count")
+    return make_mesh(model, devices=devices)
+
+
+def mesh_info(mesh: Mesh) -> dict:
+    """What a record says about the mesh a cell ran on (it does not change the cell's numbers)."""
+    devices = mesh.devices.flat
+    first = next(iter(devices))
+    return {"data": int(mesh.shape[DATA]), "model": int(mesh.shape[MODEL]), "devices": int(mesh.size),
+            "device_kind": first.device_kind, "processes": len({d.process_index for d in mesh.devices.flat})}
+
+
+def axis_spec(shape: Sequence[int], mesh: Mesh, axes: Mapping[int, str]) -> PartitionSpec:
+    """`axes` {dim: mesh axis} kept where the dim divides by that axis' size, else that dim replicated."""
+    spec: list[str | None] = [None] * len(shape)
+    for dim, name in axes.items():
+        size = mesh.shape[name]
+        if size > 1 and shape[dim] % size == 0:
+            spec[dim] = name
+    return PartitionSpec(*spec)
+
+
+def kv_cache_sharding(shape: Sequence[int], mesh: Mesh) -> NamedSharding:
+    """A decoding cache entry [B, K, ...] (keys [B, K, hd, S], values [B, K, S, hd]): batch over 'data',
+    KV heads over 'model', each only where it divides (8 beams x 2 rows on 4 data devices does, 1 KV head
+    on 2 model devices does not and stays whole)."""
+    axes = {0: DATA}
+    if len(shape) >= 2:
+        axes[1] = MODEL
+    return NamedSharding(mesh, axis_spec(shape, mesh, axes))
+
+
+def rows_sharding(shape: Sequence[int], mesh: Mesh) -> NamedSharding:
+    """Leading axis over 'data' where it divides, else replicated (decode inputs, per-example state)."""
+    return NamedSharding(mesh, axis_spec(shape, mesh, {0: DATA}) if len(shape) else PartitionSpec())
+
+
+def with_shardings(abstract, shardings):
+    """jax.ShapeDtypeStruct leaves carrying `shardings` (an orbax restore target that lands sharded)."""
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
+
+
+def place(tree, shardings):
+    """Put every leaf of `tree` where `shardings` says, from host arrays or from device arrays.
+
+    Host (numpy) leaves go through make_array_from_callback, which every process of a multi-host job
+    calls with the same full value and which copies to each device only its own shard; device arrays
+    already placed so are passed through.
+    """
+    def one(x, s):
+        if isinstance(x, jax.Array):
+            return x if x.sharding == s else jax.device_put(x, s)
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, s, lambda index: x[index])
+    return jax.tree.map(one, tree, shardings)
+
+
+def process_rows(sharding: NamedSharding, global_rows: int) -> slice:
+    """The rows of a batch this process feeds: those its devices hold under `sharding`.
+
+    On one process, all of them. On a multi-host mesh the 'data' axis is split between hosts, so each
+    loads only its slice of every global batch; jax.make_array_from_process_local_data then assembles
+    the global array without any host seeing the whole batch.
+    """
+    index_map = sharding.addressable_devices_indices_map((global_rows,))
+    spans = sorted({(idx[0].start or 0, global_rows if idx[0].stop is None else idx[0].stop)
+                    for idx in index_map.values()})
+    start, stop = spans[0][0], spans[-1][1]
+    covered = sum(b - a for a, b in spans)
+    if covered != stop - start:
+        raise ValueError(f"this process's devices hold non-contiguous rows {spans} of the batch")
+    return slice(start, stop)
+
+
+def put_batch(batch: Mapping[str, Any], sharding: NamedSharding, global_rows: int | None = None) -> dict:
+    """A batch of host arrays -> global arrays under `sharding` (its leading axis over 'data').
+
+    `batch` holds this process's rows (`process_rows`); on one process that is the whole batch.
+    """
+    out = {}
+    for key, value in batch.items():
+        value = np.asarray(value)
+        shape = None if global_rows is None else (global_rows,) + value.shape[1:]
+        out[key] = jax.make_array_from_process_local_data(sharding, value, shape)
+    return out
+
+
 def initialize_distributed() -> bool:
     """Join a multi-host job when the environment describes one; on one host, do nothing.
 
@@ -119,6 +236,8 @@ def initialize_distributed() -> bool:
         for name, key in (("num_processes", "JAX_NUM_PROCESSES"), ("process_id", "JAX_PROCESS_ID")):
             if key in env:
                 kwargs[name] = _env_int(key, 0)
+    # CPU processes exchange collectives over gloo (GPUs and TPUs have their own transports).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(**kwargs)
     return True
 

@@ -140,3 +140,46 @@ def test_jitted_matmul_runs_sharded(four_devices):
         assert result["close"] and result["num_devices"] == 4
         assert result["spec"][0] == "data"
         assert result["shard"] == [rows_per_device, 4096]
+
+
+TRAIN_SCRIPT = textwrap.dedent("""
+    import json
+    import jax, numpy as np
+    from harness.train import TrainConfig, train
+    from model.paligemma import init_params
+    from model.sharding import make_mesh
+    from model.testing import tiny_config
+
+    config = tiny_config()
+    rng = np.random.default_rng(0)
+    b, t = 4, 10
+    batches = [dict(image=rng.uniform(-1, 1, (b, 16, 16, 3)).astype(np.float32),
+                    text=rng.integers(2, 300, (b, t)).astype(np.int32),
+                    mask_ar=(np.arange(t) >= 4).astype(np.int32)[None].repeat(b, 0),
+                    mask_loss=(np.arange(t) >= 4).astype(np.int32)[None].repeat(b, 0),
+                    mask_input=np.ones((b, t), np.int32)) for _ in range(2)]
+    host = jax.tree.map(np.asarray, init_params(config, jax.random.key(0)))
+    # Adam divides by sqrt(v), so a reassociation-sized change in a near-zero gradient can move a param
+    # by a fraction of the lr: differences scale with the lr, which is kept at a fine-tuning size here.
+    cfg = TrainConfig(lr=3e-4, num_steps=2)
+    ref, ref_summary = train(config, host, batches, cfg, progress=False)
+    mesh = make_mesh(2)
+    params, summary = train(config, host, batches, cfg, progress=False, mesh=mesh)
+    print(json.dumps({
+        "param_diff": max(float(np.max(np.abs(np.asarray(a) - np.asarray(r))))
+                          for a, r in zip(jax.tree.leaves(params), jax.tree.leaves(ref))),
+        "loss_diff": abs(summary["final_loss"] - ref_summary["final_loss"]),
+        "q_spec": list(params["llm"]["layers"]["attn"]["q_einsum"]["w"].sharding.spec)}))
+""")
+
+
+def test_train_on_a_2x2_mesh_equals_one_device():
+    """The default run's check of the sharded train step (tests/test_sharded_train.py, slow, has the
+    8-device meshes, the cross-mesh resume and sharded decoding)."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    run = subprocess.run([sys.executable, "-c", TRAIN_SCRIPT], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out["param_diff"] <= 1e-5 and out["loss_diff"] <= 1e-5, out
+    assert out["q_spec"] == [None, "model", "data", None]  # tiny: (depth, 4 heads, width 64, 24)

@@ -1,0 +1,148 @@
+"""Two processes on localhost, 4 fake CPU devices each, form one 8-device job (jax.distributed, CPU
+collectives over gloo) and train on a (4, 2) mesh that spans both: each process loads only its rows
+of every global batch (sharding.process_rows + make_array_from_process_local_data). The params after
+the steps, and greedy tokens decoded on the same mesh, must equal a single-device run of the same
+code in the same process (the reference no collective touches).
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SCRIPT = textwrap.dedent("""
+    import json, sys
+    import jax, numpy as np
+    from model.sharding import batch_sharding, initialize_distributed, local_mesh, make_mesh, process_rows
+    from harness.train import TrainConfig, train
+
+    assert initialize_distributed()
+    from jax.experimental import multihost_utils
+    from model.decode import generate
+    from model.paligemma import init_params
+    from model.testing import tiny_config
+
+    config = tiny_config()
+    steps, b, t = 3, 8, 12
+    rng = np.random.default_rng(0)  # every process draws the same global batches
+    batches = []
+    for _ in range(steps):
+        batches.append(dict(image=rng.uniform(-1, 1, (b, 16, 16, 3)).astype(np.float32),
+                            text=rng.integers(2, 300, (b, t)).astype(np.int32),
+                            mask_ar=(np.arange(t) >= 5).astype(np.int32)[None].repeat(b, 0),
+                            mask_loss=(np.arange(t) >= 5).astype(np.int32)[None].repeat(b, 0),
+                            mask_input=np.ones((b, t), np.int32)))
+    host_params = jax.tree.map(np.asarray, init_params(config, jax.random.key(0)))
+    cfg = TrainConfig(lr=1e-3, num_steps=steps, dropout=0.1, seed=3)
+
+    mesh = make_mesh(2)  # (data 4, model 2) over both processes' devices
+    rows = process_rows(batch_sharding(mesh), b)
+    local = [{k: v[rows] for k, v in batch.items()} for batch in batches]
+    params, summary = train(config, host_params, local, cfg, progress=False, mesh=mesh)
+    gathered = multihost_utils.process_allgather(params, tiled=True)
+    ref, ref_summary = train(config, host_params, batches, cfg, progress=False, mesh=local_mesh())
+
+    prompts = (rng.uniform(-1, 1, (4, 16, 16, 3)).astype(np.float32), rng.integers(2, 300, (4, 6)).astype(np.int32),
+               np.zeros((4, 6), np.int32), np.ones((4, 6), bool))
+    toks = generate(config, params, *prompts, max_decode_len=5, eos_id=1, mesh=mesh)
+    ref_toks = generate(config, ref, *prompts, max_decode_len=5, eos_id=1)
+    diff = max(float(np.max(np.abs(np.asarray(a) - np.asarray(r))))
+               for a, r in zip(jax.tree.leaves(gathered), jax.tree.leaves(ref)))
+    print(json.dumps({"process": jax.process_index(), "processes": jax.process_count(),
+                      "devices": jax.device_count(), "local_devices": jax.local_device_count(),
+                      "rows": [rows.start, rows.stop], "param_diff": diff,
+                      "loss_diff": abs(summary["final_loss"] - ref_summary["final_loss"]),
+                      "tokens_equal": toks.tolist() == ref_toks.tolist()}))
+""")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory):
+    port, logs = _free_port(), tmp_path_factory.mktemp("multihost")
+    procs = []
+    for i in range(2):
+        env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
+                   JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i))
+        with open(logs / f"out{i}", "w") as out, open(logs / f"err{i}", "w") as err:
+            procs.append(subprocess.Popen([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, stdout=out, stderr=err))
+    try:
+        codes = [p.wait(timeout=900) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for i, code in enumerate(codes):
+        assert code == 0, (logs / f"err{i}").read_text()[-3000:]
+    return [json.loads((logs / f"out{i}").read_text().strip().splitlines()[-1]) for i in range(2)]
+
+
+@pytest.mark.slow
+def test_two_processes_train_and_decode_like_one_device(two_processes):
+    assert [r["process"] for r in two_processes] == [0, 1]
+    for r in two_processes:
+        assert (r["processes"], r["devices"], r["local_devices"]) == (2, 8, 4)
+        assert r["param_diff"] <= 1e-5 and r["loss_diff"] <= 1e-5, r
+        assert r["tokens_equal"]
+    # Each process fed its own half of every global batch.
+    assert sorted(tuple(r["rows"]) for r in two_processes) == [(0, 4), (4, 8)]
+
+
+GRID = """\
+name: mh
+demo: {{num_train: 8, num_eval: 6, seed: 5}}
+tasks: [vqav2]
+sizes: [nano-s]
+resolutions: [32]
+lrs: [1.0e-3, 3.0e-3]
+data_root: {data}
+checkpoints: random
+mesh: {{model_parallel: 2}}
+overrides:
+  all: {{steps: 2, batch_size: 4, text_len: 24, max_decode_len: 4, eval_batch_size: 4, tokenizer: {tok}}}
+"""
+
+
+@pytest.mark.slow
+def test_grid_run_on_two_processes_writes_each_record_once(tmp_path):
+    """`paligemma-transfer run` started on both processes: process 0 takes the locks and writes; the
+    sweep's 2 cells and the final cell each get one record, with the 2-process (2, 2)-per-host mesh."""
+    grid = tmp_path / "mh.yaml"
+    grid.write_text(GRID.format(data=tmp_path / "data", tok=ROOT / "model" / "assets" / "nano_tokenizer.model"))
+    port = _free_port()
+    procs = []
+    for i in range(2):
+        env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
+                   JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i),
+                   PALIGEMMA_TRANSFER_CACHE=str(tmp_path / f"cache{i}"))
+        with open(tmp_path / f"err{i}", "w") as err:
+            procs.append(subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(grid), "--workdir",
+                                           str(tmp_path / "out"), "--quiet"], cwd=ROOT, env=env,
+                                          stdout=subprocess.DEVNULL, stderr=err))
+    try:
+        codes = [p.wait(timeout=1200) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for i, code in enumerate(codes):
+        assert code == 0, (tmp_path / f"err{i}").read_text()[-3000:]
+    records = [json.loads(p.read_text()) for p in (tmp_path / "out" / "records").glob("*.json")]
+    assert sorted(r["phase"] for r in records) == ["final", "sweep", "sweep"]
+    for r in records:
+        assert {k: r["extra"]["mesh"][k] for k in ("data", "model", "devices", "processes")} == {
+            "data": 2, "model": 2, "devices": 4, "processes": 2}
+        assert (tmp_path / "out" / "predictions" / f"{r['cell_id']}.jsonl").exists()
+    assert (tmp_path / "out" / "best_lr.json").exists()
