@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from model import precision
+from model.attention import fused_attention, use_fused
 from model.config import LLMConfig
 
 # Masked attention logits get this instead of -inf, so a fully masked row (padding) gives a uniform
@@ -55,10 +57,9 @@ def apply_rope(x: jax.Array, sin: jax.Array, cos: jax.Array) -> jax.Array:
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
 
-def einsum(equation: str, *operands: jax.Array) -> jax.Array:
-    """jnp.einsum accumulating in float32 and returning the first operand's dtype: the same as
-    einsum for float32, and both faster and more precise than a bfloat16-output product on CPU."""
-    return jnp.einsum(equation, *operands, preferred_element_type=jnp.float32).astype(operands[0].dtype)
+# jnp.einsum returning the first operand's dtype, accumulated in float32; written per backend
+# (model/precision.py: cast from a float32 product on CPU, a native bfloat16 dot on accelerators).
+einsum = precision.einsum
 
 
 def contract(x: jax.Array, w: jax.Array, n_lead: int) -> jax.Array:
@@ -146,6 +147,11 @@ class Attention(nn.Module):
                                                  (0, 0, end, 0))
             new = (key, value)
         b, t = q.shape[:2]
+        if t > 1 and use_fused(c.attention_impl, c.attn_logits_softcap):
+            # key [B, K, H, S] -> [B, S, K, H]; value [B, K, S, H] -> [B, S, K, H].
+            out = fused_attention(q, key.transpose(0, 3, 1, 2), value.transpose(0, 2, 1, 3), mask)
+            w = Einsum((n, h, d), lecun(in_axis=(0, 1), out_axis=2), self.dtype, name="attn_vec_einsum")()
+            return einsum("btnh,nhd->btd", out, w), new
         q, key, value = q.reshape(b, t, k, n // k, h), key.astype(self.dtype), value.astype(self.dtype)
         if t == 1:  # One query: a fused multiply-reduce; XLA's CPU batched dot is slow for such small slices.
             logits = jnp.sum(q[:, 0, :, :, :, None].astype(jnp.float32) * key[:, :, None], axis=3)[:, :, :, None]
