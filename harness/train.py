@@ -25,6 +25,7 @@ import optax
 from tqdm.auto import tqdm
 
 from model.config import PaliGemmaConfig
+from model.losses import chunked_token_losses, default_chunk, masked_mean, token_losses
 from model.paligemma import PaliGemma
 
 
@@ -42,6 +43,9 @@ class TrainConfig:
     freeze_llm: bool = False
     compute_dtype: str = "float32"  # or "bfloat16" (params stay float32)
     remat: bool = False
+    # "dense" materialises float32 logits for all positions; "chunked" (model/losses.py) a chunk of
+    # positions at a time; "auto" chunks when the dense logits would exceed AUTO_CHUNK_VALUES values.
+    loss_impl: str = "auto"
     checkpoint_every: int = 0  # 0: no intermediate checkpoints
     seed: int = 0
 
@@ -83,31 +87,49 @@ def make_optimizer(params: Any, cfg: TrainConfig) -> optax.GradientTransformatio
 
 def per_example_loss(logits: jax.Array, targets: jax.Array, mask: jax.Array,
                      label_smoothing: float) -> jax.Array:
-    """Mean smoothed cross-entropy over each example's loss tokens -> [B]."""
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-    if label_smoothing:
-        vocab = logits.shape[-1]
-        others = -jnp.sum(logp, axis=-1) - nll  # sum of -log p over the non-target classes
-        token_loss = (1.0 - label_smoothing) * nll + label_smoothing * others / (vocab - 1)
-    else:
-        token_loss = nll
-    mask = mask.astype(jnp.float32)
-    return jnp.sum(token_loss * mask, axis=-1) / jnp.maximum(jnp.sum(mask, axis=-1), 1.0)
+    """Mean smoothed cross-entropy over each example's loss tokens -> [B] (model/losses.py)."""
+    return masked_mean(token_losses(logits, targets, label_smoothing), mask)
+
+
+# "auto" chunks the loss above this many float32 logits (256 MiB): below it the dense loss is as
+# fast on the CPU (docs/efficiency.md) and its memory does not matter.
+AUTO_CHUNK_VALUES = 1 << 26
+
+
+def _chunk_loss(cfg_loss_impl: str, num_logits: int) -> bool:
+    if cfg_loss_impl not in ("auto", "dense", "chunked"):
+        raise ValueError(f"TrainConfig.loss_impl: expected 'auto', 'dense' or 'chunked', got {cfg_loss_impl!r}")
+    return cfg_loss_impl == "chunked" or (cfg_loss_impl == "auto" and num_logits > AUTO_CHUNK_VALUES)
 
 
 def build_model(config: PaliGemmaConfig, cfg: TrainConfig) -> PaliGemma:
     return PaliGemma(config, dtype=jnp.dtype(cfg.compute_dtype), dropout=cfg.dropout, remat=cfg.remat)
 
 
-def make_train_step(model: PaliGemma, tx: optax.GradientTransformation,
-                    label_smoothing: float) -> Callable:
+def make_loss_fn(model: PaliGemma, label_smoothing: float, loss_impl: str = "auto",
+                 chunk: int | None = None) -> Callable:
+    """(params, batch, rng) -> the batch's mean loss, with the dense or the chunked cross-entropy
+    (`chunk` positions at a time; None: model.losses.default_chunk)."""
     def loss_fn(params, batch, rng):
-        logits = model.apply({"params": params}, batch["image"], batch["text"][:, :-1],
-                             batch["mask_ar"][:, :-1], batch["mask_input"][:, :-1], train=True,
-                             rngs={"dropout": rng})
-        return jnp.mean(per_example_loss(logits, batch["text"][:, 1:], batch["mask_loss"][:, 1:],
-                                         label_smoothing))
+        args = (batch["image"], batch["text"][:, :-1], batch["mask_ar"][:, :-1], batch["mask_input"][:, :-1])
+        targets = batch["text"][:, 1:]
+        vocab = model.config.llm.vocab_size
+        if _chunk_loss(loss_impl, targets.size * vocab):
+            hidden = model.apply({"params": params}, *args, train=True, rngs={"dropout": rng},
+                                 method=PaliGemma.text_hidden)
+            token_loss = chunked_token_losses(
+                hidden, targets, lambda h: model.apply({"params": params}, h, method=PaliGemma.text_logits),
+                label_smoothing, chunk or default_chunk(vocab))
+            return jnp.mean(masked_mean(token_loss, batch["mask_loss"][:, 1:]))
+        logits = model.apply({"params": params}, *args, train=True, rngs={"dropout": rng})
+        return jnp.mean(per_example_loss(logits, targets, batch["mask_loss"][:, 1:], label_smoothing))
+
+    return loss_fn
+
+
+def make_train_step(model: PaliGemma, tx: optax.GradientTransformation,
+                    label_smoothing: float, loss_impl: str = "auto") -> Callable:
+    loss_fn = make_loss_fn(model, label_smoothing, loss_impl)
 
     def step(params, opt_state, batch, rng):
         loss, grads = jax.value_and_grad(loss_fn)(params, batch, rng)
@@ -162,7 +184,7 @@ def train(config: PaliGemmaConfig, params: Any, batches: Sequence[dict], cfg: Tr
         restored = ckpt.restore({"params": params, "opt_state": opt_state, "step": np.int64(0)})
         if restored is not None:
             params, opt_state, start = restored["params"], restored["opt_state"], int(restored["step"])
-    step_fn = make_train_step(model, tx, cfg.label_smoothing)
+    step_fn = make_train_step(model, tx, cfg.label_smoothing, cfg.loss_impl)
     log = _StepLog(Path(workdir) / "train_log.csv" if workdir is not None else None, resume_from=start)
     rng = jax.random.key(cfg.seed)
     bar = tqdm(total=cfg.num_steps, initial=start, desc=desc, leave=False, **progress_kwargs(progress),

@@ -156,7 +156,7 @@ class Attention(nn.Module):
         if t == 1:  # One query: a fused multiply-reduce; XLA's CPU batched dot is slow for such small slices.
             logits = jnp.sum(q[:, 0, :, :, :, None].astype(jnp.float32) * key[:, :, None], axis=3)[:, :, :, None]
         else:
-            logits = jnp.einsum("btkgh,bkhs->bkgts", q, key, preferred_element_type=jnp.float32)
+            logits = precision.einsum_f32("btkgh,bkhs->bkgts", q, key)
         logits = soft_cap(logits, c.attn_logits_softcap)
         logits = jnp.where(mask[:, None, None], logits, MASKED_LOGIT)
         probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
@@ -240,7 +240,7 @@ class Gemma2(nn.Module):
     def logits(self, h: jax.Array) -> jax.Array:
         """Final-normed hidden states -> float32 logits through the tied embedding, then the soft-cap."""
         table = self.embedder.table.astype(self.dtype)
-        logits = jnp.einsum("...d,vd->...v", h, table, preferred_element_type=jnp.float32)
+        logits = precision.einsum_f32("...d,vd->...v", h, table)
         return soft_cap(logits, self.config.final_logits_softcap)
 
     @nn.compact

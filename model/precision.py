@@ -19,6 +19,7 @@ backend's choice (tests use it to check the native mode's numerics on the CPU).
 
 from __future__ import annotations
 
+import functools
 import os
 
 import jax
@@ -49,3 +50,31 @@ def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_t
     out = jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
                               preferred_element_type=jnp.float32)
     return out.astype(lhs.dtype)
+
+
+def einsum_f32(equation: str, a: jax.Array, b: jax.Array) -> jax.Array:
+    """A float32 product of two operands (attention logits, the vocabulary logits): the softmax needs
+    float32 inputs. In the "native" mode with low-precision operands the backward pass casts the
+    float32 cotangent down to the operands' dtype, so both backward products are native bfloat16
+    dots too (the same rounding of d-logits a bfloat16-autocast PyTorch model has)."""
+    if matmul_mode() == "cast" or a.dtype == jnp.float32:
+        return jnp.einsum(equation, a, b, preferred_element_type=jnp.float32)
+    return _einsum_f32_low_grad(equation, a, b)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _einsum_f32_low_grad(equation: str, a: jax.Array, b: jax.Array) -> jax.Array:
+    return jnp.einsum(equation, a, b, preferred_element_type=jnp.float32)
+
+
+def _einsum_f32_fwd(equation, a, b):
+    return _einsum_f32_low_grad(equation, a, b), (a, b)
+
+
+def _einsum_f32_bwd(equation, residuals, g):
+    a, b = residuals
+    _, vjp = jax.vjp(lambda a, b: jnp.einsum(equation, a, b), a, b)
+    return vjp(g.astype(a.dtype))
+
+
+_einsum_f32_low_grad.defvjp(_einsum_f32_fwd, _einsum_f32_bwd)

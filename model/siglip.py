@@ -63,7 +63,7 @@ class SelfAttention(nn.Module):
         if use_fused(self.attention_impl, None):
             out = fused_attention(q * jnp.asarray(head_dim**-0.5, q.dtype), k, v, None)
         else:
-            logits = jnp.einsum("bqhd,bkhd->bhqk", q * head_dim**-0.5, k, preferred_element_type=jnp.float32)
+            logits = precision.einsum_f32("bqhd,bkhd->bhqk", q * head_dim**-0.5, k)
             probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
             out = precision.einsum("bhqk,bkhd->bqhd", probs, v)
         return nn.DenseGeneral(width, axis=(-2, -1), dtype=self.dtype, name="out", dot_general=dot_general,
