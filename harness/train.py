@@ -46,6 +46,12 @@ class TrainConfig:
     # "dense" materialises float32 logits for all positions; "chunked" (model/losses.py) a chunk of
     # positions at a time; "auto" chunks when the dense logits would exceed AUTO_CHUNK_VALUES values.
     loss_impl: str = "auto"
+    # Per-module remat policies (model/remat.py: none, dots, dots_no_batch, full); None: from `remat`.
+    remat_img: str | None = None
+    remat_llm: str | None = None
+    # Storage dtype of the trained params and Adam's moments: "float32" (big_vision) or "bfloat16"
+    # (half the memory of params + grads + moments; updates are rounded to bfloat16).
+    param_dtype: str = "float32"
     checkpoint_every: int = 0  # 0: no intermediate checkpoints
     seed: int = 0
 
@@ -103,7 +109,16 @@ def _chunk_loss(cfg_loss_impl: str, num_logits: int) -> bool:
 
 
 def build_model(config: PaliGemmaConfig, cfg: TrainConfig) -> PaliGemma:
-    return PaliGemma(config, dtype=jnp.dtype(cfg.compute_dtype), dropout=cfg.dropout, remat=cfg.remat)
+    return PaliGemma(config, dtype=jnp.dtype(cfg.compute_dtype), dropout=cfg.dropout, remat=cfg.remat,
+                     remat_img=cfg.remat_img, remat_llm=cfg.remat_llm)
+
+
+def cast_params(params: Any, param_dtype: str) -> Any:
+    """Floating-point params in TrainConfig.param_dtype (integer leaves, if any, untouched)."""
+    if param_dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"TrainConfig.param_dtype: expected 'float32' or 'bfloat16', got {param_dtype!r}")
+    dtype = jnp.dtype(param_dtype)
+    return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
 
 
 def make_loss_fn(model: PaliGemma, label_smoothing: float, loss_impl: str = "auto",
@@ -175,6 +190,7 @@ def train(config: PaliGemmaConfig, params: Any, batches: Sequence[dict], cfg: Tr
     checkpoints to workdir/ckpt; an existing checkpoint is resumed from.
     """
     model = build_model(config, cfg)
+    params = cast_params(params, cfg.param_dtype)
     tx = make_optimizer(params, cfg)
     opt_state = tx.init(params)
     start = 0

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from model import precision
+from model import remat as remat_policies
 from model.attention import fused_attention, use_fused
 from model.config import LLMConfig
 
@@ -225,7 +226,7 @@ class Gemma2(nn.Module):
     config: LLMConfig
     dtype: Any = jnp.float32
     dropout: float = 0.0
-    remat: bool = False
+    remat: bool | str = False  # a model/remat.py policy name, or False / True for "dots" / "full"
 
     def setup(self):
         # big_vision's Embedder init (normal, std 0.01); only the loader's values matter in practice.
@@ -264,10 +265,8 @@ class Gemma2(nn.Module):
         shared = dict(sin=sin, cos=cos, mask=mask, sliding_mask=sliding_mask if use_sliding else None, end=cache_end)
         x = x.astype(self.dtype)
         if layers is None:
-            # As in siglip.Encoder: keep matmul outputs (remat=False) or nothing (remat=True) per layer.
-            policies = jax.checkpoint_policies
-            policy = policies.nothing_saveable if self.remat else policies.dots_saveable
-            block = nn.remat(Block, prevent_cse=False, policy=policy)
+            # What each layer keeps for the backward pass: model/remat.py.
+            block = nn.remat(Block, prevent_cse=False, policy=remat_policies.policy(self.remat))
             scanned = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
                               in_axes=(0, nn.broadcast), length=c.depth)(
                 c, self.dtype, self.dropout, deterministic, return_kv, name="layers")

@@ -56,10 +56,15 @@ class PaliGemma(nn.Module):
     dtype: Any = jnp.float32
     dropout: float = 0.0
     remat: bool = False
+    # Per-module policies by name (model/remat.py: none, dots, dots_no_batch, full); None: from `remat`.
+    remat_img: str | None = None
+    remat_llm: str | None = None
 
     def setup(self):
-        self.img = SigLIP(self.config.vision, self.config.llm.width, self.dtype, self.remat)
-        self.llm = Gemma2(self.config.llm, self.dtype, self.dropout, self.remat)
+        img_policy = self.remat if self.remat_img is None else self.remat_img
+        llm_policy = self.remat if self.remat_llm is None else self.remat_llm
+        self.img = SigLIP(self.config.vision, self.config.llm.width, self.dtype, img_policy)
+        self.llm = Gemma2(self.config.llm, self.dtype, self.dropout, llm_policy)
 
     def _embed(self, images, tokens, mask_ar, mask_input):
         zimg = self.img(images)

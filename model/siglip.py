@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from model import precision
+from model import remat as remat_policies
 from model.attention import fused_attention, use_fused
 from model.config import VisionConfig
 
@@ -93,16 +94,14 @@ class Encoder(nn.Module):
 
     config: VisionConfig
     dtype: Any = jnp.float32
-    remat: bool = False
+    remat: bool | str = False  # a model/remat.py policy name, or False / True for "dots" / "full"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        # remat=False keeps each layer's matmul outputs and recomputes the element-wise rest when
-        # differentiating: less memory than keeping everything, and faster on CPU. remat=True keeps
-        # nothing per layer (big_vision's nothing_saveable).
-        policies = jax.checkpoint_policies
-        policy = policies.nothing_saveable if self.remat else policies.dots_saveable
-        block = nn.remat(Encoder1DBlock, prevent_cse=False, policy=policy)
+        # What each layer keeps for the backward pass (model/remat.py). The default ("dots") keeps each
+        # layer's matmul outputs and recomputes the element-wise rest: less memory than keeping
+        # everything, and faster on CPU. "full" keeps nothing per layer (big_vision's nothing_saveable).
+        block = nn.remat(Encoder1DBlock, prevent_cse=False, policy=remat_policies.policy(self.remat))
         scanned = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
                           in_axes=nn.broadcast, length=self.config.depth)
         x, _ = scanned(self.config.mlp_dim, self.config.num_heads, self.dtype, self.config.attention_impl,
@@ -136,7 +135,7 @@ class SigLIP(nn.Module):
     config: VisionConfig
     out_dim: int
     dtype: Any = jnp.float32
-    remat: bool = False
+    remat: bool | str = False
 
     @nn.compact
     def __call__(self, images: jax.Array) -> jax.Array:
