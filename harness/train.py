@@ -97,9 +97,10 @@ def per_example_loss(logits: jax.Array, targets: jax.Array, mask: jax.Array,
     return masked_mean(token_losses(logits, targets, label_smoothing), mask)
 
 
-# "auto" chunks the loss above this many float32 logits (256 MiB): below it the dense loss is as
-# fast on the CPU (docs/efficiency.md) and its memory does not matter.
-AUTO_CHUNK_VALUES = 1 << 26
+# "auto" chunks the loss above this many float32 logits (1 GiB: 3b at batch 32 x 64 text positions
+# has 2 GiB): below it the dense logits' memory does not matter and the dense loss is faster
+# (docs/efficiency.md).
+AUTO_CHUNK_VALUES = 1 << 28
 
 
 def _chunk_loss(cfg_loss_impl: str, num_logits: int) -> bool:
@@ -132,8 +133,9 @@ def make_loss_fn(model: PaliGemma, label_smoothing: float, loss_impl: str = "aut
         if _chunk_loss(loss_impl, targets.size * vocab):
             hidden = model.apply({"params": params}, *args, train=True, rngs={"dropout": rng},
                                  method=PaliGemma.text_hidden)
+            head = {"llm": {"embedder": params["llm"]["embedder"]}}  # all text_logits reads
             token_loss = chunked_token_losses(
-                hidden, targets, lambda h: model.apply({"params": params}, h, method=PaliGemma.text_logits),
+                hidden, targets, lambda h: model.apply({"params": head}, h, method=PaliGemma.text_logits),
                 label_smoothing, chunk or default_chunk(vocab))
             return jnp.mean(masked_mean(token_loss, batch["mask_loss"][:, 1:]))
         logits = model.apply({"params": params}, *args, train=True, rngs={"dropout": rng})

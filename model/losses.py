@@ -6,7 +6,7 @@ size: for 3b-224 at batch 32 and 64 text positions each is 2.1 GB, several of th
 `chunked_token_losses` computes the same per-token loss a chunk of positions at a time under
 `jax.checkpoint` inside `lax.map`: only one chunk's logits exist at any moment, in the forward and in
 the backward pass (which recomputes that chunk's logits: one more [chunk, D] x [D, V] product per
-chunk, about +1/3 of the logits' FLOPs, 1.5% of a 3b-224 step; see docs/efficiency.md).
+chunk, +1/3 of the logits' FLOPs, 1.6% of a 3b-224 step's; see docs/efficiency.md).
 
 The per-token loss is the trainer's (harness/train.py, paligemma2-facts.md §0.9): smoothed cross-entropy
 with 1 - ls on the target and ls / (V - 1) on every other class, on soft-capped float32 logits.
@@ -20,12 +20,19 @@ import jax
 import jax.numpy as jnp
 
 # Positions per chunk are chosen so that one chunk's float32 logits hold about this many values
-# (32M values = 128 MiB: 128 positions of the 257,152-way vocabulary).
-CHUNK_VALUES = 1 << 25
+# (128M values = 512 MiB: 512 positions of the 257,152-way vocabulary). Fewer, larger chunks: each
+# chunk re-reads and casts the embedding table and adds its gradient into a float32 accumulator
+# (2.4 GB for 3B), so small chunks trade memory for that traffic (docs/efficiency.md).
+CHUNK_VALUES = 1 << 27
 
 
 def token_losses(logits: jax.Array, targets: jax.Array, label_smoothing: float) -> jax.Array:
     """Smoothed cross-entropy of each position: logits [..., V], targets int[...] -> float32 [...]."""
+    with jax.named_scope("token_losses"):
+        return _token_losses(logits, targets, label_smoothing)
+
+
+def _token_losses(logits: jax.Array, targets: jax.Array, label_smoothing: float) -> jax.Array:
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
     if not label_smoothing:
@@ -51,6 +58,7 @@ def chunked_token_losses(hidden: jax.Array, targets: jax.Array, logits_fn: Calla
     b, t, d = hidden.shape
     n = b * t
     num_chunks = -(-n // chunk)
+    chunk = -(-n // num_chunks)  # as even as possible: at most num_chunks - 1 padded positions
     pad = num_chunks * chunk - n
     h = jnp.pad(hidden.reshape(n, d), ((0, pad), (0, 0))).reshape(num_chunks, chunk, d)
     y = jnp.pad(targets.reshape(n), (0, pad)).reshape(num_chunks, chunk)

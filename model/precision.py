@@ -73,8 +73,11 @@ def _einsum_f32_fwd(equation, a, b):
 
 def _einsum_f32_bwd(equation, residuals, g):
     a, b = residuals
-    _, vjp = jax.vjp(lambda a, b: jnp.einsum(equation, a, b), a, b)
-    return vjp(g.astype(a.dtype))
+    g = g.astype(a.dtype)
+    # Transposes of the two linear maps (no forward product is traced).
+    (da,) = jax.linear_transpose(lambda x: jnp.einsum(equation, x, b), a)(g)
+    (db,) = jax.linear_transpose(lambda y: jnp.einsum(equation, a, y), b)(g)
+    return da, db
 
 
 _einsum_f32_low_grad.defvjp(_einsum_f32_fwd, _einsum_f32_bwd)

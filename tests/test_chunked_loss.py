@@ -42,8 +42,8 @@ def test_chunked_equals_dense_value_and_gradient(label_smoothing, chunk):
 
 
 def test_default_chunk():
-    assert default_chunk(257_152) == 128
-    assert default_chunk(4096) == 8192
+    assert default_chunk(257_152) == 520
+    assert default_chunk(4096) == 32768
     assert default_chunk(10**9) == 8
 
 
