@@ -24,6 +24,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 MODES = ("cast", "native")
 
@@ -59,7 +60,11 @@ def einsum_f32(equation: str, a: jax.Array, b: jax.Array) -> jax.Array:
     dots too (the same rounding of d-logits a bfloat16-autocast PyTorch model has)."""
     if matmul_mode() == "cast" or a.dtype == jnp.float32:
         return jnp.einsum(equation, a, b, preferred_element_type=jnp.float32)
-    return _einsum_f32_low_grad(equation, a, b)
+    # Named, so that remat's "dots" policy keeps it like the plain dot it replaces (model/remat.py).
+    return checkpoint_name(_einsum_f32_low_grad(equation, a, b), EINSUM_F32_NAME)
+
+
+EINSUM_F32_NAME = "einsum_f32"
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
