@@ -24,10 +24,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from harness.train import TrainConfig, build_model, make_optimizer, make_train_step  # noqa: E402
-from model.config import get_config  # noqa: E402
-from model.cost import forward_flops  # noqa: E402
-from model.paligemma import param_shapes  # noqa: E402
+from harness.train import TrainConfig, build_model, make_optimizer, make_train_step
+from model.config import get_config
+from model.cost import forward_flops
+from model.paligemma import param_shapes
 
 COMPONENTS = ("vit matmul", "vit attention", "llm matmul", "llm attention", "logits + loss", "optimizer",
               "other")
@@ -52,8 +52,8 @@ def component(name: str, attention: bool) -> str:
 
 
 def dot_flops(eqn) -> float:
-    (lc, _), (lb, _) = eqn.params["dimension_numbers"]
-    lhs, rhs = (v.aval.shape for v in eqn.invars)
+    (lc, _), _ = eqn.params["dimension_numbers"]
+    lhs = eqn.invars[0].aval.shape
     out = eqn.outvars[0].aval.shape
     return 2.0 * np.prod(out, dtype=np.float64) * np.prod([lhs[i] for i in lc], dtype=np.float64)
 
@@ -84,7 +84,7 @@ def step_stats(config_name: str, batch: int, text_len: int, cfg: TrainConfig) ->
     tx = make_optimizer(params, cfg)
     opt_state = jax.eval_shape(tx.init, params)
     res = config.vision.image_size
-    spec = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype)  # noqa: E731
+    spec = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype)
     batch_spec = dict(image=spec((batch, res, res, 3), jnp.float32), text=spec((batch, text_len + 1), jnp.int32),
                       mask_ar=spec((batch, text_len + 1), jnp.int32),
                       mask_input=spec((batch, text_len + 1), jnp.int32),

@@ -33,14 +33,14 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from bench.model_vs_transformers import CONFIG as BENCH_CONFIG  # noqa: E402
-from bench.model_vs_transformers import hf_train_step, timed  # noqa: E402
-from harness.train import TrainConfig, build_model, make_optimizer, make_train_step  # noqa: E402
-from model.checkpoint import load  # noqa: E402
-from model.config import get_config  # noqa: E402
-from model.cost import forward_flops  # noqa: E402
-from model.paligemma import init_params  # noqa: E402
-from model.testing import hf_config, random_hf_model, random_inputs  # noqa: E402
+from bench.model_vs_transformers import CONFIG as BENCH_CONFIG
+from bench.model_vs_transformers import hf_train_step, timed
+from harness.train import TrainConfig, build_model, make_optimizer, make_train_step
+from model.checkpoint import load
+from model.config import get_config
+from model.cost import forward_flops
+from model.paligemma import init_params
+from model.testing import hf_config, random_hf_model, random_inputs
 
 # Dense (no sparsity) bfloat16 tensor-core peaks, FLOP/s, from the vendors' data sheets: NVIDIA H100
 # SXM and H200 (same GH100 compute: "BF16 Tensor Core 1,979 TFLOPS" with sparsity, 989 dense),

@@ -14,7 +14,7 @@ with 1 - ls on the target and ls / (V - 1) on every other class, on soft-capped 
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
