@@ -27,7 +27,9 @@ NANO_TOKENIZER = Path(__file__).resolve().parent.parent / "model" / "assets" / "
 
 # Override keys the harness itself reads; every other override must be a Recipe field.
 HARNESS_KEYS = {"tokenizer", "eval_batch_size", "checkpoint_every", "compute_dtype", "remat",
-                "max_eval_examples"}
+                "max_eval_examples", "param_dtype", "loss_impl", "remat_img", "remat_llm"}
+# Trainer options passed through as they are (harness/train.py TrainConfig; docs/efficiency.md).
+EFFICIENCY_KEYS = ("param_dtype", "loss_impl", "remat_img", "remat_llm")
 
 
 def split_overrides(overrides: Mapping[str, Any]) -> tuple[dict, dict]:
@@ -90,6 +92,7 @@ def run_cell(cell: Any, cell_dir: Path, *, progress: bool | None = None) -> dict
         label_smoothing=recipe.label_smoothing, dropout=recipe.dropout,
         freeze_img=recipe.freeze_img, freeze_llm=recipe.freeze_llm,
         compute_dtype=options.get("compute_dtype", "float32"), remat=options.get("remat", False),
+        **{k: options[k] for k in EFFICIENCY_KEYS if k in options},
         checkpoint_every=options.get("checkpoint_every", max(1, num_steps // 4)), seed=cell.seed)
     batches = train_batches(train_examples, tokenizer, spec, batch_size=recipe.batch_size,
                             num_steps=num_steps, seed=cell.seed)
