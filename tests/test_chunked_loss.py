@@ -76,6 +76,7 @@ def test_train_step_loss_dense_equals_chunked():
         assert_close(g, w)
 
 
+@pytest.mark.slow
 def test_train_step_runs_with_each_loss_impl():
     """make_train_step itself with both settings: the same loss after one step from the same state."""
     from harness.train import make_optimizer, make_train_step
