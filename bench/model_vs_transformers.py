@@ -104,24 +104,27 @@ def ours_train_step(config, params, batch, repeats, dtype):
     return timed(run, repeats)
 
 
-def hf_train_step(config, model, batch, repeats, dtype):
-    """float32, or bfloat16 autocast (float32 weights, like ours) for dtype=bfloat16."""
+def hf_train_step(config, model, batch, repeats, dtype, device: str = "cpu"):
+    """float32, or bfloat16 autocast (float32 weights, like ours) for dtype=bfloat16; on `device`
+    ('cpu' or 'cuda', where the model already is)."""
     images, tokens, mask_ar, mask_input = batch
-    inputs = hf_inputs(config, *batch)
+    inputs = {k: v.to(device) for k, v in hf_inputs(config, *batch).items()}
     n = config.num_image_tokens
-    target = torch.from_numpy(tokens[:, 1:].astype(np.int64))
-    mask = torch.from_numpy((mask_ar * mask_input)[:, 1:].astype(np.float32))
+    target = torch.from_numpy(tokens[:, 1:].astype(np.int64)).to(device)
+    mask = torch.from_numpy((mask_ar * mask_input)[:, 1:].astype(np.float32)).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     model.train()
 
     def run():
         opt.zero_grad()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == jnp.bfloat16):
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=dtype == jnp.bfloat16):
             logits = model(**inputs, use_cache=False).logits[:, n:-1].float()
         nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none")
         loss = ((nll * mask).sum(1) / mask.sum(1).clamp(min=1)).mean()
         loss.backward()
         opt.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
 
     seconds = timed(run, repeats)
     model.eval()

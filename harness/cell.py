@@ -18,7 +18,7 @@ from harness.evaluate import predict, score_rows, write_jsonl
 from harness.experiment_log import DEFAULT as DEFAULT_LOGS
 from harness.experiment_log import open_log
 from harness.mesh import resolve_mesh
-from harness.recipes import HARNESS_KEYS, NANO_TOKENIZER, split_overrides  # noqa: F401 - re-exported
+from harness.recipes import EFFICIENCY_KEYS, HARNESS_KEYS, NANO_TOKENIZER, split_overrides  # noqa: F401
 from harness.train import TrainConfig, train
 from model import checkpoint, hub, sharding
 from model.config import PaliGemmaConfig, config_for
@@ -91,6 +91,7 @@ def run_cell(cell: Any, cell_dir: Path, *, progress: bool | None = None) -> dict
         label_smoothing=recipe.label_smoothing, dropout=recipe.dropout,
         freeze_img=recipe.freeze_img, freeze_llm=recipe.freeze_llm,
         compute_dtype=options.get("compute_dtype", "float32"), remat=options.get("remat", False),
+        **{k: options[k] for k in EFFICIENCY_KEYS if k in options},
         checkpoint_every=options.get("checkpoint_every", max(1, num_steps // 4)), seed=cell.seed)
     mesh = resolve_mesh(getattr(cell, "mesh", None), config, text_len=recipe.text_len,
                         batch_size=recipe.batch_size, remat=cfg.remat, compute_dtype=cfg.compute_dtype)

@@ -17,7 +17,9 @@ NANO_TOKENIZER = Path(__file__).resolve().parent.parent / "model" / "assets" / "
 
 # Override keys the harness itself reads; every other override must be a Recipe field.
 HARNESS_KEYS = {"tokenizer", "eval_batch_size", "checkpoint_every", "compute_dtype", "remat",
-                "max_eval_examples"}
+                "max_eval_examples", "param_dtype", "loss_impl", "remat_img", "remat_llm"}
+# Trainer options passed through as they are (harness/train.py TrainConfig; docs/efficiency.md).
+EFFICIENCY_KEYS = ("param_dtype", "loss_impl", "remat_img", "remat_llm")
 
 
 def recipe_fields() -> set[str]:

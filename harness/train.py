@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from model import sharding
 from model.config import PaliGemmaConfig
+from model.losses import chunked_token_losses, default_chunk, masked_mean, token_losses
 from model.paligemma import PaliGemma
 
 
@@ -53,6 +54,15 @@ class TrainConfig:
     freeze_llm: bool = False
     compute_dtype: str = "float32"  # or "bfloat16" (params stay float32)
     remat: bool = False
+    # "dense" materialises float32 logits for all positions; "chunked" (model/losses.py) a chunk of
+    # positions at a time; "auto" chunks when the dense logits would exceed AUTO_CHUNK_VALUES values.
+    loss_impl: str = "auto"
+    # Per-module remat policies (model/remat.py: none, dots, dots_no_batch, full); None: from `remat`.
+    remat_img: str | None = None
+    remat_llm: str | None = None
+    # Storage dtype of the trained params and Adam's moments: "float32" (big_vision) or "bfloat16"
+    # (half the memory of params + grads + moments; updates are rounded to bfloat16).
+    param_dtype: str = "float32"
     checkpoint_every: int = 0  # 0: no intermediate checkpoints
     seed: int = 0
 
@@ -94,34 +104,65 @@ def make_optimizer(params: Any, cfg: TrainConfig) -> optax.GradientTransformatio
 
 def per_example_loss(logits: jax.Array, targets: jax.Array, mask: jax.Array,
                      label_smoothing: float) -> jax.Array:
-    """Mean smoothed cross-entropy over each example's loss tokens -> [B]."""
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-    if label_smoothing:
-        vocab = logits.shape[-1]
-        others = -jnp.sum(logp, axis=-1) - nll  # sum of -log p over the non-target classes
-        token_loss = (1.0 - label_smoothing) * nll + label_smoothing * others / (vocab - 1)
-    else:
-        token_loss = nll
-    mask = mask.astype(jnp.float32)
-    return jnp.sum(token_loss * mask, axis=-1) / jnp.maximum(jnp.sum(mask, axis=-1), 1.0)
+    """Mean smoothed cross-entropy over each example's loss tokens -> [B] (model/losses.py)."""
+    return masked_mean(token_losses(logits, targets, label_smoothing), mask)
+
+
+# "auto" chunks the loss above this many float32 logits (1 GiB: 3b at batch 32 x 64 text positions
+# has 2 GiB): below it the dense logits' memory does not matter and the dense loss is faster
+# (docs/efficiency.md).
+AUTO_CHUNK_VALUES = 1 << 28
+
+
+def _chunk_loss(cfg_loss_impl: str, num_logits: int) -> bool:
+    if cfg_loss_impl not in ("auto", "dense", "chunked"):
+        raise ValueError(f"TrainConfig.loss_impl: expected 'auto', 'dense' or 'chunked', got {cfg_loss_impl!r}")
+    return cfg_loss_impl == "chunked" or (cfg_loss_impl == "auto" and num_logits > AUTO_CHUNK_VALUES)
 
 
 def build_model(config: PaliGemmaConfig, cfg: TrainConfig) -> PaliGemma:
-    return PaliGemma(config, dtype=jnp.dtype(cfg.compute_dtype), dropout=cfg.dropout, remat=cfg.remat)
+    return PaliGemma(config, dtype=jnp.dtype(cfg.compute_dtype), dropout=cfg.dropout, remat=cfg.remat,
+                     remat_img=cfg.remat_img, remat_llm=cfg.remat_llm)
+
+
+def cast_params(params: Any, param_dtype: str) -> Any:
+    """Floating-point params in TrainConfig.param_dtype (integer leaves, if any, untouched)."""
+    if param_dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"TrainConfig.param_dtype: expected 'float32' or 'bfloat16', got {param_dtype!r}")
+    dtype = jnp.dtype(param_dtype)
+    return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
+
+
+def make_loss_fn(model: PaliGemma, label_smoothing: float, loss_impl: str = "auto",
+                 chunk: int | None = None) -> Callable:
+    """(params, batch, rng) -> the batch's mean loss, with the dense or the chunked cross-entropy
+    (`chunk` positions at a time; None: model.losses.default_chunk)."""
+    def loss_fn(params, batch, rng):
+        args = (batch["image"], batch["text"][:, :-1], batch["mask_ar"][:, :-1], batch["mask_input"][:, :-1])
+        targets = batch["text"][:, 1:]
+        vocab = model.config.llm.vocab_size
+        if _chunk_loss(loss_impl, targets.size * vocab):
+            hidden = model.apply({"params": params}, *args, train=True, rngs={"dropout": rng},
+                                 method=PaliGemma.text_hidden)
+            head = {"llm": {"embedder": params["llm"]["embedder"]}}  # all text_logits reads
+            token_loss = chunked_token_losses(
+                hidden, targets, lambda h: model.apply({"params": head}, h, method=PaliGemma.text_logits),
+                label_smoothing, chunk or default_chunk(vocab))
+            return jnp.mean(masked_mean(token_loss, batch["mask_loss"][:, 1:]))
+        logits = model.apply({"params": params}, *args, train=True, rngs={"dropout": rng})
+        return jnp.mean(per_example_loss(logits, targets, batch["mask_loss"][:, 1:], label_smoothing))
+
+    return loss_fn
 
 
 def make_train_step(model: PaliGemma, tx: optax.GradientTransformation,
-                    label_smoothing: float, shardings: StateShardings | None = None) -> Callable:
+                    label_smoothing: float, shardings: StateShardings | None = None,
+                    loss_impl: str = "auto") -> Callable:
     """The jitted step (params, opt_state, batch, rng) -> (params, opt_state, stats); with `shardings`,
     its inputs and outputs are pinned to the mesh (params and optimizer state by the partition rules,
-    the batch over 'data', rng and stats replicated) and XLA inserts the gathers and reductions."""
-    def loss_fn(params, batch, rng):
-        logits = model.apply({"params": params}, batch["image"], batch["text"][:, :-1],
-                             batch["mask_ar"][:, :-1], batch["mask_input"][:, :-1], train=True,
-                             rngs={"dropout": rng})
-        return jnp.mean(per_example_loss(logits, batch["text"][:, 1:], batch["mask_loss"][:, 1:],
-                                         label_smoothing))
+    the batch over 'data', rng and stats replicated) and XLA inserts the gathers and reductions.
+    `loss_impl` picks the dense or vocabulary-chunked loss (make_loss_fn)."""
+    loss_fn = make_loss_fn(model, label_smoothing, loss_impl)
 
     def step(params, opt_state, batch, rng):
         loss, grads = jax.value_and_grad(loss_fn)(params, batch, rng)
@@ -232,6 +273,7 @@ def train(config: PaliGemmaConfig, params: Any, batches: Sequence[dict], cfg: Tr
     """
     mesh = sharding.local_mesh() if mesh is None else mesh
     model = build_model(config, cfg)
+    params = cast_params(params, cfg.param_dtype)
     tx = make_optimizer(params, cfg)
     shards = StateShardings.build(mesh, params, tx)
     params = sharding.place(params, shards.params)
@@ -245,7 +287,7 @@ def train(config: PaliGemmaConfig, params: Any, batches: Sequence[dict], cfg: Tr
             {"params": shards.params, "opt_state": shards.opt_state, "step": shards.scalar})
         if restored is not None:
             params, opt_state, start = restored["params"], restored["opt_state"], int(restored["step"])
-    step_fn = make_train_step(model, tx, cfg.label_smoothing, shards)
+    step_fn = make_train_step(model, tx, cfg.label_smoothing, shards, cfg.loss_impl)
     primary = jax.process_index() == 0
     log = _StepLog(Path(workdir) / "train_log.csv" if workdir is not None and primary else None,
                    resume_from=start)

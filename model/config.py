@@ -30,6 +30,13 @@ class VisionConfig:
     num_heads: int
     patch_size: int
     image_size: int
+    # "dense", "fused" or None (per backend), as LLMConfig.attention_impl; SigLIP has no soft-cap.
+    attention_impl: str | None = None
+
+    def __post_init__(self) -> None:
+        from model.attention import check_impl
+
+        check_impl(self.attention_impl, None, "VisionConfig.attention_impl")
 
     @property
     def num_patches(self) -> int:
@@ -57,6 +64,15 @@ class LLMConfig:
     post_norms: bool = True
     norm_eps: float = 1e-6
     rope_base: float = 10_000.0
+    # "dense" (materialised logits, any soft-cap), "fused" (jax.nn.dot_product_attention: cuDNN on a GPU;
+    # needs attn_logits_softcap None) or None (per backend: fused on GPU when the cap is off). See
+    # model/attention.py and docs/efficiency.md.
+    attention_impl: str | None = None
+
+    def __post_init__(self) -> None:
+        from model.attention import check_impl
+
+        check_impl(self.attention_impl, self.attn_logits_softcap, "LLMConfig.attention_impl")
 
 
 @dataclass(frozen=True)

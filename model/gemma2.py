@@ -21,6 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from model import precision
+from model import remat as remat_policies
+from model.attention import fused_attention, use_fused
 from model.config import LLMConfig
 
 # Masked attention logits get this instead of -inf, so a fully masked row (padding) gives a uniform
@@ -55,10 +58,9 @@ def apply_rope(x: jax.Array, sin: jax.Array, cos: jax.Array) -> jax.Array:
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
 
-def einsum(equation: str, *operands: jax.Array) -> jax.Array:
-    """jnp.einsum accumulating in float32 and returning the first operand's dtype: the same as
-    einsum for float32, and both faster and more precise than a bfloat16-output product on CPU."""
-    return jnp.einsum(equation, *operands, preferred_element_type=jnp.float32).astype(operands[0].dtype)
+# jnp.einsum returning the first operand's dtype, accumulated in float32; written per backend
+# (model/precision.py: cast from a float32 product on CPU, a native bfloat16 dot on accelerators).
+einsum = precision.einsum
 
 
 def contract(x: jax.Array, w: jax.Array, n_lead: int) -> jax.Array:
@@ -146,11 +148,16 @@ class Attention(nn.Module):
                                                  (0, 0, end, 0))
             new = (key, value)
         b, t = q.shape[:2]
+        if t > 1 and use_fused(c.attention_impl, c.attn_logits_softcap):
+            # key [B, K, H, S] -> [B, S, K, H]; value [B, K, S, H] -> [B, S, K, H].
+            out = fused_attention(q, key.transpose(0, 3, 1, 2), value.transpose(0, 2, 1, 3), mask)
+            w = Einsum((n, h, d), lecun(in_axis=(0, 1), out_axis=2), self.dtype, name="attn_vec_einsum")()
+            return einsum("btnh,nhd->btd", out, w), new
         q, key, value = q.reshape(b, t, k, n // k, h), key.astype(self.dtype), value.astype(self.dtype)
         if t == 1:  # One query: a fused multiply-reduce; XLA's CPU batched dot is slow for such small slices.
             logits = jnp.sum(q[:, 0, :, :, :, None].astype(jnp.float32) * key[:, :, None], axis=3)[:, :, :, None]
         else:
-            logits = jnp.einsum("btkgh,bkhs->bkgts", q, key, preferred_element_type=jnp.float32)
+            logits = precision.einsum_f32("btkgh,bkhs->bkgts", q, key)
         logits = soft_cap(logits, c.attn_logits_softcap)
         logits = jnp.where(mask[:, None, None], logits, MASKED_LOGIT)
         probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
@@ -219,7 +226,7 @@ class Gemma2(nn.Module):
     config: LLMConfig
     dtype: Any = jnp.float32
     dropout: float = 0.0
-    remat: bool = False
+    remat: bool | str = False  # a model/remat.py policy name, or False / True for "dots" / "full"
 
     def setup(self):
         # big_vision's Embedder init (normal, std 0.01); only the loader's values matter in practice.
@@ -234,7 +241,7 @@ class Gemma2(nn.Module):
     def logits(self, h: jax.Array) -> jax.Array:
         """Final-normed hidden states -> float32 logits through the tied embedding, then the soft-cap."""
         table = self.embedder.table.astype(self.dtype)
-        logits = jnp.einsum("...d,vd->...v", h, table, preferred_element_type=jnp.float32)
+        logits = precision.einsum_f32("...d,vd->...v", h, table)
         return soft_cap(logits, self.config.final_logits_softcap)
 
     @nn.compact
@@ -258,10 +265,8 @@ class Gemma2(nn.Module):
         shared = dict(sin=sin, cos=cos, mask=mask, sliding_mask=sliding_mask if use_sliding else None, end=cache_end)
         x = x.astype(self.dtype)
         if layers is None:
-            # As in siglip.Encoder: keep matmul outputs (remat=False) or nothing (remat=True) per layer.
-            policies = jax.checkpoint_policies
-            policy = policies.nothing_saveable if self.remat else policies.dots_saveable
-            block = nn.remat(Block, prevent_cse=False, policy=policy)
+            # What each layer keeps for the backward pass: model/remat.py.
+            block = nn.remat(Block, prevent_cse=False, policy=remat_policies.policy(self.remat))
             scanned = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
                               in_axes=(0, nn.broadcast), length=c.depth)(
                 c, self.dtype, self.dropout, deterministic, return_kv, name="layers")

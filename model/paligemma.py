@@ -56,10 +56,15 @@ class PaliGemma(nn.Module):
     dtype: Any = jnp.float32
     dropout: float = 0.0
     remat: bool = False
+    # Per-module policies by name (model/remat.py: none, dots, dots_no_batch, full); None: from `remat`.
+    remat_img: str | None = None
+    remat_llm: str | None = None
 
     def setup(self):
-        self.img = SigLIP(self.config.vision, self.config.llm.width, self.dtype, self.remat)
-        self.llm = Gemma2(self.config.llm, self.dtype, self.dropout, self.remat)
+        img_policy = self.remat if self.remat_img is None else self.remat_img
+        llm_policy = self.remat if self.remat_llm is None else self.remat_llm
+        self.img = SigLIP(self.config.vision, self.config.llm.width, self.dtype, img_policy)
+        self.llm = Gemma2(self.config.llm, self.dtype, self.dropout, llm_policy)
 
     def _embed(self, images, tokens, mask_ar, mask_input):
         zimg = self.img(images)
@@ -82,11 +87,21 @@ class PaliGemma(nn.Module):
                  *, train: bool = False) -> jax.Array:
         """images float[B, H, W, 3] in [-1, 1]; tokens int32[B, T]; mask_ar, mask_input [B, T]
         (big_vision's mask_ar and input_mask). Returns float32 logits [B, T, V] for the text positions."""
+        return self.text_logits(self.text_hidden(images, tokens, mask_ar, mask_input, train=train))
+
+    def text_hidden(self, images: jax.Array, tokens: jax.Array, mask_ar: jax.Array, mask_input: jax.Array,
+                    *, train: bool = False) -> jax.Array:
+        """As __call__, but the final-normed hidden states [B, T, D] of the text positions, before the
+        logits: a loss can then compute the 257,152-way logits a chunk at a time (model/losses.py)."""
         x, mask_ar, valid = self._embed(images, tokens, mask_ar, mask_input)
         positions = jnp.cumsum(valid, axis=1) - 1
         mask, sliding = self._masks(mask_ar, valid, positions)
         h, _ = self.llm(x, positions, mask, sliding, deterministic=not train)
-        return self.llm.logits(h[:, -tokens.shape[1]:])
+        return h[:, -tokens.shape[1]:]
+
+    def text_logits(self, hidden: jax.Array) -> jax.Array:
+        """Hidden states [..., D] -> soft-capped float32 logits [..., V] (the tied embedding)."""
+        return self.llm.logits(hidden)
 
     def prefill(self, images: jax.Array, tokens: jax.Array, mask_ar: jax.Array, mask_input: jax.Array,
                 *, cache_size: int) -> tuple[jax.Array, Cache]:

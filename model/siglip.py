@@ -14,18 +14,18 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from model import precision
+from model import remat as remat_policies
+from model.attention import fused_attention, use_fused
 from model.config import VisionConfig
 
 # flax's LayerNorm default, which big_vision's ViT uses (paligemma2-facts.md §1.2).
 LAYER_NORM_EPS = 1e-6
 
 
-def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
-    """lax.dot_general accumulating in float32, returning lhs's dtype (for flax's Dense*): equal to
-    the default for float32, faster and more precise than a bfloat16-output product on CPU."""
-    out = jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
-                              preferred_element_type=jnp.float32)
-    return out.astype(lhs.dtype)
+# lax.dot_general for flax's Dense*, returning lhs's dtype, accumulated in float32; written per backend
+# (model/precision.py: cast from a float32 product on CPU, a native bfloat16 dot on accelerators).
+dot_general = precision.dot_general
 
 
 class MlpBlock(nn.Module):
@@ -52,6 +52,7 @@ class SelfAttention(nn.Module):
 
     num_heads: int
     dtype: Any = jnp.float32
+    attention_impl: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -60,9 +61,12 @@ class SelfAttention(nn.Module):
         dense = lambda name: nn.DenseGeneral((self.num_heads, head_dim), dtype=self.dtype, name=name,
                                              kernel_init=nn.initializers.xavier_uniform(), dot_general=dot_general)
         q, k, v = dense("query")(x), dense("key")(x), dense("value")(x)
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q * head_dim**-0.5, k, preferred_element_type=jnp.float32)
-        probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-        out = jnp.einsum("bhqk,bkhd->bqhd", probs, v, preferred_element_type=jnp.float32).astype(self.dtype)
+        if use_fused(self.attention_impl, None):
+            out = fused_attention(q * jnp.asarray(head_dim**-0.5, q.dtype), k, v, None)
+        else:
+            logits = precision.einsum_f32("bqhd,bkhd->bhqk", q * head_dim**-0.5, k)
+            probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+            out = precision.einsum("bhqk,bkhd->bqhd", probs, v)
         return nn.DenseGeneral(width, axis=(-2, -1), dtype=self.dtype, name="out", dot_general=dot_general,
                                kernel_init=nn.initializers.xavier_uniform())(out)
 
@@ -73,11 +77,13 @@ class Encoder1DBlock(nn.Module):
     mlp_dim: int
     num_heads: int
     dtype: Any = jnp.float32
+    attention_impl: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, _: None) -> tuple[jax.Array, None]:
         y = nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=self.dtype, name="LayerNorm_0")(x)
-        x = x + SelfAttention(self.num_heads, self.dtype, name="MultiHeadDotProductAttention_0")(y)
+        x = x + SelfAttention(self.num_heads, self.dtype, self.attention_impl,
+                              name="MultiHeadDotProductAttention_0")(y)
         y = nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=self.dtype, name="LayerNorm_1")(x)
         x = x + MlpBlock(self.mlp_dim, self.dtype, name="MlpBlock_0")(y)
         return x, None
@@ -88,19 +94,18 @@ class Encoder(nn.Module):
 
     config: VisionConfig
     dtype: Any = jnp.float32
-    remat: bool = False
+    remat: bool | str = False  # a model/remat.py policy name, or False / True for "dots" / "full"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        # remat=False keeps each layer's matmul outputs and recomputes the element-wise rest when
-        # differentiating: less memory than keeping everything, and faster on CPU. remat=True keeps
-        # nothing per layer (big_vision's nothing_saveable).
-        policies = jax.checkpoint_policies
-        policy = policies.nothing_saveable if self.remat else policies.dots_saveable
-        block = nn.remat(Encoder1DBlock, prevent_cse=False, policy=policy)
+        # What each layer keeps for the backward pass (model/remat.py). The default ("dots") keeps each
+        # layer's matmul outputs and recomputes the element-wise rest: less memory than keeping
+        # everything, and faster on CPU. "full" keeps nothing per layer (big_vision's nothing_saveable).
+        block = nn.remat(Encoder1DBlock, prevent_cse=False, policy=remat_policies.policy(self.remat))
         scanned = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
                           in_axes=nn.broadcast, length=self.config.depth)
-        x, _ = scanned(self.config.mlp_dim, self.config.num_heads, self.dtype, name="encoderblock")(x, None)
+        x, _ = scanned(self.config.mlp_dim, self.config.num_heads, self.dtype, self.config.attention_impl,
+                       name="encoderblock")(x, None)
         return nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=self.dtype, name="encoder_norm")(x)
 
 
@@ -130,7 +135,7 @@ class SigLIP(nn.Module):
     config: VisionConfig
     out_dim: int
     dtype: Any = jnp.float32
-    remat: bool = False
+    remat: bool | str = False
 
     @nn.compact
     def __call__(self, images: jax.Array) -> jax.Array:
