@@ -113,7 +113,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         return 0
     _enable_compile_cache()
     for path in pretrain(args.config, tuple(args.sizes) if args.sizes else None,
-                         max_resolution=args.max_resolution, progress=not args.quiet):
+                         max_resolution=args.max_resolution, progress=not args.quiet, out=args.out):
         print(path)
     return 0
 
@@ -193,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", nargs="+", help="only these sizes (default: the config's)")
     p.add_argument("--max-resolution", type=int, metavar="PX",
                    help="stop after the stages at or below this resolution (default: all stages)")
+    p.add_argument("--out", metavar="DIR", help="write the checkpoints here instead of the config's `out` "
+                   "(to build candidates without touching the shipped ones)")
     p.add_argument("--tokenizer", action="store_true",
                    help="only (re)train the nano SentencePiece tokenizer on the generated text")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

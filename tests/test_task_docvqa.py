@@ -183,3 +183,14 @@ def test_recipe_follows_big_vision_sweep_best(task):
     assert task.recipe("nano-m", 128) == r
     with pytest.raises(KeyError, match="resolution 300 is not in the paligemma2 family"):
         task.recipe("3b", 300)
+
+
+def test_ocr_view_is_each_page_with_its_lines(task, demo):
+    pages = task.ocr_examples(demo, "train")
+    data = json.loads((demo / "train_v1.0_withQT.json").read_text())["data"]
+    assert len(pages) == len({r["image"] for r in data})
+    for r in data:
+        (page,) = [p for p in pages if p.id == Path(r["image"]).stem]
+        assert page.prefix == "ocr" and page.targets[0].split()[0].isupper()  # the title comes first
+        assert r["answers"][0] in page.targets[0].split()
+        assert page.image.shape == (192, 192, 3)

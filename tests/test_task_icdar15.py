@@ -114,6 +114,12 @@ def test_demo_data_builds_splits_and_scores_ground_truth_perfectly(tmp_path):
     total = sum(w["text"] != "###" for r in refs.values() for w in r["words"])
     assert partial.metrics["e2e_recall"] == pytest.approx((total - missing) / total)
     assert partial.metrics["e2e_precision"] == 1.0
+    # The OCR view: the same scenes, their legible words (no `###`, no loc tokens) as the target.
+    ocr = task.ocr_examples(tmp_path / "raw", "eval")
+    assert len(ocr) == 4 and all(o.prefix == "ocr" for o in ocr)
+    for o, e in zip(ocr, examples):
+        assert sorted(o.targets[0].split()) == sorted(w["text"] for w in e.reference["words"]
+                                                      if w["text"] != "###")
 
 
 def test_demo_is_deterministic_official_and_varied(tmp_path):

@@ -73,6 +73,13 @@ def test_demo_is_deterministic_and_varies_with_the_seed(task, tmp_path):
                 assert 0 <= x0 < x1 <= image.width and 0 <= y0 < y1 <= image.height
 
 
+def test_ocr_view_reads_the_cells_in_order(task, demo):
+    raw = {r["filename"]: r for r in _lines(demo)}
+    for ex in task.ocr_examples(demo, "eval"):
+        cells = ["".join(t for t in c["tokens"] if len(t) == 1) for c in raw[ex.id]["html"]["cells"]]
+        assert ex.prefix == "ocr" and ex.targets[0] == " ".join(c for c in cells if c)
+
+
 def test_demo_text_needs_resolution(tmp_path, task):
     """Cell text boxes are ~6-9 px tall once a table is padded square and resized to 64 px, ~3-4 px at
     32 px (x-heights about half that): legible at the grid's high resolution, not at its low one."""
