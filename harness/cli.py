@@ -42,11 +42,34 @@ def _enable_compile_cache() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
+def _matmul_peak_gflops(seconds: float = 2.0, n: int = 2048) -> float:
+    """This machine's float32 matmul rate now: the best of repeated jitted n x n `jnp.dot`s over about
+    `seconds`. Printed with a run's time, so a timing can be read against how fast the machine was that
+    day (2-core machines of the same type vary by a third from day to day)."""
+    import time
+
+    import jax
+    import jax.numpy as jnp
+
+    a = jnp.ones((n, n), jnp.float32)
+    dot = jax.jit(jnp.dot)
+    dot(a, a).block_until_ready()  # compile
+    best, end = float("inf"), time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        start = time.perf_counter()
+        dot(a, a).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
+    import time
+
     from harness.grid import load_grid
     from harness.scheduler import run_grid
     from results.tables import write_tables
 
+    start = time.perf_counter()
     grid = load_grid(args.grid, check_files=not (args.dry_run or args.random_init))
     if args.random_init:
         grid = grid.random_init_twin()
@@ -58,7 +81,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     run_grid(grid, workdir, backend=args.backend, dry_run=args.dry_run, progress=not args.quiet)
     if not args.dry_run:
         print(write_tables(workdir))
+        elapsed = time.perf_counter() - start
         print(f"\ntables and plots written to {workdir / 'tables'}", file=sys.stderr)
+        print(f"{grid.name}: {elapsed:.0f} s ({elapsed / 60:.1f} min); this machine's 2048² float32 jnp.dot "
+              f"peak, measured now: {_matmul_peak_gflops():.0f} GFLOP/s", file=sys.stderr)
     return 0
 
 
