@@ -12,6 +12,9 @@ PubTabNet: the non-empty cells' boxes; ICDAR'15: the legible words' quads):
   DocVQA and PubTabNet, whose dark ink on a light page separates by a threshold);
 * x-height: the ink height of "x" in the generator's fonts at its font sizes (ICDAR'15, whose coloured
   words on textured scenes do not threshold cleanly);
+* coloured ink (ChemDraw, not redesigned: RDKit draws the molecules): the height of each connected
+  component of coloured pixels of the eval drawings, i.e. the heteroatom labels (O, N, Cl, ...) together
+  with the coloured halves of their bonds, so an upper bound on the label height;
 
 each scaled as `harness/data.py` scales the image: by resolution / side of the padded square when the
 task's recipe pads (PubTabNet), by resolution / image height otherwise. Medians and ranges (5th-95th
@@ -82,9 +85,24 @@ def icdar15_items(root: Path) -> list[tuple[float, float]]:
     return out
 
 
+def chemdraw_items(root: Path) -> list[tuple[float, float]]:
+    from scipy import ndimage
+
+    out = []
+    for path in sorted((root / "synthetic" / "chemdraw").glob("*.png")):
+        rgb = np.asarray(Image.open(path).convert("RGB")).astype(int)
+        coloured = (np.abs(rgb[..., 0] - rgb[..., 2]) > 80) | (np.abs(rgb[..., 1] - rgb[..., 2]) > 80)
+        labels, _ = ndimage.label(coloured)
+        side = max(rgb.shape[:2])  # padded to a square before the resize
+        heights = [s[0].stop - s[0].start for s in ndimage.find_objects(labels)]
+        out += [(h, side) for h in heights if h >= 4]  # specks of anti-aliasing are not labels
+    return out
+
+
 MEASURES = {"docvqa": ("core height (pixels)", docvqa_items),
             "pubtabnet": ("core height (pixels)", pubtabnet_items),
-            "icdar15": ("x-height (font metric)", icdar15_items)}
+            "icdar15": ("x-height (font metric)", icdar15_items),
+            "chemdraw": ("coloured ink height (pixels)", chemdraw_items)}
 
 
 def main() -> None:
