@@ -44,7 +44,29 @@ def _enable_compile_cache() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
+def _matmul_peak_gflops(seconds: float = 2.0, n: int = 2048) -> float:
+    """This machine's float32 matmul rate now: the best of repeated jitted n x n `jnp.dot`s over about
+    `seconds`. Printed with a run's time, so a timing can be read against how fast the machine was that
+    day (2-core machines of the same type vary by a third from day to day)."""
+    import time
+
+    import jax
+    import jax.numpy as jnp
+
+    a = jnp.ones((n, n), jnp.float32)
+    dot = jax.jit(jnp.dot)
+    dot(a, a).block_until_ready()  # compile
+    best, end = float("inf"), time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        start = time.perf_counter()
+        dot(a, a).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
+    import time
+
     from harness import multihost
     from harness.grid import load_grid
     from harness.scheduler import run_grid
@@ -54,6 +76,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not args.dry_run:
         initialize_distributed()  # a multi-host job (docs/scale.md): before anything touches a device
 
+    start = time.perf_counter()
     grid = load_grid(args.grid, check_files=not (args.dry_run or args.random_init))
     if args.random_init:
         grid = grid.random_init_twin()
@@ -72,7 +95,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
              cache_dir=args.cache_dir)
     if not args.dry_run and multihost.is_primary():
         print(write_tables(workdir))
+        elapsed = time.perf_counter() - start
         print(f"\ntables and plots written to {workdir / 'tables'}", file=sys.stderr)
+        print(f"{grid.name}: {elapsed:.0f} s ({elapsed / 60:.1f} min); this machine's 2048² float32 jnp.dot "
+              f"peak, measured now: {_matmul_peak_gflops():.0f} GFLOP/s", file=sys.stderr)
     return 0
 
 
@@ -156,7 +182,8 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
         mesh = mesh_from_axes(model=args.model_parallel)
     for path in pretrain(args.config, tuple(args.sizes) if args.sizes else None,
-                         max_resolution=args.max_resolution, progress=not args.quiet, mesh=mesh):
+                         max_resolution=args.max_resolution, progress=not args.quiet, mesh=mesh,
+                         out=args.out):
         print(path)
     return 0
 
@@ -250,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", nargs="+", help="only these sizes (default: the config's)")
     p.add_argument("--max-resolution", type=int, metavar="PX",
                    help="stop after the stages at or below this resolution (default: all stages)")
+    p.add_argument("--out", metavar="DIR", help="write the checkpoints here instead of the config's `out` "
+                   "(to build candidates without touching the shipped ones)")
     p.add_argument("--tokenizer", action="store_true",
                    help="only (re)train the nano SentencePiece tokenizer on the generated text")
     p.add_argument("--model-parallel", type=int, metavar="M",

@@ -14,6 +14,7 @@ in bfloat16 like the released `.b16.npz` files.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from model.tokenizer import Tokenizer
 from tasks.registry import BUILTIN, get_task
 
 ALL = "all"
+OCR = "ocr"  # the weight key of the OCR mixture: every task's `ocr_examples`, shared equally
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,9 @@ class Stage:
     weights: Mapping[str, float]
 
     def weight(self, task: str) -> float:
+        """A task's weight; `ocr` is never covered by `all` (a stage opts into the OCR mixture)."""
+        if task == OCR:
+            return float(self.weights.get(OCR, 0.0))
         return float(self.weights.get(task, self.weights.get(ALL, 0.0)))
 
 
@@ -87,18 +92,27 @@ def load_spec(path: str | Path) -> PretrainSpec:
 
 
 def pretraining_sources(spec: PretrainSpec, stage: Stage) -> list[Source]:
-    """Each built-in task's generated train split, weighted as the stage says."""
-    sources = []
+    """Each built-in task's generated train split, weighted as the stage says; with an `ocr` weight, also
+    the OCR view of every task that has one (`Task.ocr_examples`: the image's text as the target),
+    the weight split equally between those tasks."""
+    sources, ocr = [], []
     for name in sorted(BUILTIN):
         weight = stage.weight(name)
-        if weight <= 0:
+        if weight <= 0 and stage.weight(OCR) <= 0:
             continue
         task = get_task(name)
         manual = spec.data_root / name
         if not manual.is_dir() or not any(manual.iterdir()):
             task.write_demo(manual, num_train=spec.num_train, num_eval=8, seed=spec.data_seed)
         pad = task.recipe("3b", 224).pad_to_square
-        sources.append(Source(task.examples(manual, "train"), weight=weight, square_pad=pad))
+        if weight > 0:
+            sources.append(Source(task.examples(manual, "train"), weight=weight, square_pad=pad))
+        if stage.weight(OCR) > 0:
+            examples = task.ocr_examples(manual, "train")
+            if len(examples):
+                ocr.append(Source(examples, weight=1.0, square_pad=pad))
+    for source in ocr:
+        sources.append(dataclasses.replace(source, weight=stage.weight(OCR) / len(ocr)))
     return sources
 
 
@@ -153,8 +167,11 @@ def pretrain_size(spec: PretrainSpec, size: str, *, max_resolution: int | None =
 
 
 def pretrain(spec_path: str | Path, sizes: tuple[str, ...] | None = None, *,
-             max_resolution: int | None = None, progress: bool = True, mesh=None) -> list[Path]:
+             max_resolution: int | None = None, progress: bool = True, mesh=None,
+             out: str | Path | None = None) -> list[Path]:
     spec = load_spec(spec_path)
+    if out is not None:
+        spec = dataclasses.replace(spec, out=Path(out))
     return [p for size in (sizes or spec.sizes)
             for p in pretrain_size(spec, size, max_resolution=max_resolution, progress=progress, mesh=mesh)]
 

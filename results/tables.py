@@ -23,7 +23,7 @@ from results.lr_choice import format_lr, select_best_lrs
 from model.config import FAMILIES
 from results import plots
 from results.compare import tasks_won, versus
-from results.sensitivity import RULE, sensitivities
+from results.sensitivity import ONE_SEED, RULE, sensitivities
 from results.store import Record, load_records
 
 MISSING = "–"
@@ -147,9 +147,18 @@ def sensitivity_table(sens: list, sizes: list[str], resolutions: list[int]) -> p
     size_col = f"size gain {s1}→{sizes[1]} @{r1}" if len(sizes) > 1 else "size gain"
 
     def gain(g) -> str:
-        return MISSING if g is None else f"{g.value:+.1f} (2se {2 * g.se:.1f})"
+        if g is None:
+            return MISSING
+        if not g.has_interval:
+            return f"{g.value:+.1f} ({ONE_SEED})"
+        return f"{g.value:+.1f} (2se {2 * g.se:.1f}{', within noise' if g.within_noise else ''})"
 
-    rows = {s.task: {"metric": s.metric, f"{s1}-{r1}": MISSING if s.base is None else f"{s.base:.1f}",
+    def base(s) -> str:
+        if s.base is None:
+            return MISSING
+        return f"{s.base:.1f}" if s.base_std is None else f"{s.base:.1f} ± {s.base_std:.1f}"
+
+    rows = {s.task: {"metric": s.metric, f"{s1}-{r1}": base(s),
                      res_col: gain(s.resolution), size_col: gain(s.size), "label": s.label} for s in sens}
     return pd.DataFrame.from_dict(rows, orient="index",
                                   columns=["metric", f"{s1}-{r1}", res_col, size_col, "label"])
@@ -160,8 +169,12 @@ def sensitivity_csv(sens: list) -> pd.DataFrame:
                           "res_gain": None if s.resolution is None else s.resolution.value,
                           "res_se": None if s.resolution is None else s.resolution.se,
                           "size_gain": None if s.size is None else s.size.value,
-                          "size_se": None if s.size is None else s.size.se, "label": s.label} for s in sens],
-                        columns=["task", "metric", "base", "res_gain", "res_se", "size_gain", "size_se", "label"])
+                          "size_se": None if s.size is None else s.size.se,
+                          "base_std": s.base_std,
+                          "seeds": None if s.resolution is None or s.size is None
+                          else min(s.resolution.seeds, s.size.seeds), "label": s.label} for s in sens],
+                        columns=["task", "metric", "base", "res_gain", "res_se", "size_gain", "size_se",
+                                 "base_std", "seeds", "label"])
 
 
 # --- rendering ------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -112,6 +112,34 @@ class Scores:
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
+OCR_PREFIX = "ocr"  # PaliGemma's OCR prompt
+
+
+class LazyExamples(Sequence[Example]):
+    """`make(item)` for each item, computed on access: views of a split (e.g. its OCR view) without
+    decoding every image up front."""
+
+    def __init__(self, items: Sequence[Any], make: Callable[[Any], Example]):
+        self._items, self._make = items, make
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return self._make(self._items[i])
+
+    def __iter__(self) -> Iterator[Example]:
+        return (self[i] for i in range(len(self)))
+
+
+def ocr_example(ex: Example, words: Sequence[str]) -> Example:
+    """`ex`'s image with its words, in reading order, as an OCR target."""
+    line = " ".join(w for w in words if w)
+    return Example(id=ex.id, image=ex.image, prefix=OCR_PREFIX, targets=(line,), reference=line)
+
+
 class Task(abc.ABC):
     """Base class of a task plugin. Subclasses set the class attributes and implement the methods."""
 
@@ -152,6 +180,13 @@ class Task(abc.ABC):
 
         An id in `references` with no prediction is scored as an empty prediction.
         """
+
+    # --- OCR view (optional) ---------------------------------------------------------------------
+    def ocr_examples(self, manual_dir: str | Path, role: str = "train") -> Sequence[Example]:
+        """The split's images with the text they show as the target (prefix `OCR_PREFIX`), for an
+        OCR pretraining mixture (PaliGemma's stage 1 has one). Tasks whose images hold no text to read
+        return nothing."""
+        return ()
 
     # --- demo ---------------------------------------------------------------------------------
     @abc.abstractmethod

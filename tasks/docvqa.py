@@ -11,9 +11,11 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 import tensorflow_datasets as tfds
+from PIL import Image
 
 from metrics.anls import anls_bv_scores, anls_scores
-from tasks.base import DataError, Example, Recipe, Scores, Task, field, image_source, paper_point, read_json, text
+from tasks.base import (DataError, Example, LazyExamples, Recipe, Scores, Task, field, image_source, ocr_example, paper_point,
+                        read_json, text)
 from tasks.builder import RawFilesBuilder
 
 SPLITS = ("train", "val", "test")
@@ -128,6 +130,33 @@ class DocVQA(Task):
             targets=answers,  # the harness samples one per step, as big_vision's `choice`
             reference={"answers": list(answers)},
         )
+
+    def ocr_examples(self, manual_dir: str | Path, role: str = "train") -> LazyExamples:
+        """Each page of the role's RRC file that has a release OCR file (`ocr_results/<page>.json`, as the
+        RRC download ships), with the OCR lines top to bottom as the target. Read from the raw files:
+        the TFDS records are per question, not per page."""
+        manual_dir = Path(manual_dir)
+        split = {"minival": "train", "eval": "val"}.get(role, role)
+        path = _qa_file(manual_dir, split)
+        if path is None:
+            raise DataError(f"docvqa: {manual_dir / f'{split}_v1.0_withQT.json'} is missing.\n"
+                            f"{DOWNLOAD_INSTRUCTIONS}")
+        pages: dict[str, list[str]] = {}
+        for i, r in enumerate(field(read_json(path), "data", list, str(path))):
+            image = field(r, "image", str, f"{path}: data[{i}]")
+            ocr = path.parent / "ocr_results" / (Path(image).stem + ".json")
+            if image in pages or not ocr.is_file():
+                continue
+            results = field(read_json(ocr), "recognitionResults", list, str(ocr))
+            pages[image] = [field(line, "text", str, str(ocr)) for page in results
+                            for line in field(page, "lines", list, str(ocr))]
+
+        def make(image: str) -> Example:
+            with Image.open(path.parent / image) as page:
+                pixels = np.asarray(page.convert("RGB"))
+            return ocr_example(Example(Path(image).stem, pixels, "", (), None), pages[image])
+
+        return LazyExamples(sorted(pages), make)
 
     def recipe(self, size: str, resolution: int) -> Recipe:
         """big_vision sweep_best (facts §2.2), the same at 224, 448 and 896: 10 epochs, batch 256,

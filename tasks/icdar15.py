@@ -26,7 +26,8 @@ import tensorflow_datasets as tfds
 
 from metrics import text_spotting
 from model.tokenizer import loc_to_unit, loc_tokens, parse_loc_groups
-from tasks.base import DataError, Example, Recipe, Scores, Task, paper_point, text
+from tasks.base import (DataError, Example, LazyExamples, Recipe, Scores, Task, ocr_example, paper_point,
+                        text)
 from tasks.builder import RawFilesBuilder
 
 # Unpublished (facts §2.6); a short task name in the style of PaliGemma's "ocr" / "detect" prompts.
@@ -247,6 +248,15 @@ class Icdar15(Task):
                      "words": [{"quad": [float(c) for c in q], "text": t} for q, t in zip(quads, texts)]}
         return Example(id=text(record["image_id"]), image=image, prefix=PREFIX,
                        targets=(format_target(quads, texts, width, height),), reference=reference)
+
+    def ocr_examples(self, manual_dir: str | Path, role: str = "train") -> LazyExamples:
+        """Each scene's legible words (not `###`) top to bottom, then left to right within a line."""
+        def make(ex: Example) -> Example:
+            words = [w for w in ex.reference["words"] if w["text"] != text_spotting.DONT_CARE]
+            words.sort(key=lambda w: (round(min(w["quad"][1::2]) / 32), min(w["quad"][0::2])))
+            return ocr_example(ex, [w["text"] for w in words])
+
+        return LazyExamples(self.examples(manual_dir, role), make)
 
     def recipe(self, size: str, resolution: int) -> Recipe:
         paper_point(size, resolution)  # the paper gives one recipe for all sizes and resolutions

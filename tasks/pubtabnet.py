@@ -32,8 +32,8 @@ import tensorflow_datasets as tfds
 
 from metrics.teds import corpus_teds
 from model.tokenizer import loc_tokens
-from tasks.base import (DataError, Example, Recipe, Scores, Task, field, image_source, paper_point,
-                        read_jsonl, text)
+from tasks.base import (DataError, Example, LazyExamples, Recipe, Scores, Task, field, image_source, paper_point,
+                        ocr_example, read_jsonl, text)
 from tasks.builder import RawFilesBuilder
 
 ANNOTATIONS = "PubTabNet_2.0.0.jsonl"
@@ -227,6 +227,16 @@ class PubTabNet(Task):
             targets=(target_html(annotation, width, height),),
             reference={"html": gt_html(annotation), "complex": is_complex(annotation)},
         )
+
+    def ocr_examples(self, manual_dir: str | Path, role: str = "train") -> LazyExamples:
+        """Each table's cell texts in reading order (the HTML's document order)."""
+        from lxml import html as lxml_html
+
+        def make(ex: Example) -> Example:
+            cells = lxml_html.fromstring(ex.reference["html"]).iter("td")
+            return ocr_example(ex, [td.text_content().strip() for td in cells])
+
+        return LazyExamples(self.examples(manual_dir, role), make)
 
     def recipe(self, size: str, resolution: int) -> Recipe:
         """One recipe for every size and resolution (facts §2.6 gives no per-size changes). Weight decay

@@ -84,3 +84,10 @@ def test_score_on_a_missing_data_dir_says_what_to_download(tmp_path, capsys):
     preds.write_text('{"id": 1, "prediction": "yes"}\n')
     code, _, err = _run(capsys, "score", "docvqa", "--data", str(tmp_path / "nothing"), "--predictions", str(preds))
     assert code == 2 and "val_v1.0_withQT.json" in err
+
+
+def test_matmul_peak_is_a_plausible_rate():
+    """The rate `run` prints beside its time: 2 n^3 FLOPs per n x n matmul over the best time."""
+    from harness.cli import _matmul_peak_gflops
+
+    assert 0.01 < _matmul_peak_gflops(seconds=0.05, n=128) < 1e5

@@ -52,3 +52,23 @@ def test_stages_resume_and_continue(tmp_path):
     emb32, emb64 = (np.asarray(p["llm"]["embedder"]["input_embedding"]) for p in (p32, p64))
     assert not np.array_equal(emb32, emb64)
     assert np.abs(emb64 - emb32).max() < 0.1
+
+
+def test_ocr_mixture_reads_each_text_tasks_ocr_view(tmp_path):
+    """`ocr` is opt-in per stage (never covered by `all`); its sources are the OCR views of the tasks whose
+    images hold text, each the image with its words as the target, sharing the weight equally."""
+    from harness.pretrain import pretraining_sources
+
+    path = tiny_spec(tmp_path)
+    raw = yaml.safe_load(path.read_text())
+    raw["stages"][1]["weights"] = {"ocr": 3.0}
+    path.write_text(yaml.safe_dump(raw))
+    spec = load_spec(path)
+    assert spec.stages[0].weight("ocr") == 0.0 and spec.stages[1].weight("ocr") == 3.0
+    sources = pretraining_sources(spec, spec.stages[1])
+    assert len(sources) == 3 and all(s.weight == 1.0 for s in sources)
+    assert sorted(s.square_pad for s in sources) == [False, False, True]  # PubTabNet pads like its task
+    for source in sources:
+        ex = source.examples[0]
+        assert ex.prefix == "ocr" and len(ex.targets) == 1 and ex.targets[0].strip()
+        assert ex.image.ndim == 3 and "<loc" not in ex.targets[0] and "<td" not in ex.targets[0]

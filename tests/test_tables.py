@@ -62,12 +62,33 @@ def test_lr_sweep_table_marks_the_protocols_pick(workdir):
 def test_sensitivity_labels(workdir):
     md = write_tables(workdir)
     assert "| task | metric | 3b-224 | res gain 224→448 @3b | size gain 3b→10b @224 | label |" in md
-    assert "| vqav2 | accuracy | 83.0 | +0.1 (2se 0.3) | +1.3 (2se 0.3) | size |" in md
-    assert "| docvqa | anls | 40.0 | +33.6 (2se 0.3) | +4.0 (2se 0.3) | resolution |" in md
-    assert "| coco_captions | cider | 141.3 | +2.1 (2se 0.3) | +2.4 (2se 0.3) | both |" in md
-    assert "| chemdraw | exact_match | 50.0 | +0.1 (2se 0.3) | -0.1 (2se 0.3) | neither |" in md
+    # Three seeds, sample std 0.2 per cell: 2 se of a difference = 2 * sqrt(2 * 0.04 / 3) = 0.33.
+    assert ("| vqav2 | accuracy | 83.0 ± 0.2 | +0.1 (2se 0.3, within noise) | +1.3 (2se 0.3) | size |"
+            in md)
+    assert "| docvqa | anls | 40.0 ± 0.2 | +33.6 (2se 0.3) | +4.0 (2se 0.3) | resolution |" in md
+    assert "| coco_captions | cider | 141.3 ± 0.2 | +2.1 (2se 0.3) | +2.4 (2se 0.3) | both |" in md
+    assert ("| chemdraw | exact_match | 50.0 ± 0.2 | +0.1 (2se 0.3, within noise) | -0.1 (2se 0.3, within noise) "
+            "| neither |" in md)
     assert "| pubtabnet | teds | 90.0 | – | – | – |" in md
-    assert "twice" in md  # the rule is written under the table
+    assert "twice" in md and "1 seed" in md  # the rule is written under the table
+
+
+def test_one_seed_has_no_interval_and_nothing_is_significant(tmp_path):
+    """With one seed there is no noise estimate: a gain is shown with "1 seed", never called significant,
+    and the label says "1 seed" (not "2se 0.0" and a label that reads any positive gain as a finding)."""
+    from results.sensitivity import Gain
+
+    for task, (headline, cells) in FINAL.items():
+        for (size, res), mean in cells.items():
+            write_record(tmp_path, rec(task, size, res, mean, headline=headline))
+    write_tables(tmp_path, tmp_path / "out")
+    md = (tmp_path / "out" / "tables.md").read_text()
+    assert "| docvqa | anls | 40.0 | +33.6 (1 seed) | +4.0 (1 seed) | 1 seed |" in md
+    assert "2se" not in md.split("## Resolution vs size sensitivity")[1].split("\n\n")[1]
+    csv = (tmp_path / "out" / "sensitivity.csv").read_text().splitlines()
+    assert csv[0].endswith(",seeds,label") and all(line.endswith(",1,1 seed") for line in csv[1:]
+                                                   if not line.startswith("pubtabnet"))
+    assert not Gain(33.6, 0.0, seeds=1).significant and Gain(33.6, 0.1, seeds=3).significant
 
 
 def test_files_csv_latex_png(workdir):

@@ -58,20 +58,32 @@ def test_demo_is_deterministic_and_varies_with_the_seed(task, tmp_path):
     data = json.loads((tmp_path / "a" / qa).read_text())["data"]
     assert len(data) == 5 and all((tmp_path / "a" / r["image"]).is_file() for r in data)
     pages = [np.asarray(Image.open(tmp_path / "a" / r["image"])) for r in data]
-    assert all(p.shape == (448, 400) for p in pages)
+    assert all(p.shape == (192, 192) for p in pages)
 
 
 def test_demo_text_needs_resolution(demo):
-    """Text lines are ~1 px tall once a page is resized to 32 px and ~4-5 px at 128 px: unreadable at the
-    low resolution, readable at the high one (the paper's resolution sensitivity of text-heavy tasks)."""
+    """Text lines (ink boxes of the release-format OCR file, cap top to descender) are ~8 px tall once a
+    page is resized to 64 px and ~4 px at 32 px; the x-height is half that: legible at the grid's high
+    resolution, not at its low one (the paper's resolution sensitivity of text-heavy tasks)."""
     heights = []
-    for path in sorted((demo / "documents").iterdir()):
-        page = np.asarray(Image.open(path).convert("L"))
-        ink_rows = (page < 128).any(axis=1)
-        edges = np.flatnonzero(np.diff(np.concatenate([[0], ink_rows.astype(int), [0]])))
-        heights += list(edges[1::2] - edges[::2])  # lengths of the runs of rows holding ink
-    line_height = float(np.median(heights)) / 448  # as a fraction of the page height
-    assert line_height * 32 < 1.5 and line_height * 128 > 3.5
+    for path in sorted((demo / "ocr_results").iterdir()):
+        result = json.loads(path.read_text())["recognitionResults"][0]
+        assert (result["width"], result["height"]) == (192, 192)
+        for line in result["lines"]:
+            box = line["boundingBox"]
+            assert 0 <= min(box) and max(box[0::2]) < 192 and max(box[1::2]) < 192
+            heights.append((box[5] - box[1]) / result["height"])
+    assert len(heights) >= 4 * 3
+    assert np.median(heights) * 64 > 6.5 and np.median(heights) * 32 < 4.5
+
+
+def test_demo_ocr_file_holds_every_answer(demo):
+    """Every answer of a page is a word of its OCR file (the OCR mixture and the QA agree)."""
+    data = json.loads((demo / "train_v1.0_withQT.json").read_text())["data"]
+    for r in data:
+        ocr = json.loads((demo / "ocr_results" / f"{r['ucsf_document_id']}_1.json").read_text())
+        words = {w["text"] for line in ocr["recognitionResults"][0]["lines"] for w in line["words"]}
+        assert r["answers"][0] in words, (r["answers"], words)
 
 
 def _write_tiny(root: Path, answers_and_modes):
@@ -172,3 +184,14 @@ def test_recipe_follows_big_vision_sweep_best(task):
     assert task.recipe("nano-m", 128) == r
     with pytest.raises(KeyError, match="resolution 300 is not in the paligemma2 family"):
         task.recipe("3b", 300)
+
+
+def test_ocr_view_is_each_page_with_its_lines(task, demo):
+    pages = task.ocr_examples(demo, "train")
+    data = json.loads((demo / "train_v1.0_withQT.json").read_text())["data"]
+    assert len(pages) == len({r["image"] for r in data})
+    for r in data:
+        (page,) = [p for p in pages if p.id == Path(r["image"]).stem]
+        assert page.prefix == "ocr" and page.targets[0].split()[0].isupper()  # the title comes first
+        assert r["answers"][0] in page.targets[0].split()
+        assert page.image.shape == (192, 192, 3)

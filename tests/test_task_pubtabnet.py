@@ -73,14 +73,22 @@ def test_demo_is_deterministic_and_varies_with_the_seed(task, tmp_path):
                 assert 0 <= x0 < x1 <= image.width and 0 <= y0 < y1 <= image.height
 
 
+def test_ocr_view_reads_the_cells_in_order(task, demo):
+    raw = {r["filename"]: r for r in _lines(demo)}
+    for ex in task.ocr_examples(demo, "eval"):
+        cells = ["".join(t for t in c["tokens"] if len(t) == 1) for c in raw[ex.id]["html"]["cells"]]
+        assert ex.prefix == "ocr" and ex.targets[0] == " ".join(c for c in cells if c)
+
+
 def test_demo_text_needs_resolution(tmp_path, task):
-    """Cell text is ~1 px tall once a table is padded square and resized to 32 px, ~3.5 px at 128 px."""
+    """Cell text boxes are ~6-9 px tall once a table is padded square and resized to 64 px, ~3-4 px at
+    32 px (x-heights about half that): legible at the grid's high resolution, not at its low one."""
     task.write_demo(tmp_path, num_train=30, num_eval=0, seed=1)
     heights = []
     for r in _lines(tmp_path):
         side = max(Image.open(tmp_path / "train" / r["filename"]).size)
         heights += [(c["bbox"][3] - c["bbox"][1]) / side for c in r["html"]["cells"] if "bbox" in c]
-    assert np.median(heights) * 32 < 1.2 and np.median(heights) * 128 > 3
+    assert np.median(heights) * 64 > 6 and np.median(heights) * 32 < 4.5
 
 
 def _write_tiny(root: Path, tables: list[dict]) -> None:

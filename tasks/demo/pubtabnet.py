@@ -6,11 +6,12 @@ plus `train/<filename>` and `val/<filename>` PNGs, so the same builder reads dem
 
 The tables look like PubTabNet's: a bold header row (sometimes two levels, with a column group spanning
 two columns), short words and numbers, now and then a row-spanning group label, a section row spanning
-the whole table, and empty cells. They are small by default (2-3 columns, 1-3 body rows: ~7 cells, a
-~520-character target with its loc tokens) so that a tiny model's short text budget holds a whole
-table. The text is small (9-12 px in a table at least 240 px wide), so after the square padding a 32 px
-input cannot resolve it (~1 px) while 128 px partly can (~3.5 px): the paper's finding that tables need
-resolution (paligemma2-facts.md §2.6) has room to show.
+the whole table, and empty cells. They are drawn for the demo grid's resolutions: 2-3 columns, 1-2 body
+rows, cell texts of 1-5 characters from a bounded vocabulary, in a 20-26 px font with tight padding, and
+a table whose padded square would be wider than 8.5 font sizes is redrawn, so the x-height is at least
+4 px once the table is padded square and resized to 64 px (legible) and about 2 px at 32 px (not): the
+paper's finding that tables need resolution (paligemma2-facts.md §2.6) has room to show between the
+grid's two resolutions. `bench/demo_legibility.py` measures the x-height at each grid resolution.
 """
 
 from __future__ import annotations
@@ -31,14 +32,14 @@ BOLD = _FONT_DIR / "DejaVuSans-Bold.ttf"
 
 ANNOTATIONS = "PubTabNet_2.0.0.jsonl"
 
-HEADER_WORDS = ("Variable", "Group", "Age", "Sex", "Dose", "Mean", "SD", "Median", "Range", "Total",
-                "Cases", "Controls", "Gene", "Score", "Risk", "Time", "Rate", "Model", "Value", "Site",
-                "Type", "Stage", "Grade", "Weight", "BMI", "Outcome", "Year", "Study", "Method", "n",
-                "p", "OR", "95% CI", "HR", "Before", "After", "Week 4", "Baseline")
-LABEL_WORDS = ("Male", "Female", "Yes", "No", "Low", "High", "Control", "Treated", "Overall", "None",
-               "Mild", "Severe", "Group A", "Group B", "Smoker", "Stage I", "Stage II", "Other",
-               "Unknown", "Urban", "Rural", "Left", "Right", "Total")
-SECTION_WORDS = ("Men", "Women", "Adults", "Children", "Cohort 1", "Cohort 2", "Training", "Validation")
+HEADER_WORDS = ("Group", "Age", "Sex", "Dose", "Mean", "SD", "Range", "Total", "Cases", "Gene", "Score",
+                "Risk", "Time", "Rate", "Model", "Value", "Site", "Type", "Stage", "Grade", "BMI", "Year",
+                "n", "p", "OR", "HR", "CI", "Pre", "Post")
+LABEL_WORDS = ("Male", "Yes", "No", "Low", "High", "None", "Mild", "Left", "Right", "Total", "Other",
+               "Urban", "Rural", "A", "B", "C", "I", "II", "III", "All")
+SECTION_WORDS = ("Men", "Women", "Adults", "Cases", "Train", "Test")
+FONT_SIZES = (20, 26)  # inclusive bounds, drawn once per table
+MAX_SIDE_EMS = 8.5  # the padded square's side, in font sizes: x-height >= 0.547 / 8.5 of the side
 
 
 @dataclass(frozen=True)
@@ -69,23 +70,17 @@ class Table:
 
 # --- random structure ------------------------------------------------------------------------------
 def _number(rng: np.random.Generator) -> str:
-    kind = int(rng.integers(8))
+    """A short number, 1-4 characters, in the forms tables print."""
+    kind = int(rng.integers(5))
     if kind == 0:
-        return str(int(rng.integers(1, 1000)))
+        return str(int(rng.integers(1, 100)))
     if kind == 1:
-        return f"{rng.uniform(0, 100):.1f}"
+        return f"{rng.uniform(0, 10):.1f}"
     if kind == 2:
-        return f"{rng.uniform(0, 10):.2f}"
+        return f".{int(rng.integers(1, 100)):02d}"
     if kind == 3:
-        return f"{int(rng.integers(1, 300))} ({rng.uniform(0, 100):.1f})"
-    if kind == 4:
-        low = rng.uniform(0, 5)
-        return f"{low:.1f}–{low + rng.uniform(0.1, 5):.1f}"
-    if kind == 5:
-        return "<0.001" if rng.random() < 0.5 else f"0.{int(rng.integers(1, 100)):02d}"
-    if kind == 6:
         return f"{int(rng.integers(0, 100))}%"
-    return f"{rng.uniform(1, 100):.1f} ± {rng.uniform(0.1, 9):.1f}"
+    return str(int(rng.integers(100, 1000)))
 
 
 def _cell(text: str, bold: bool = False, colspan: int = 1, rowspan: int = 1) -> Cell:
@@ -99,9 +94,9 @@ def _pick(rng: np.random.Generator, words: tuple[str, ...]) -> str:
     return words[int(rng.integers(len(words)))]
 
 
-def random_table(rng: np.random.Generator, body_rows: tuple[int, int] = (1, 3),
+def random_table(rng: np.random.Generator, body_rows: tuple[int, int] = (1, 2),
                  cols: tuple[int, int] = (2, 3)) -> Table:
-    """A random table (by default small: 2-3 columns, 1-3 body rows; bounds inclusive), with spans and
+    """A random table (by default small: 2-3 columns, 1-2 body rows; bounds inclusive), with spans and
     empty cells now and then."""
     num_cols = int(rng.integers(cols[0], cols[1] + 1))
     headers = [_pick(rng, HEADER_WORDS) for _ in range(num_cols)]
@@ -186,11 +181,14 @@ def _grid_positions(table: Table) -> list[tuple[int, int]]:
     return positions
 
 
-def render(table: Table, rng: np.random.Generator) -> tuple[bytes, list[list[int] | None]]:
-    """PNG bytes of the table and each cell's text box [x0, y0, x1, y1] (None for empty cells)."""
-    size = int(rng.integers(9, 13))
+def render(table: Table, rng: np.random.Generator,
+           size: int | None = None) -> tuple[bytes, list[list[int] | None]]:
+    """PNG bytes of the table and each cell's text box [x0, y0, x1, y1] (None for empty cells), in a
+    `size` px font (drawn from FONT_SIZES when not given)."""
+    size = size or int(rng.integers(FONT_SIZES[0], FONT_SIZES[1] + 1))
     fonts = {False: ImageFont.truetype(str(REGULAR), size), True: ImageFont.truetype(str(BOLD), size)}
-    pad_x, pad_y, margin = int(rng.integers(14, 29)), int(rng.integers(3, 7)), int(rng.integers(4, 11))
+    pad_x, pad_y = int(size * rng.uniform(0.2, 0.4)), int(size * rng.uniform(0.1, 0.25))
+    margin = int(size * rng.uniform(0.1, 0.3))
     cells = cells_in_order(table)
     positions = _grid_positions(table)
     num_rows = len(table.head) + len(table.body)
@@ -200,11 +198,6 @@ def render(table: Table, rng: np.random.Generator) -> tuple[bytes, list[list[int
         need = w + 2 * pad_x - sum(widths[c:c + cell.colspan])
         if need > 0:
             widths[c + cell.colspan - 1] += int(np.ceil(need))
-    # Tables at least 240-320 px wide, as PubMed tables span a text column: the text stays small
-    # relative to the padded square even with two columns.
-    spare = int(rng.integers(240, 321)) - sum(widths)
-    if spare > 0:
-        widths = [w + spare // table.num_cols for w in widths]
     ascent, descent = fonts[False].getmetrics()
     row_h = ascent + descent + 2 * pad_y
     xs = np.concatenate([[margin], margin + np.cumsum(widths)]).astype(int)
@@ -228,6 +221,17 @@ def render(table: Table, rng: np.random.Generator) -> tuple[bytes, list[list[int
     return buf.getvalue(), boxes
 
 
+def legible_table(rng: np.random.Generator) -> tuple[bytes, list[list[int] | None], Table]:
+    """A random table drawn so that its padded square is at most MAX_SIDE_EMS font sizes a side; wider
+    or taller draws are redrawn (fewer, shorter cells fit the bound more often)."""
+    while True:
+        table = random_table(rng)
+        size = int(rng.integers(FONT_SIZES[0], FONT_SIZES[1] + 1))
+        png, boxes = render(table, rng, size)
+        if max(Image.open(io.BytesIO(png)).size) <= MAX_SIDE_EMS * size:
+            return png, boxes, table
+
+
 def annotation(table: Table, boxes: list[list[int] | None], filename: str, split: str,
                imgid: int) -> dict:
     """One line of PubTabNet_2.0.0.jsonl."""
@@ -249,8 +253,7 @@ def write_demo(manual_dir: str | Path, *, num_train: int, num_eval: int, seed: i
     for i in range(num_train + num_eval):
         split = "train" if i < num_train else "val"
         filename = f"PMC{seed % 10**7:07d}_{i // 100:03d}_{i % 100:02d}.png"
-        table = random_table(rng)
-        png, boxes = render(table, rng)
+        png, boxes, table = legible_table(rng)
         (manual_dir / split).mkdir(parents=True, exist_ok=True)
         (manual_dir / split / filename).write_bytes(png)
         lines.append(json.dumps(annotation(table, boxes, filename, split, i), ensure_ascii=False))
