@@ -57,7 +57,8 @@ def main() -> None:
     parser.add_argument("--grid", default="configs/grids/demo.yaml",
                         help="grid whose tasks, data_root and text lengths are used (default: the demo)")
     parser.add_argument("--checkpoints", nargs="+",
-                        default=[f"checkpoints/nano/{c}.npz" for c in ("nano-s-32", "nano-s-64", "nano-m-32", "nano-m-64")],
+                        default=[f"checkpoints/nano/{c}.npz"
+                                 for c in ("nano-s-32", "nano-s-64", "nano-m-32", "nano-m-64")],
                         help="checkpoint files named <size>-<resolution>.npz, or random:<size>-<resolution>")
     parser.add_argument("--split", default="eval")
     parser.add_argument("--data-root", help="the tasks' data folders (default: the grid's data_root)")

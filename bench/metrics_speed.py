@@ -73,7 +73,7 @@ def table_pairs(num: int, seed: int, large: bool) -> list[tuple[str, str]]:
         no_boxes = [None] * len(table_demo.cells_in_order(table))
         truths.append(gt_html(table_demo.annotation(table, no_boxes, "x.png", "val", 0)))
     pairs = []
-    for k, true in enumerate(truths):
+    for true in truths:
         draw = rng.random()
         if draw < 0.2:
             pred = true

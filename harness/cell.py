@@ -7,8 +7,9 @@ checkpoints it left in `cell_dir`, and writes `cell_dir/predictions.jsonl` for t
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import jax
 import numpy as np

@@ -1,7 +1,7 @@
 """Input pipeline: task Examples -> model-ready batches, with grain, deterministic given the seed.
 
 Images: optional white padding to a square (tables, molecules), bilinear resize to the cell's resolution,
-value range [-1, 1] (big_vision `value_range(-1, 1)`, paligemma2-facts.md §1.2). Text: big_vision's
+value range [-1, 1] (big_vision `value_range(-1, 1)`, docs/paligemma2-facts.md §1.2). Text: big_vision's
 prefix/suffix layout through `model.tokenizer` (facts §1.7).
 
 Training batches form a grain `MapDataset` indexed by step, so a resumed run asks for batch `step` and gets
@@ -10,8 +10,8 @@ exactly the batch the interrupted run would have seen: no iterator state to chec
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import grain
 import numpy as np

@@ -12,7 +12,7 @@ from pathlib import Path
 # Examples in each plugin's `train` role on the official data.
 KNOWN_TRAIN_SIZES: dict[str, tuple[int, str]] = {
     # VQAv2 (visualqa.org, v2 release): 443,757 train + 214,354 validation questions; the role is
-    # big_vision's "train + validation[:-10240]" (paligemma2-facts.md §2.1).
+    # big_vision's "train + validation[:-10240]" (docs/paligemma2-facts.md §2.1).
     "vqav2": (443_757 + 214_354 - 10_240, "VQAv2 443,757 train + 214,354 val questions, less 10,240 minival"),
     # DocVQA (RRC task 1): 39,463 train questions; the role is "train[:-5%]" (1,973 as TFDS rounds).
     "docvqa": (39_463 - 1_973, "DocVQA 39,463 train questions, less the 5% minival"),

@@ -7,8 +7,9 @@ the rows are what `paligemma-transfer score` reads back, so a table can be resco
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 from jax.sharding import Mesh

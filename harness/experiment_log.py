@@ -19,8 +19,9 @@ from __future__ import annotations
 import csv
 import importlib.util
 import numbers
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 DEFAULT = ("csv", "tensorboard")
 WRITERS = ("csv", "tensorboard", "wandb")

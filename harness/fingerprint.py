@@ -4,8 +4,8 @@ A cell's id hashes the fingerprint of what it starts from, so a checkpoint re-tr
 gives new cell ids instead of silently reusing old records. Hashing a 56 GB checkpoint on every dry run
 would be unusable, so a file's digest is cached in `cache_root()/fingerprints.json` (tasks/prepared.py)
 under its absolute path, size and modification time (a rewrite changes the mtime, so the cache never
-hides one), and a file above FULL_HASH_LIMIT is hashed on its size plus SAMPLES evenly spaced 1 MiB blocks (the first and the
-last included): any re-training or re-export rewrites nearly every block.
+hides one), and a file above FULL_HASH_LIMIT is hashed on its size plus SAMPLES evenly spaced 1 MiB blocks
+(the first and the last included): any re-training or re-export rewrites nearly every block.
 
 `fingerprint(checkpoint)` takes the grid's checkpoint string: a file, a directory (a Hugging Face
 snapshot: every file in it), "random", or anything a later resolver maps to one of those.

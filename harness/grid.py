@@ -1,4 +1,4 @@
-"""Grid YAML -> cells, and the paper's transfer protocol (paligemma2-facts.md §3.2 "Protocol (§4.1)").
+"""Grid YAML -> cells, and the paper's transfer protocol (docs/paligemma2-facts.md §3.2 "Protocol (§4.1)").
 
 Protocol: sweep the lr at one resolution (default: the lowest) on minival with one seed; per
 (task, size) keep the lr with the best headline metric (higher is better; a tie goes to the smaller
@@ -19,9 +19,10 @@ import json
 import math
 import os
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import yaml
 
@@ -151,7 +152,7 @@ class Grid:
     def swept(self, task: str) -> bool:
         return len(self.lrs[task]) > 1
 
-    def random_init_twin(self) -> "Grid":
+    def random_init_twin(self) -> Grid:
         """The same grid from random init (name + "-random"): the baseline that shows what the base
         checkpoints bring. Its cells hash differently, so they never mix with the original's."""
         name = f"{self.name}-random"

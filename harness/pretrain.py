@@ -1,6 +1,6 @@
 """Pretrain the nano family with the project's own trainer, in stages like PaliGemma 2's (issue 4).
 
-PaliGemma 2 (paligemma2-facts.md §1.4): stage 1 trains at 224 px on a broad multitask mixture; stage 2
+PaliGemma 2 (docs/paligemma2-facts.md §1.4): stage 1 trains at 224 px on a broad multitask mixture; stage 2
 continues at 448 and then 896 px with the resolution-hungry tasks upweighted and longer text. Here: stage 1
 at the family's lowest resolution on a mixture of all seven tasks' formats (captioning, OCR / document VQA,
 VQA, text detection with loc tokens, table and molecule transcription, reports), then stage 2 continues at
@@ -17,9 +17,10 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import jax
 import ml_dtypes

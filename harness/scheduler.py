@@ -24,10 +24,11 @@ import shutil
 import sys
 import time
 import traceback
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 from tqdm import tqdm
 
@@ -37,13 +38,24 @@ from harness.locks import CellLock
 from harness.provenance import device_info, provenance
 from harness.tabular import fixed_width
 from results.lr_choice import LrChoice, format_lr, select_best_lrs
-from results.store import (SCHEMA_VERSION, Record, atomic_write_text, has_record, predictions_path,
-                           jsonable, load_records, read_record, record_path, versions, write_record)
+from results.store import (
+    SCHEMA_VERSION,
+    Record,
+    atomic_write_text,
+    has_record,
+    jsonable,
+    load_records,
+    predictions_path,
+    read_record,
+    record_path,
+    versions,
+    write_record,
+)
 
 BACKENDS = ("local", "ray")
 RAY_MAX_RETRIES = 3
 BEST_LR_RULE = ("per (task, size), the sweep lr with the highest headline metric on the sweep split; "
-                "ties go to the smaller lr; a missing metric never wins (paligemma2-facts.md §3.2)")
+                "ties go to the smaller lr; a missing metric never wins (docs/paligemma2-facts.md §3.2)")
 
 
 OUTCOME = "outcome.json"  # cells/<id>/: the runner's result, kept until its record is written
@@ -137,7 +149,7 @@ def make_record(cell: Cell, outcome: Mapping[str, Any]) -> Record:
         seed=cell.seed, phase=cell.phase, split=cell.split, metrics=metrics,
         headline=result["headline"], steps=int(result["steps"]), wall_time_s=round(outcome["wall_time_s"], 3),
         config_hash=cell.config_hash, config=cell.config(), versions=versions(),
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"), demo=cell.demo,
+        created=datetime.now(UTC).isoformat(timespec="seconds"), demo=cell.demo,
         extra={k: v for k, v in result.items() if k not in ("metrics", "headline", "steps")},
         schema_version=SCHEMA_VERSION, provenance=provenance(outcome.get("device")))
 

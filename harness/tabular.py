@@ -14,7 +14,8 @@ DataFrame of strings rendered here. The formats are the ones the tests and tests
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 from tabulate import DataRow, TableFormat, tabulate

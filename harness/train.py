@@ -1,4 +1,4 @@
-"""Fine-tuning with big_vision's transfer semantics (paligemma2-facts.md §0.9, §0.10, §1.8).
+"""Fine-tuning with big_vision's transfer semantics (docs/paligemma2-facts.md §0.9, §0.10, §1.8).
 
 Optimizer: global-norm clip 1.0 -> scale_by_adam(b2=0.999) -> x lr -> + wd * param on `kernel` params only
 (decoupled, NOT multiplied by lr) -> x schedule(t) (5% linear warmup, cosine to 0) -> x -1. Frozen groups
@@ -22,10 +22,11 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -96,7 +97,7 @@ def make_optimizer(params: Any, cfg: TrainConfig) -> optax.GradientTransformatio
         optax.scale(-1.0),
     )
     frozen = {"img": cfg.freeze_img, "llm": cfg.freeze_llm}
-    labels = {group: jax.tree_util.tree_map(lambda _, f=frozen.get(group, False): "frozen" if f else "train",
+    labels = {group: jax.tree_util.tree_map(lambda _, f=frozen.get(group, False): "frozen" if f else "train",  # noqa: B008
                                             subtree)
               for group, subtree in params.items()}
     return optax.multi_transform({"train": trainable, "frozen": optax.set_to_zero()}, labels)
@@ -252,7 +253,7 @@ def _open_checkpoints(directory: Path, every: int, like: dict,
             ckpt.manager.close()
         except Exception:  # noqa: BLE001 - closing a manager over unreadable files may fail too
             pass
-    aside = directory.with_name(f"{directory.name}.corrupt-{datetime.now(timezone.utc):%Y%m%dT%H%M%S%fZ}")
+    aside = directory.with_name(f"{directory.name}.corrupt-{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}")
     os.rename(directory, aside)
     print(f"{directory}: unreadable checkpoint ({error}); moved aside to {aside.name}, training restarts "
           "from the base checkpoint", file=sys.stderr)

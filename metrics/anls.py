@@ -1,7 +1,7 @@
 """ANLS (Average Normalized Levenshtein Similarity), as DocVQA's official RRC script computes it.
 
 Reference: the RRC standalone DocVQA / InfographicVQA evaluation script (docvqa.org, rrc.cvc.uab.es ch=17);
-semantics in metric-facts.md §2. Per question with answers g_1..g_k and prediction p:
+semantics in docs/metric-facts.md §2. Per question with answers g_1..g_k and prediction p:
 
 - normalize both sides: strip, lowercase, collapse whitespace runs to one space;
 - NL_i = Levenshtein(norm(g_i), norm(p)) / max(len(g_i.upper()), len(p.upper())) on the RAW strings
@@ -9,14 +9,14 @@ semantics in metric-facts.md §2. Per question with answers g_1..g_k and predict
 - q = 1 - min_i NL_i, set to 0 when q < 0.5 (a score of exactly 0.5 is kept).
 
 `anls_bv` is big_vision's `anls_metric` as the PaliGemma DocVQA transfer logs it (`to_lower=True`,
-metric-facts.md §2 / paligemma2-facts.md §2.7): lowercase only, no strip or whitespace collapsing, length of
+docs/metric-facts.md §2 / docs/paligemma2-facts.md §2.7): lowercase only, no strip or whitespace collapsing, length of
 the lowercased strings, kept only when NL < 0.5 (exactly 0.5 -> 0), and an empty answer scores 1 only for
 an empty prediction. Kept under its own name for comparison with big_vision logs; `anls` is the headline.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import editdistance
 

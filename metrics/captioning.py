@@ -1,6 +1,6 @@
 """Caption metrics (CIDEr, BLEU-4, METEOR, ROUGE-L, SPICE) computed by pycocoevalcap itself.
 
-As big_vision's `coco_caption` evaluator and the COCO server do (metric-facts.md §3): predictions and
+As big_vision's `coco_caption` evaluator and the COCO server do (docs/metric-facts.md §3): predictions and
 references both go through pycocoevalcap's PTB tokenizer (lowercase, punctuation dropped), and the
 tokenized text feeds every scorer. Tokenization runs once, in one JVM call for both sides. CIDEr's
 document frequencies come from the references of the set being scored (pycocoevalcap's own
@@ -17,9 +17,9 @@ import logging
 import os
 import re
 import shutil
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Hashable, Iterable, Mapping, Sequence
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """RadGraph F1 between generated and reference radiology reports (PaliGemma 2 Table 8).
 
 The paper names "RadGraph F1" [Jain et al. 2021] without the implementation or reward level
-(metric-facts.md §6). We follow the `radgraph` PyPI package 0.1.18 (`F1RadGraph`, rewards.py),
+(docs/metric-facts.md §6). We follow the `radgraph` PyPI package 0.1.18 (`F1RadGraph`, rewards.py),
 re-implemented from its definitions, and report its three reward levels:
 
 - `radgraph_simple`   (RG_E):  items (entity tokens, label);
@@ -28,9 +28,10 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import re
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Hashable, Iterable, Mapping, Sequence
+from typing import Any
 
 Annotation = Mapping[str, Any]
 # An annotator maps report texts to one annotation dict each, in order.

@@ -20,7 +20,7 @@ here (sacrebleu's 0-100 score / 100), keyed `sacrebleu_bleu` and `sacrebleu_chrf
 
 from __future__ import annotations
 
-from typing import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 
 METRICS = ("sacrebleu_bleu", "sacrebleu_chrf")
 

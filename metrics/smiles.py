@@ -1,4 +1,4 @@
-"""SMILES exact match as MolScribe's `molscribe/evaluate.py` computes it (metric-facts.md §5).
+"""SMILES exact match as MolScribe's `molscribe/evaluate.py` computes it (docs/metric-facts.md §5).
 
 `canon_smiles`, MolScribe's "main metric" and the one PaliGemma 2's ChemDraw number compares with, is the
 fraction of molecules whose RDKit canonical SMILES match after deleting cis/trans marks ('/' and '\\')
@@ -17,8 +17,8 @@ go through the same RDKit here.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from rdkit import Chem, rdBase
 from SmilesPE.pretokenizer import atomwise_tokenizer

@@ -1,6 +1,6 @@
 """TEDS and S-TEDS (Zhong et al., ECCV'20), as PubTabNet's `src/metric.py` defines them, made fast.
 
-The definition (metric-facts.md §4):
+The definition (docs/metric-facts.md §4):
 - Both inputs are whole HTML documents; the table is the first `body/table` (a bare `<table>` string has no
   `body/table` and scores 0). HTML is parsed with `lxml.html`, comments removed.
 - Every element under `<table>` is a node labelled by its tag, except that a `<td>` is a leaf carrying its
@@ -41,8 +41,8 @@ without the identical ones), 25x on larger tables, in one process.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 import editdistance
 from lxml import etree, html

@@ -1,6 +1,6 @@
 """Word-level text detection and end-to-end recognition scores over polygons (ICDAR'15, Total-Text).
 
-The headline protocol is HierText's, which PaliGemma 2 reports (metric-facts.md §7.1; evaluator read at
+The headline protocol is HierText's, which PaliGemma 2 reports (docs/metric-facts.md §7.1; evaluator read at
 google-research-datasets/hiertext `evaluator/evaluator.py` + `polygon_ops.py`, HEAD 70b6620), reproduced
 here rule for rule, quirks included:
 
@@ -14,7 +14,7 @@ here rule for rule, quirks included:
   IoU >= 0.5; no second chance. An end-to-end match also needs `pred_text == gt_text` (case-sensitive);
 - counts are summed over images; P (R) is 1 when there are no predictions (GT words) at all.
 
-`rrc_detection` adds the official RRC Challenge 4 task 4.1 localisation protocol (metric-facts.md §7.2:
+`rrc_detection` adds the official RRC Challenge 4 task 4.1 localisation protocol (docs/metric-facts.md §7.2:
 IoU > 0.5 strict, greedy first-fit in index order, don't-care when covered > 0.5), for comparison with the
 literature only. It runs on shapely, not Polygon3, and repairs invalid polygons the same way as above.
 
@@ -23,8 +23,8 @@ A word is `(polygon, text)`; a polygon is a sequence of at least 3 `(x, y)` poin
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Sequence
 
 import numpy as np
 from shapely.geometry import Polygon
@@ -110,7 +110,7 @@ class SpottingCounts:
     invalid_polygons: int = 0  # self-intersecting, repaired with make_valid (GT and predictions)
     empty_polygons: int = 0  # area < 1e-5 after repair: IoU 0 with everything (GT and predictions)
 
-    def __add__(self, other: "SpottingCounts") -> "SpottingCounts":
+    def __add__(self, other: SpottingCounts) -> SpottingCounts:
         return SpottingCounts(**{f.name: getattr(self, f.name) + getattr(other, f.name)
                                  for f in fields(self)})
 

@@ -1,7 +1,7 @@
 """VQA accuracy, exactly as the official VQA evaluation computes it.
 
 Reference: GT-Vision-Lab/VQA `PythonEvaluationTools/vqaEvaluation/vqaEval.py` at HEAD (a013f00, 2021,
-"Fixed processing answers bug"); semantics in metric-facts.md §1. Older copies of that script differ (they
+"Fixed processing answers bug"); semantics in docs/metric-facts.md §1. Older copies of that script differ (they
 always normalize the prediction but not the answers, and have another punctuation list): pin HEAD.
 
 Per question, with the (usually 10) human answers:
@@ -19,8 +19,8 @@ the unrounded mean (tables multiply by 100).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from fractions import Fraction
-from typing import Sequence
 
 # The 21 characters of HEAD's list (an older revision had ':' and "'" and lacked '{', '}', '-', '!').
 PUNCTUATION: tuple[str, ...] = (

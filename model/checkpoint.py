@@ -1,7 +1,7 @@
 """Checkpoints in, checkpoints out: big_vision `.npz`, Hugging Face safetensors directories, orbax.
 
 All loaders return (config, params) with params a nested dict named like big_vision's tree
-(paligemma2-facts.md §1.5), so the `.npz` loader only unflattens and the HF loader is a table of renames
+(docs/paligemma2-facts.md §1.5), so the `.npz` loader only unflattens and the HF loader is a table of renames
 with fixed reshapes. Every loader checks the file against the config's parameter shapes and fails on the
 first missing, extra or mis-shaped tensor, naming the key and both shapes.
 """
@@ -12,8 +12,9 @@ import dataclasses
 import glob
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import ml_dtypes
@@ -76,7 +77,7 @@ def _cast(params: Params, dtype: Any) -> Params:
 # big_vision .npz
 
 def _bf16(x: np.ndarray) -> np.ndarray:
-    """np.savez writes bfloat16 as 2-byte void; view it back (paligemma2-facts.md §1.5)."""
+    """np.savez writes bfloat16 as 2-byte void; view it back (docs/paligemma2-facts.md §1.5)."""
     return x.view(ml_dtypes.bfloat16) if x.dtype.kind == "V" and x.dtype.itemsize == 2 else x
 
 
@@ -287,7 +288,7 @@ def config_from_hf(hf: dict, source: str) -> PaliGemmaConfig:
     """Our config for a transformers PaliGemma config.json (Gemma 2 or Gemma 1 text model).
 
     The result keeps the file's semantics, including its sliding window (transformers' Gemma 2 uses
-    one; big_vision does not, paligemma2-facts.md §0.7): use .with_llm(sliding_window=None) for
+    one; big_vision does not, docs/paligemma2-facts.md §0.7): use .with_llm(sliding_window=None) for
     big_vision behaviour. It takes a family-table name when the architecture matches one.
     """
     v, t = hf["vision_config"], hf["text_config"]

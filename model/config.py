@@ -1,7 +1,7 @@
 """The PaliGemma 2 model family as data: one frozen config per (size, resolution).
 
 Every architectural number lives here; the modules read them from the config and hard-code nothing.
-Sources: paligemma2-facts.md §1.2 (SigLIP So400m/14), §1.3 (Gemma 2 variants),
+Sources: docs/paligemma2-facts.md §1.2 (SigLIP So400m/14), §1.3 (Gemma 2 variants),
 §1.6 (vocabulary = 256000 + 1024 loc + 128 seg).
 """
 
@@ -90,13 +90,13 @@ class PaliGemmaConfig:
     def num_image_tokens(self) -> int:
         return self.vision.num_patches
 
-    def replace(self, **changes) -> "PaliGemmaConfig":
+    def replace(self, **changes) -> PaliGemmaConfig:
         return dataclasses.replace(self, **changes)
 
-    def with_llm(self, **changes) -> "PaliGemmaConfig":
+    def with_llm(self, **changes) -> PaliGemmaConfig:
         return dataclasses.replace(self, llm=dataclasses.replace(self.llm, **changes))
 
-    def with_vision(self, **changes) -> "PaliGemmaConfig":
+    def with_vision(self, **changes) -> PaliGemmaConfig:
         return dataclasses.replace(self, vision=dataclasses.replace(self.vision, **changes))
 
 

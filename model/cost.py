@@ -15,7 +15,7 @@ pass costs twice the forward):
       + depth * 4 L^2 N H                               QK^T and AV over the full masked L x L
       + 2 text_len V d                                  tied-embedding logits, text positions only
 
-N/K heads/kv-heads, H head dim, F mlp dim, V vocab (paligemma2-facts.md §1.1-§1.3). The prefix-LM
+N/K heads/kv-heads, H head dim, F mlp dim, V vocab (docs/paligemma2-facts.md §1.1-§1.3). The prefix-LM
 attention is counted dense because big_vision (and this project's model) computes the whole masked
 matrix. Norms, softmax, soft-caps and remat recomputation are left out: this is model FLOPs, not
 hardware FLOPs. Tests check the forward terms against the matmuls of the traced model, exactly.

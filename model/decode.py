@@ -58,7 +58,7 @@ def _greedy(logits, cache, extend, max_len: int, eos_id: jax.Array) -> jax.Array
 
 
 def _beam(logits, cache, extend, max_len: int, eos_id: jax.Array, beam: int) -> jax.Array:
-    """big_vision's beam_decode (paligemma2-facts.md §1.8; predict_fns `_beam_sample_output`).
+    """big_vision's beam_decode (docs/paligemma2-facts.md §1.8; predict_fns `_beam_sample_output`).
 
     A sequence's score is its summed log-probability, without length normalisation. At every step
     each live beam may end now (its EOS log-prob added) and the best ended sequence so far is kept;
@@ -123,7 +123,7 @@ def _constrain_cache(cache: Cache, mesh: Mesh) -> Cache:
     return dict(cache, kv=kv, end=pin(cache["end"], sharding.replicated(mesh)), **rows)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiled(config: PaliGemmaConfig, dtype: np.dtype, max_len: int, beam_size: int, mesh: Mesh | None = None):
     mesh = sharding.local_mesh() if mesh is None else mesh
     model = PaliGemma(config, dtype=dtype)

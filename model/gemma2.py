@@ -1,6 +1,6 @@
 """Gemma 2 decoder (also Gemma 1, with post norms and soft-caps off) with an explicit KV cache.
 
-Names mirror big_vision's `models/ppp/gemma.py` with scan=True (paligemma2-facts.md §1.3, §1.5):
+Names mirror big_vision's `models/ppp/gemma.py` with scan=True (docs/paligemma2-facts.md §1.3, §1.5):
 `embedder/input_embedding`, `layers/{pre_attention_norm, attn/{q_einsum|qkv_einsum, kv_einsum,
 attn_vec_einsum}, post_attention_norm, pre_ffw_norm, mlp/{gating_einsum, linear}, post_ffw_norm}`
 stacked on a leading depth axis, and `final_norm`.
@@ -27,7 +27,7 @@ from model.attention import fused_attention, use_fused
 from model.config import LLMConfig
 
 # Masked attention logits get this instead of -inf, so a fully masked row (padding) gives a uniform
-# softmax rather than NaN, as big_vision does (paligemma2-facts.md §1.3).
+# softmax rather than NaN, as big_vision does (docs/paligemma2-facts.md §1.3).
 MASKED_LOGIT = -2.3819763e38
 
 # One layer's cache: keys [B, K, head_dim, S], values [B, K, S, head_dim].
@@ -38,7 +38,7 @@ def sliding_layers(config: LLMConfig) -> np.ndarray:
     """bool[depth]: which layers see only `sliding_window` positions.
 
     transformers' Gemma2Config marks layer i as sliding iff (i + 1) % 2, i.e. the even indices;
-    with sliding_window None (big_vision, paligemma2-facts.md §0.7) every layer is global.
+    with sliding_window None (big_vision, docs/paligemma2-facts.md §0.7) every layer is global.
     """
     if config.sliding_window is None:
         return np.zeros(config.depth, bool)
@@ -282,7 +282,7 @@ class Gemma2(nn.Module):
 
 def unstack_layers(params: dict, depth: int) -> list[dict]:
     """The scanned `layers` params (stacked on axis 0) as one tree per layer, for Gemma2(layers=...)."""
-    return [jax.tree.map(lambda x: x[i], params) for i in range(depth)]
+    return [jax.tree.map(lambda x, i=i: x[i], params) for i in range(depth)]
 
 
 class Embedder(nn.Module):

@@ -17,7 +17,7 @@ import re
 
 PREFIX = "hf://"
 ALLOW_PATTERNS = ("*.safetensors", "*.json", "tokenizer.model")
-# The released PaliGemma 2 pretrained checkpoints (paligemma2-facts.md §1.5 "Checkpoint layout"): sizes x
+# The released PaliGemma 2 pretrained checkpoints (docs/paligemma2-facts.md §1.5 "Checkpoint layout"): sizes x
 # resolutions; transformers' format of each is the Hub repository google/paligemma2-{size}-pt-{resolution}.
 RELEASED_SIZES = ("3b", "10b", "28b")
 RELEASED_RESOLUTIONS = (224, 448, 896)

@@ -1,6 +1,6 @@
 """PaliGemma: SigLIP image tokens + projector, concatenated with text embeddings, into Gemma 2.
 
-Sequence layout (paligemma2-facts.md §1.1, §1.7): [image tokens, BOS, prefix, "\\n", suffix, EOS, pad].
+Sequence layout (docs/paligemma2-facts.md §1.1, §1.7): [image tokens, BOS, prefix, "\\n", suffix, EOS, pad].
 Attention is prefix-LM: token i sees token j iff cumsum(mask_ar)[j] <= cumsum(mask_ar)[i] and both are
 real (§0.2), with mask_ar 0 for the image tokens. Positions are cumsum(input_mask) - 1 as in big_vision
 (transformers starts them at 1; RoPE only sees differences, so the two agree).

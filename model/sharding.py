@@ -1,6 +1,6 @@
 """Device mesh and partition rules: FSDP over 'data', optional tensor parallelism over 'model'.
 
-big_vision trains PaliGemma with FSDP over a `data` mesh axis (paligemma2-facts.md §1.4, §1.8): every
+big_vision trains PaliGemma with FSDP over a `data` mesh axis (docs/paligemma2-facts.md §1.4, §1.8): every
 parameter is split along one axis across the data-parallel devices and gathered for its matmul. The
 optional `model` axis splits attention heads and the MLP hidden dimension, for models whose single
 layer or activations do not fit one device. Rules are keyed on big_vision's parameter names (facts

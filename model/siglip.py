@@ -1,7 +1,7 @@
 """SigLIP ViT image encoder with the PaliGemma linear projector (`head`).
 
 Module and parameter names mirror big_vision's `models/vit.py` with `scan=True`, so a released `.npz`
-loads by renaming only (paligemma2-facts.md §1.2, §1.5): `embedding`, `pos_embedding`,
+loads by renaming only (docs/paligemma2-facts.md §1.2, §1.5): `embedding`, `pos_embedding`,
 `Transformer/encoderblock/{LayerNorm_0, MultiHeadDotProductAttention_0, LayerNorm_1, MlpBlock_0}`
 (stacked on a leading depth axis), `Transformer/encoder_norm`, `head`.
 """
@@ -19,7 +19,7 @@ from model import remat as remat_policies
 from model.attention import fused_attention, use_fused
 from model.config import VisionConfig
 
-# flax's LayerNorm default, which big_vision's ViT uses (paligemma2-facts.md §1.2).
+# flax's LayerNorm default, which big_vision's ViT uses (docs/paligemma2-facts.md §1.2).
 LAYER_NORM_EPS = 1e-6
 
 
@@ -149,5 +149,5 @@ class SigLIP(nn.Module):
         x = x + pos.astype(self.dtype)
         x = Encoder(c, self.dtype, self.remat, name="Transformer")(x)
         # The projector: big_vision's ViT classification head with pool_type='none', applied per token
-        # and zero-initialised as in big_vision (paligemma2-facts.md §0.4).
+        # and zero-initialised as in big_vision (docs/paligemma2-facts.md §0.4).
         return nn.Dense(self.out_dim, dtype=self.dtype, kernel_init=nn.initializers.zeros, name="head")(x)

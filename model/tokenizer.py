@@ -2,7 +2,7 @@
 
 Why a wrapper: the transfer recipes depend on an exact token layout (BOS, prompt, "\\n" separator,
 suffix, EOS) and exact masks; this module is the single place that builds them, so the trainer, the
-evaluator and the task plugins cannot disagree (paligemma2-facts.md §1.6, §1.7).
+evaluator and the task plugins cannot disagree (docs/paligemma2-facts.md §1.6, §1.7).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
 from model.config import NUM_LOC_TOKENS, NUM_SEG_TOKENS
 
-SEPARATOR = "\n"  # between prefix and suffix (paligemma2-facts.md §1.7)
+SEPARATOR = "\n"  # between prefix and suffix (docs/paligemma2-facts.md §1.7)
 
 
 def loc_piece(i: int) -> str:
@@ -269,7 +269,7 @@ def parse_loc_groups(text: str, group_size: int = 4) -> LocParse:
 
     Model output is untrusted: a run whose length is not a multiple of group_size, or that holds a
     malformed token (`<loc12>`, `<loc2000>`, a missing `>`), is reported in `errors` and skipped, so
-    a task's parser can count it as a miss (DESIGN.md: malformed output is a miss, not a crash).
+    a task's parser can count it as a miss (docs/design.md: malformed output is a miss, not a crash).
     """
     groups, errors = [], []
     for run in _LOC_RUN.finditer(text):

@@ -3,7 +3,7 @@
 The nano family (model/config.py, NANO_SP_VOCAB = 2944 base pieces -> 4096 with loc/seg) needs a
 vocabulary small enough for CPU models. The trained file mirrors the Gemma tokenizer's conventions so
 that everything downstream (tokenizer.Tokenizer, masks, decoding) treats both alike: ids pad 0,
-eos 1, bos 2, unk 3 (paligemma2-facts.md §0.8), BPE as Gemma, byte fallback so any text encodes, no
+eos 1, bos 2, unk 3 (docs/paligemma2-facts.md §0.8), BPE as Gemma, byte fallback so any text encodes, no
 whitespace normalisation, digits split, and the 1024 loc + 128 seg pieces appended after the base
 pieces (§1.6).
 

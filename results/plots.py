@@ -11,19 +11,18 @@ A demo grid's plots say "[demo scale]" in their title and in the PNG's Title/Des
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
+import pandas as pd  # noqa: E402
 from matplotlib.text import Text  # noqa: E402
 from matplotlib.transforms import Bbox  # noqa: E402
-import pandas as pd  # noqa: E402
 
 from results.sensitivity import Sensitivity  # noqa: E402
-
 
 DEMO_TAG = "[demo scale] "
 
@@ -143,7 +142,8 @@ def versus_bars(tidy: pd.DataFrame, baseline: str, path: str | Path, sizes: list
         _no_data(ax, "no cell in common with the baseline")
     else:
         tasks = sorted(tidy["task"].unique())
-        cells = sorted({(s, r) for s, r in zip(tidy["size"], tidy["resolution"])}, key=lambda c: (c[1], sizes.index(c[0])))
+        cells = sorted({(s, r) for s, r in zip(tidy["size"], tidy["resolution"])},
+                       key=lambda c: (c[1], sizes.index(c[0])))
         width = 0.8 / len(cells)
         for i, (size, res) in enumerate(cells):
             part = tidy[(tidy["size"] == size) & (tidy["resolution"] == res)].set_index("task")["diff"]

@@ -1,7 +1,7 @@
 """One JSON record per finished cell, written atomically; the record is a cell's commit point.
 
 The scheduler publishes a cell's predictions first and writes its record last (temp file + os.replace,
-DESIGN.md "results/"), so a record on disk always means a complete cell and a rerun skips it. Records
+docs/design.md "results/"), so a record on disk always means a complete cell and a rerun skips it. Records
 hold everything a table needs (config, metrics, versions), so `results/` never reads anything else.
 This module imports nothing from the rest of the project: any layer may read records.
 """

@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import pandas as pd
 
 from harness.tabular import latex, markdown
-from results.lr_choice import format_lr, select_best_lrs
 from model.config import FAMILIES
 from results import plots
 from results.compare import tasks_won, versus
+from results.lr_choice import format_lr, select_best_lrs
 from results.sensitivity import ONE_SEED, RULE, sensitivities
 from results.store import Record, load_records
 

@@ -14,9 +14,10 @@ import dataclasses
 import io
 import json
 import sys
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -78,7 +79,7 @@ class Recipe:
         if self.decode not in ("greedy", "beam"):
             raise ValueError(f"Recipe.decode must be 'greedy' or 'beam', got {self.decode!r}")
 
-    def replace(self, **changes: Any) -> "Recipe":
+    def replace(self, **changes: Any) -> Recipe:
         return dataclasses.replace(self, **changes)
 
     def num_steps(self, num_train_examples: int) -> int:
@@ -234,7 +235,7 @@ class Task(abc.ABC):
         return self.splits[role]
 
     def examples(self, manual_dir: str | Path, role: str, data_dir: str | Path | None = None, *,
-                 cache_dir: str | Path | None = None) -> "ExampleSource":
+                 cache_dir: str | Path | None = None) -> ExampleSource:
         """Random-access Examples of one split role ("train", "minival", "eval", "test").
 
         The role's split expression is resolved against the prepared split sizes (tasks/splits.py), so

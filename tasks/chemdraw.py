@@ -1,7 +1,7 @@
 """ChemDraw molecule recognition: a molecule drawing -> its SMILES, scored with MolScribe's exact match.
 
-Recipe from the paper's App. B (paligemma2-facts.md §2.6); big_vision has no config for it. The metric is
-metrics/smiles.py (MolScribe's `canon_smiles`, metric-facts.md §5), the number Table 4 compares.
+Recipe from the paper's App. B (docs/paligemma2-facts.md §2.6); big_vision has no config for it. The metric is
+metrics/smiles.py (MolScribe's `canon_smiles`, docs/metric-facts.md §5), the number Table 4 compares.
 
 Raw files follow MolScribe's `data/` folder, which is the manual directory:
 - `synthetic/chemdraw.csv` (columns image_id, file_path, SMILES; file_path relative to the manual dir) and
@@ -21,8 +21,9 @@ from __future__ import annotations
 import csv
 import io
 import zlib
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds

@@ -1,14 +1,15 @@
 """COCO captions (Karpathy splits), scored with CIDEr like big_vision's `cococap` transfer.
 
-Recipe and splits: paligemma2-facts.md §2.3 (big_vision `cococap.py` sweep_best) and §3.3
+Recipe and splits: docs/paligemma2-facts.md §2.3 (big_vision `cococap.py` sweep_best) and §3.3
 (Table 14, per-size learning rates). Metric: pycocoevalcap with PTB tokenization (metric-facts §3).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import tensorflow_datasets as tfds
 

@@ -1,21 +1,34 @@
 """DocVQA (single-page, RRC task 1): questions on scanned documents, scored with ANLS.
 
 Recipe, prompt and splits are big_vision's `configs/proj/paligemma/transfers/docvqa.py` (sweep_best), as
-summarised in paligemma2-facts.md §2.2; the metric is metrics/anls.py (metric-facts.md §2).
+summarised in docs/paligemma2-facts.md §2.2; the metric is metrics/anls.py (docs/metric-facts.md §2).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
 from metrics.anls import anls_bv_scores, anls_scores
-from tasks.base import (DataError, Example, LazyExamples, Recipe, Scores, Task, field, image_source, ocr_example, paper_point,
-                        read_json, text)
+from tasks.base import (
+    DataError,
+    Example,
+    LazyExamples,
+    Recipe,
+    Scores,
+    Task,
+    field,
+    image_source,
+    ocr_example,
+    paper_point,
+    read_json,
+    text,
+)
 from tasks.builder import RawFilesBuilder
 
 SPLITS = ("train", "val", "test")

@@ -1,7 +1,7 @@
 """ICDAR'15 incidental scene text (RRC Challenge 4): word detection + recognition, HierText protocol.
 
 Target format (a reproduction decision: the paper says only "{transcription, bounding box} pairs",
-paligemma2-facts.md §2.6). Every legible word becomes its quadrilateral's 4 corners, in the ground
+docs/paligemma2-facts.md §2.6). Every legible word becomes its quadrilateral's 4 corners, in the ground
 truth's own order (clockwise from the word's top-left), each corner as `<locY><locX>` (PaliGemma's y-first
 convention, as its detection boxes), then a space and the transcription; words are joined by "; " and
 sorted in reading order (lines top to bottom, left to right within a line; see `reading_order`):
@@ -18,16 +18,16 @@ from __future__ import annotations
 import io
 import re
 import zipfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
 
 from metrics import text_spotting
 from model.tokenizer import loc_to_unit, loc_tokens, parse_loc_groups
-from tasks.base import (DataError, Example, LazyExamples, Recipe, Scores, Task, ocr_example, paper_point,
-                        text)
+from tasks.base import DataError, Example, LazyExamples, Recipe, Scores, Task, ocr_example, paper_point, text
 from tasks.builder import RawFilesBuilder
 
 # Unpublished (facts §2.6); a short task name in the style of PaliGemma's "ocr" / "detect" prompts.
@@ -48,7 +48,7 @@ DOWNLOAD_INSTRUCTIONS = (
     "Challenge4_Test_Task4_GT.zip (or Challenge4_Test_Task1_GT.zip, same format). Put the zips, or the "
     "folders of the same names unzipped, directly into the manual directory.")
 
-# paligemma2-facts.md §2.6: one recipe for text detection + recognition at every size and resolution.
+# docs/paligemma2-facts.md §2.6: one recipe for text detection + recognition at every size and resolution.
 STEPS = 15_000
 BATCH_SIZE = 256
 LR = 1e-5

@@ -1,6 +1,6 @@
 """MIMIC-CXR report generation: INDICATION in, FINDINGS + IMPRESSION out (PaliGemma 2 §4.8, Table 8).
 
-Recipe: paligemma2-facts.md §2.6 (App. B). Metrics: CIDEr, BLEU-4, ROUGE-L through pycocoevalcap
+Recipe: docs/paligemma2-facts.md §2.6 (App. B). Metrics: CIDEr, BLEU-4, ROUGE-L through pycocoevalcap
 (metric-facts §3, "MIMIC-CXR") and RadGraph F1 (metric-facts §6, metrics/radgraph.py).
 
 Reproduction decisions the paper leaves open, made here:
@@ -24,9 +24,10 @@ import gzip
 import io
 import logging
 import re
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import tensorflow_datasets as tfds
 

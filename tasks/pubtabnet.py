@@ -1,7 +1,7 @@
 """PubTabNet: table recognition (structure, cell text and cell boxes) as HTML, scored with TEDS / S-TEDS.
 
-Recipe and preprocessing are the paper's App. B (paligemma2-facts.md §2.6); big_vision has no config for
-it. The metric is metrics/teds.py (metric-facts.md §4).
+Recipe and preprocessing are the paper's App. B (docs/paligemma2-facts.md §2.6); big_vision has no config for
+it. The metric is metrics/teds.py (docs/metric-facts.md §4).
 
 Target format (the paper describes it in words only; the exact string is our reproduction decision):
 the table's inner HTML as PubTabNet's tokens spell it (`<thead>`, `<tbody>`, `<tr>`, `<td>`, spans as
@@ -24,16 +24,29 @@ from __future__ import annotations
 import html as htmllib
 import json
 import re
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
 
 from metrics.teds import corpus_teds
 from model.tokenizer import loc_tokens
-from tasks.base import (DataError, Example, LazyExamples, Recipe, Scores, Task, field, image_source, paper_point,
-                        ocr_example, read_jsonl, text)
+from tasks.base import (
+    DataError,
+    Example,
+    LazyExamples,
+    Recipe,
+    Scores,
+    Task,
+    field,
+    image_source,
+    ocr_example,
+    paper_point,
+    read_jsonl,
+    text,
+)
 from tasks.builder import RawFilesBuilder
 
 ANNOTATIONS = "PubTabNet_2.0.0.jsonl"

@@ -8,7 +8,7 @@ turns an expression into absolute slices with rules that leave real-sized data e
 from __future__ import annotations
 
 import re
-from typing import Mapping
+from collections.abc import Mapping
 
 from tasks.errors import DataError
 

@@ -1,13 +1,14 @@
 """VQAv2: open-ended visual question answering on COCO, scored with the official VQA accuracy.
 
 Recipe, prompt and splits are big_vision's `configs/proj/paligemma/transfers/vqav2.py` (sweep_best), as
-summarised in paligemma2-facts.md §2.1; the metric is metrics/vqa.py (metric-facts.md §1).
+summarised in docs/paligemma2-facts.md §2.1; the metric is metrics/vqa.py (docs/metric-facts.md §1).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds

@@ -9,13 +9,23 @@ import pytest
 from jax.extend import core as jax_core
 
 from model.config import LLMConfig, PaliGemmaConfig, VisionConfig, config_for, get_config
-from model.cost import (PRETRAIN_TEXT_LEN, TABLE1_RELATIVE_COST, cost_table, cost_table_json,
-                        flops_per_example, format_cost_table, forward_flops, memory_plan, min_devices,
-                        param_count, params_billions)
+from model.cost import (
+    PRETRAIN_TEXT_LEN,
+    TABLE1_RELATIVE_COST,
+    cost_table,
+    cost_table_json,
+    flops_per_example,
+    format_cost_table,
+    forward_flops,
+    memory_plan,
+    min_devices,
+    param_count,
+    params_billions,
+)
 
 
 def test_param_counts_match_keras_hub_presets():
-    # paligemma2-facts.md §1.5 [KH]: independent counts of the released checkpoints.
+    # docs/paligemma2-facts.md §1.5 [KH]: independent counts of the released checkpoints.
     assert param_count(get_config("3b-224")) == 3_032_094_960
     assert param_count(get_config("3b-448")) == 3_032_979_696
 

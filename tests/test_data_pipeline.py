@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from harness.data import Source, TextSpec, eval_batches, mixture_batches, pad_to_square, preprocess_image, train_batches
-from model.train_tokenizer import train_tokenizer
 from model.tokenizer import Tokenizer
+from model.train_tokenizer import train_tokenizer
 from tasks.base import Example
 
 WORDS = "what color is the shape red blue green circle square answer en caption a an of".split()

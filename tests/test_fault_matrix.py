@@ -19,11 +19,11 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from harness import scheduler
-from harness.cli import main
-from harness.grid import GridError, load_grid
-from harness.scheduler import OUTCOME, RunError, cell_dir, prepare_demo_data, run_grid
-from results.store import has_record, load_records, record_path
+from harness import scheduler  # noqa: E402 - after the sys.path line above
+from harness.cli import main  # noqa: E402 - after the sys.path line above
+from harness.grid import GridError, load_grid  # noqa: E402 - after the sys.path line above
+from harness.scheduler import OUTCOME, RunError, cell_dir, prepare_demo_data, run_grid  # noqa: E402 - after the sys.path line above
+from results.store import has_record, load_records, record_path  # noqa: E402 - after the sys.path line above
 
 GRID = """\
 name: faults

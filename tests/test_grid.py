@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from harness.grid import GridError, load_grid
-from results.lr_choice import select_best_lrs
 from model import checkpoint
+from results.lr_choice import select_best_lrs
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -116,7 +116,8 @@ def test_cell_on_a_mesh_records_the_same_numbers(tmp_path):
     one, sharded = runs["one"], runs["2x2"]
     assert one["cell_id"] == sharded["cell_id"]
     assert one["extra"]["mesh"]["devices"] == 1
-    assert {k: sharded["extra"]["mesh"][k] for k in ("data", "model", "devices")} == {"data": 2, "model": 2, "devices": 4}
+    assert {k: sharded["extra"]["mesh"][k] for k in ("data", "model", "devices")} == {
+        "data": 2, "model": 2, "devices": 4}
     assert one["metrics"] == pytest.approx(sharded["metrics"], abs=1e-6)
     assert one["extra"]["train"]["final_loss"] == pytest.approx(sharded["extra"]["train"]["final_loss"], abs=1e-5)
     preds = [(tmp_path / n / "predictions" / f"{one['cell_id']}.jsonl").read_text() for n in ("one", "2x2")]

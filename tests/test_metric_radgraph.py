@@ -4,9 +4,18 @@ computed by hand; the lexicon annotator; the model annotator's refusal to downlo
 import pytest
 
 from metrics import radgraph
-from metrics.radgraph import (ABSENT, ANATOMY, PRESENT, UNCERTAIN, LexiconAnnotator,
-                              RadGraphUnavailable, annotate_with_lexicon, radgraph_scores,
-                              reward_items, rewards)
+from metrics.radgraph import (
+    ABSENT,
+    ANATOMY,
+    PRESENT,
+    UNCERTAIN,
+    LexiconAnnotator,
+    RadGraphUnavailable,
+    annotate_with_lexicon,
+    radgraph_scores,
+    reward_items,
+    rewards,
+)
 
 
 def ann(*entities):

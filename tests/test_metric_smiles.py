@@ -1,4 +1,4 @@
-"""SMILES exact match, MolScribe protocol: hand-computed cases, including metric-facts.md §5's six-case
+"""SMILES exact match, MolScribe protocol: hand-computed cases, including docs/metric-facts.md §5's six-case
 set (canon_smiles_em 1/3, canon_smiles 1/2, graph 2/3)."""
 
 import pytest

@@ -150,7 +150,7 @@ def _brute_force(a, b) -> float:
     """Tai's recursion on forests (rightmost roots), memoised: the definition, with no cleverness."""
     rename = reference.TedsConfig().rename
 
-    @functools.lru_cache(maxsize=None)
+    @functools.cache
     def d(f, g):
         if not f and not g:
             return 0.0

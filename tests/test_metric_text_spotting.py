@@ -1,7 +1,7 @@
 """metrics/text_spotting.py against hand-computed cases of the HierText and RRC rules.
 
 The HierText evaluator is not on PyPI and may not be vendored, so parity is shown rule by rule on cases
-computed by hand (metric-facts.md §7.1, §7.2), including its 1e-5 quirks, plus an independent raster
+computed by hand (docs/metric-facts.md §7.1, §7.2), including its 1e-5 quirks, plus an independent raster
 check of the polygon IoU.
 """
 

@@ -13,7 +13,7 @@ from model.testing import random_inputs, tiny_config
 
 
 def test_param_counts_match_keras_hub_and_the_paper():
-    # keras-hub presets (paligemma2-facts.md §1.5); the 448 model differs only by its posemb.
+    # keras-hub presets (docs/paligemma2-facts.md §1.5); the 448 model differs only by its posemb.
     assert param_count(get_config("3b-224")) == 3_032_094_960
     assert param_count(get_config("3b-448")) == 3_032_979_696
     # Paper Table 1: 3.0B / 9.7B / 27.7B.
@@ -22,7 +22,7 @@ def test_param_counts_match_keras_hub_and_the_paper():
 
 
 def test_3b_tree_is_the_big_vision_checkpoint_tree():
-    """Every key and shape of a released 3B .npz (paligemma2-facts.md §1.5)."""
+    """Every key and shape of a released 3B .npz (docs/paligemma2-facts.md §1.5)."""
     L, V, D, F, W, M = 26, 257152, 2304, 9216, 1152, 4304
     enc, attn = "img/Transformer/encoderblock/", "img/Transformer/encoderblock/MultiHeadDotProductAttention_0/"
     expected = {

@@ -11,9 +11,8 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from tasks.base import DataError
+from tasks.base import DataError, paper_point
 from tasks.registry import get_task
-from tasks.base import paper_point
 from tasks.splits import resolve_split
 
 

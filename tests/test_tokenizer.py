@@ -1,7 +1,7 @@
 """Tokenizer: Gemma's id layout, loc/seg tokens, big_vision's text layout and masks, loc parsing.
 
 A tiny SentencePiece model is trained here (a second or so); the real Gemma file cannot be
-downloaded in tests. Expected layouts are written out by hand from paligemma2-facts.md §1.7.
+downloaded in tests. Expected layouts are written out by hand from docs/paligemma2-facts.md §1.7.
 """
 
 import random
@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
-from model.tokenizer import (EXTRA_PIECES, Tokenizer, loc_to_unit, loc_tokens, parse_loc_groups,
-                             parse_loc_tokens)
+from model.tokenizer import EXTRA_PIECES, Tokenizer, loc_to_unit, loc_tokens, parse_loc_groups, parse_loc_tokens
 from model.train_tokenizer import main as train_main
 from model.train_tokenizer import train_tokenizer
 

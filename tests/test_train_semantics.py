@@ -1,4 +1,4 @@
-"""The trainer's optimizer and loss follow big_vision's transfer semantics (paligemma2-facts.md §0.9-§0.10)."""
+"""The trainer's optimizer and loss follow big_vision's transfer semantics (docs/paligemma2-facts.md §0.9-§0.10)."""
 
 import jax
 import jax.numpy as jnp

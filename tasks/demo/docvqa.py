@@ -25,8 +25,8 @@ from __future__ import annotations
 import functools
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -46,7 +46,7 @@ DEPARTMENTS = ("Legal", "Sales", "Audit", "Tax", "Admin", "Labs", "Press", "Stor
 CITIES = ("Rome", "Paris", "Oslo", "Lima", "Cairo", "Delhi", "Tokyo", "Miami", "Dover", "Perth")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def font(size: int, style: str = "") -> ImageFont.FreeTypeFont:
     """DejaVu Sans from matplotlib's bundled fonts; style "" / "Bold" / "Oblique"."""
     import matplotlib

@@ -10,7 +10,7 @@ the whole table, and empty cells. They are drawn for the demo grid's resolutions
 rows, cell texts of 1-5 characters from a bounded vocabulary, in a 20-26 px font with tight padding, and
 a table whose padded square would be wider than 8.5 font sizes is redrawn, so the x-height is at least
 4 px once the table is padded square and resized to 64 px (legible) and about 2 px at 32 px (not): the
-paper's finding that tables need resolution (paligemma2-facts.md §2.6) has room to show between the
+paper's finding that tables need resolution (docs/paligemma2-facts.md §2.6) has room to show between the
 grid's two resolutions. `bench/demo_legibility.py` measures the x-height at each grid resolution.
 """
 

@@ -3,7 +3,7 @@
 The DocVQA / ST-VQA papers define, for a question with answers a_1..a_M and prediction o,
 s = max_j (1 - NL(a_j, o)), with NL the Levenshtein distance over the longer length, and s zeroed when it
 fails the threshold tau = 0.5; ANLS is the mean of s over questions. The RRC evaluation script that produces
-the leaderboard numbers pins the details the formula leaves open (metric-facts.md §2), and this reference
+the leaderboard numbers pins the details the formula leaves open (docs/metric-facts.md §2), and this reference
 follows them:
 - the distance is taken between the strings after trimming, lowercasing and collapsing whitespace runs;
 - the length it is divided by is the longer of the two ORIGINAL strings, measured after upper-casing

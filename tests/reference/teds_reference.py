@@ -1,6 +1,6 @@
 """TEDS the straightforward way: PubTabNet's `src/metric.py` algorithm written plainly (test-only).
 
-An independent transcription of the definition in metric-facts.md §4, kept deliberately simple: lxml
+An independent transcription of the definition in docs/metric-facts.md §4, kept deliberately simple: lxml
 builds the tree, the `apted` package computes the tree edit distance, and a plain pure-Python
 Levenshtein (like the official dependency `distance.levenshtein`: equal sequences short-cut to 0,
 otherwise one DP column) prices cell renames. `metrics.teds` must return the same scores, faster (to
@@ -50,13 +50,13 @@ class TedsConfig(Config):
 
 
 def tokenize(node, tokens: list) -> None:
-    tokens.append("<%s>" % node.tag)
+    tokens.append(f"<{node.tag}>")
     if node.text is not None:
         tokens.extend(node.text)
     for child in node.getchildren():
         tokenize(child, tokens)
     if node.tag != "unk":
-        tokens.append("</%s>" % node.tag)
+        tokens.append(f"</{node.tag}>")
     if node.tag != "td" and node.tail is not None:
         tokens.extend(node.tail)
 

@@ -3,7 +3,7 @@
 Written from the VQA challenge's evaluation description (visualqa.org "Evaluation": accuracy =
 min(#humans that gave the answer / 3, 1), averaged over the 10 choose 9 subsets of human answers; answers are
 lowercased, numbers written as digits, punctuation and articles removed, contractions added) and from the
-exact behaviour of the official script as metric-facts.md §1 describes it. It shares no code with
+exact behaviour of the official script as docs/metric-facts.md §1 describes it. It shares no code with
 metrics/vqa.py, and it favours the literal reading over speed: every rule is one visible step, character by
 character, with no regular expressions.
 
