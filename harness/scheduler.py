@@ -309,9 +309,10 @@ class _Phase:
         record write that fails (no space left) or is killed leaves what the next run needs to write the
         record without running the cell again."""
         directory = cell_dir(self.workdir, cell.cell_id)
+        primary = multihost.is_primary()  # process 0 writes records and error.txt; the others follow
         try:
             if not isinstance(outcome, BaseException):
-                if not multihost.is_primary():  # process 0 writes the record; the others follow
+                if not primary:
                     return
                 try:
                     saved = directory / OUTCOME
@@ -328,7 +329,7 @@ class _Phase:
                                       "and the next run writes the record from it")
             try:
                 text = "".join(traceback.format_exception(outcome))
-                if multihost.is_primary():
+                if primary:
                     atomic_write_text(directory / "error.txt", text)
             except OSError:
                 pass  # no space even for the traceback: the one-line message below still says what failed
