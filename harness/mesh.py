@@ -63,11 +63,8 @@ def resolve_mesh(request: MeshRequest, config: PaliGemmaConfig, *, text_len: int
         if "model_parallel" in axes:
             axes = {"model": axes["model_parallel"]}
         mesh = sharding.mesh_from_axes(data=axes.get("data"), model=axes.get("model"), devices=devices)
-    data = mesh.shape[sharding.DATA]
-    if batch_size % data:
-        raise ValueError(f"mesh {describe(request)} on {len(devices)} device(s) has a data axis of {data}, "
-                         f"which does not split the batch size {batch_size}; set the grid's mesh (or "
-                         f"overrides batch_size) so that data divides the batch")
+    sharding.check_batch(batch_size, mesh, where=f"mesh {describe(request)} on {len(devices)} device(s)",
+                         fix="set the grid's mesh (or overrides batch_size) so that data divides the batch")
     return mesh
 
 

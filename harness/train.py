@@ -303,7 +303,7 @@ def train(config: PaliGemmaConfig, params: Any, batches: Sequence[dict], cfg: Tr
         for step in range(start, cfg.num_steps):
             host = batches[step]
             if jax.process_count() == 1:  # multi-host: the rows are this host's part; resolve_mesh checked B
-                check_batch(len(host["text"]), mesh)
+                sharding.check_batch(len(host["text"]), mesh)
             batch = sharding.put_batch(host, shards.batch)
             batch_size = batch["text"].shape[0]
             params, opt_state, stats = step_fn(params, opt_state, batch, jax.random.fold_in(rng, step))
@@ -336,16 +336,6 @@ def train(config: PaliGemmaConfig, params: Any, batches: Sequence[dict], cfg: Tr
     log.close()
     return params, {"steps": cfg.num_steps, "resumed_from": start, "final_loss": loss,
                     "train_seconds": time.perf_counter() - t0}
-
-
-def check_batch(batch_size: int, mesh: Mesh) -> int:
-    """The global batch size, if it splits evenly over the mesh's 'data' axis; else a clear error."""
-    data = mesh.shape[sharding.DATA]
-    if batch_size % data:
-        raise ValueError(f"batch size {batch_size} does not split over the mesh's data axis of {data} "
-                         f"(mesh data={data} x model={mesh.shape[sharding.MODEL]}); choose a batch size "
-                         f"divisible by {data} or another mesh")
-    return batch_size
 
 
 class _StepLog:

@@ -130,6 +130,21 @@ def mesh_from_axes(data: int | None = None, model: int | None = None,
     return make_mesh(model, devices=devices)
 
 
+def check_batch(batch_size: int, mesh: Mesh, *, where: str = "", fix: str = "") -> int:
+    """The global batch size, if it splits evenly over the mesh's 'data' axis; else a one-line error.
+
+    One check for every caller: the grid (`harness.mesh.resolve_mesh`, once per cell) passes what it was
+    asked for as `where` and the grid field to change as `fix`; the trainer checks each step's batch.
+    """
+    data = mesh.shape[DATA]
+    if batch_size % data:
+        where = where or f"mesh data={data} x model={mesh.shape[MODEL]}"
+        fix = fix or f"choose a batch size divisible by {data} or another mesh"
+        raise ValueError(f"{where} has a data axis of {data}, which does not split the batch size "
+                         f"{batch_size}; {fix}")
+    return batch_size
+
+
 def mesh_info(mesh: Mesh) -> dict:
     """What a record says about the mesh a cell ran on (it does not change the cell's numbers)."""
     devices = mesh.devices.flat
