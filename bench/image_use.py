@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 from harness.cell import base_params, split_overrides, tokenizer_for, transfer_config  # noqa: E402
 from harness.data import TextSpec, train_row  # noqa: E402
 from harness.grid import load_grid  # noqa: E402
+from harness.scheduler import prepare_demo_data  # noqa: E402
 from harness.train import per_example_loss  # noqa: E402
 from model.config import config_for  # noqa: E402
 from model.paligemma import PaliGemma  # noqa: E402
@@ -65,6 +66,8 @@ def main() -> None:
     args = parser.parse_args()
 
     grid = load_grid(args.grid, check_files=False)
+    if not args.data_root:
+        prepare_demo_data(grid)  # a demo grid's data is written when missing, as `paligemma-transfer run` does
     print(f"{'checkpoint':<34} {'task':<14} {'right':>7} {'shuffled':>9} {'gap':>7}   (nats/token)")
     for spec in args.checkpoints:
         name, path = parse_checkpoint(spec)
