@@ -1,0 +1,98 @@
+"""Does a nano checkpoint learn to read with more steps? A learning curve of the shuffled-image gap.
+
+    python bench/reading_curve.py runs/nano-v3/checkpoints/nano-s-64.npz --rounds 3 --steps 300
+
+Continues a pretrained checkpoint at its own resolution on the text-heavy part of the pretraining mixture
+(`configs/pretrain/nano.yaml`'s data: DocVQA, ICDAR'15, PubTabNet and the OCR mixture, equal weights), in
+rounds of `--steps` steps (each round a fresh schedule at the pretraining lr, as a new stage would be), and
+after each round prints the image gap of `bench/image_use.py` on the demo's eval split for those tasks. A gap
+that grows with steps says reading is a matter of pretraining compute; a flat one says something else is
+missing (legibility, model capacity). A demo diagnostic for issue 12, not a shipped checkpoint: nothing is
+written except the optional `--save`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
+
+from bench.image_use import mean_losses  # noqa: E402
+from harness.cell import split_overrides, tokenizer_for, transfer_config  # noqa: E402
+from harness.data import TextSpec, mixture_batches, train_row  # noqa: E402
+from harness.grid import load_grid  # noqa: E402
+from harness.pretrain import OCR, Stage, load_spec, pretraining_sources  # noqa: E402
+from harness.scheduler import prepare_demo_data  # noqa: E402
+from harness.train import TrainConfig, train  # noqa: E402
+from model import checkpoint  # noqa: E402
+from model.config import config_for  # noqa: E402
+from model.paligemma import PaliGemma  # noqa: E402
+from model.tokenizer import Tokenizer  # noqa: E402
+from tasks.registry import get_task  # noqa: E402
+
+TEXT_TASKS = ("docvqa", "icdar15", "pubtabnet")
+
+
+def image_gaps(params, size: str, resolution: int, grid, tasks: tuple[str, ...]) -> dict[str, float]:
+    """Shuffled-minus-right loss per task on the grid's eval split (nats per target token)."""
+    gaps = {}
+    for name in tasks:
+        task = get_task(name)
+        recipe_overrides, _ = split_overrides(dict(grid.overrides[name]))
+        recipe = task.recipe(size, resolution).replace(**recipe_overrides)
+        config = transfer_config(config_for(size, resolution), recipe)
+        text = TextSpec(text_len=recipe.text_len, square_pad=recipe.pad_to_square, resolution=resolution)
+        examples = task.examples(Path(grid.data_root) / name, "eval")
+        rows = [train_row(ex, ex.targets[0], tokenizer_for(config, {}), text) for ex in examples]
+        shuffled = [dict(r, image=rows[(i + 1) % len(rows)]["image"]) for i, r in enumerate(rows)]
+        model = PaliGemma(config)
+        gaps[name] = float(mean_losses(model, params, shuffled, 40).mean()
+                           - mean_losses(model, params, rows, 40).mean())
+    return gaps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", help="a <size>-<resolution>.npz pretrained checkpoint")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=300, help="steps per round (batch and lr: the config's)")
+    parser.add_argument("--pretrain", default="configs/pretrain/nano.yaml")
+    parser.add_argument("--grid", default="configs/grids/demo.yaml", help="whose eval split is scored")
+    parser.add_argument("--save", help="write the last round's params here (.npz)")
+    args = parser.parse_args()
+
+    size, resolution = Path(args.checkpoint).stem.rsplit("-", 1)
+    resolution = int(resolution)
+    spec, grid = load_spec(args.pretrain), load_grid(args.grid, check_files=False)
+    prepare_demo_data(grid)
+    config = config_for(size, resolution)
+    _, params = checkpoint.load_npz(args.checkpoint, config, dtype=np.float32)
+    weights = {**{t: 1.0 for t in TEXT_TASKS}, OCR: 1.0}
+    stage = Stage(name="reading", resolution=resolution, steps=args.steps, text_len=96, weights=weights)
+    sources = pretraining_sources(spec, stage)
+    tokenizer = Tokenizer(spec.tokenizer)
+    gaps = image_gaps(params, size, resolution, grid, TEXT_TASKS)
+    print(f"{'steps':>6} " + " ".join(f"{t:>10}" for t in TEXT_TASKS) + "   (gap, nats/token)", flush=True)
+    print(f"{0:>6} " + " ".join(f"{gaps[t]:+10.3f}" for t in TEXT_TASKS), flush=True)
+    for r in range(1, args.rounds + 1):
+        batches = mixture_batches(sources, tokenizer, text_len=stage.text_len, resolution=resolution,
+                                  batch_size=spec.batch_size, num_steps=args.steps, seed=spec.data_seed + 100 + r)
+        cfg = TrainConfig(lr=spec.lr, num_steps=args.steps, weight_decay=spec.weight_decay, seed=100 + r)
+        t0 = time.perf_counter()
+        params, summary = train(config, params, batches, cfg, progress=False)
+        params = jax.tree.map(np.asarray, params)
+        gaps = image_gaps(params, size, resolution, grid, TEXT_TASKS)
+        print(f"{r * args.steps:>6} " + " ".join(f"{gaps[t]:+10.3f}" for t in TEXT_TASKS)
+              + f"   loss {summary['final_loss']:.3f}, {time.perf_counter() - t0:.0f} s", flush=True)
+    if args.save:
+        checkpoint.save_npz(args.save, params)
+
+
+if __name__ == "__main__":
+    main()

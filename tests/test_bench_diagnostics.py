@@ -1,0 +1,63 @@
+"""The demo diagnostics of issue 12 run end to end on a tiny grid: `bench/image_use.py` prints one gap per
+task and checkpoint, and `bench/reading_curve.py` continues a checkpoint and prints the text tasks' gaps
+after each round (both write the demo data they need, as `paligemma-transfer run` does)."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import yaml
+
+from model import checkpoint
+from model.config import config_for
+from model.paligemma import init_params
+
+ROOT = Path(__file__).resolve().parents[1]
+TEXT_TASKS = ["docvqa", "icdar15", "pubtabnet"]
+
+
+def tiny_grid(tmp_path: Path) -> Path:
+    grid = yaml.safe_load((ROOT / "configs/grids/demo.yaml").read_text())
+    grid.update(name="tiny", demo={"num_train": 4, "num_eval": 3, "seed": 0}, tasks=["vqav2", *TEXT_TASKS],
+                data_root=str(tmp_path / "data"))
+    grid["overrides"] = {k: v for k, v in grid["overrides"].items() if k in ("all", *TEXT_TASKS)}
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    return path
+
+
+def run(*args: str) -> str:
+    done = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_image_use_prints_a_gap_per_task(tmp_path):
+    out = run("bench/image_use.py", "--grid", str(tiny_grid(tmp_path)), "--checkpoints", "random:nano-s-32")
+    rows = [line.split() for line in out.splitlines()[1:]]
+    assert [r[1] for r in rows] == ["vqav2", *TEXT_TASKS]
+    for _, _, right, shuffled, gap in rows:
+        assert abs(float(shuffled) - float(right) - float(gap)) < 2e-3
+
+
+def test_reading_curve_continues_and_measures(tmp_path):
+    config = config_for("nano-s", 32)
+    ckpt = tmp_path / "nano-s-32.npz"
+    checkpoint.save_npz(str(ckpt), jax.tree.map(np.asarray, init_params(config, jax.random.key(0))))
+    spec = yaml.safe_load((ROOT / "configs/pretrain/nano.yaml").read_text())
+    spec.update(tokenizer=str(ROOT / spec["tokenizer"]), out=str(tmp_path / "out"))
+    spec["data"].update(root=str(tmp_path / "pretrain-data"), num_train=4)
+    spec["optimizer"]["batch_size"] = 2
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    saved = tmp_path / "after.npz"
+    out = run("bench/reading_curve.py", str(ckpt), "--rounds", "1", "--steps", "1", "--grid",
+              str(tiny_grid(tmp_path)), "--pretrain", str(tmp_path / "spec.yaml"), "--save", str(saved))
+    lines = out.splitlines()
+    assert lines[0].split()[:4] == ["steps", *TEXT_TASKS]
+    assert re.fullmatch(r"\s*0( +[+-]\d+\.\d{3}){3}", lines[1])
+    assert re.match(r"\s*1( +[+-]\d+\.\d{3}){3}   loss ", lines[2])
+    _, params = checkpoint.load_npz(str(saved), config, dtype=np.float32)
+    assert params["img"]["pos_embedding"].shape == (1, 16, 128)
