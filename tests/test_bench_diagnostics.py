@@ -1,6 +1,7 @@
-"""The demo diagnostics of issue 12 run end to end on a tiny grid: `bench/image_use.py` prints one gap per
+"""The demo diagnostics of issue 12 run end to end on tiny data: `bench/image_use.py` prints one gap per
 task and checkpoint, and `bench/reading_curve.py` continues a checkpoint and prints the text tasks' gaps
-after each round (both write the demo data they need, as `paligemma-transfer run` does)."""
+after each round (both write the demo data they need, as `paligemma-transfer run` does), and
+`bench/legibility_probe.py` reads DocVQA pages in the release layout with their OCR files."""
 
 import re
 import subprocess
@@ -61,3 +62,16 @@ def test_reading_curve_continues_and_measures(tmp_path):
     assert re.match(r"\s*1( +[+-]\d+\.\d{3}){3}   loss ", lines[2])
     _, params = checkpoint.load_npz(str(saved), config, dtype=np.float32)
     assert params["img"]["pos_embedding"].shape == (1, 16, 128)
+
+
+def test_legibility_probe_reads_release_format_pages(tmp_path):
+    from tasks.registry import get_task
+
+    get_task("docvqa").write_demo(tmp_path / "docvqa", num_train=12, num_eval=2, seed=0)
+    out = run("bench/legibility_probe.py", "--data", str(tmp_path / "docvqa"), "--steps", "2",
+              "--resolutions", "32")
+    lines = out.splitlines()
+    assert lines[0].startswith(tuple("0123456789")) and "title: " in lines[0]
+    assert lines[2].split()[0] == "majority" and lines[3].split()[:2] == ["32", "px"]
+    # an accuracy per label; nan for a field kind that no test page of this tiny sample has
+    assert all(v == "nan" or 0.0 <= float(v) <= 1.0 for v in lines[3].split()[2:-2])
