@@ -53,6 +53,22 @@ def mean_losses(model: PaliGemma, params, rows: list[dict], batch_size: int) -> 
     return np.concatenate(out)
 
 
+def task_losses(params, size: str, resolution: int, grid, task_name: str, split: str = "eval",
+                data_root: str | None = None) -> tuple[float, float]:
+    """(mean loss with the right images, with the images rolled by one) for one task of `grid`."""
+    task = get_task(task_name)
+    recipe_overrides, _ = split_overrides(dict(grid.overrides[task_name]))
+    recipe = task.recipe(size, resolution).replace(**recipe_overrides)
+    config = transfer_config(config_for(size, resolution), recipe)
+    text = TextSpec(text_len=recipe.text_len, square_pad=recipe.pad_to_square, resolution=resolution)
+    tokenizer = tokenizer_for(config, {})
+    examples = task.examples(Path(data_root or grid.data_root) / task_name, split)
+    rows = [train_row(ex, ex.targets[0], tokenizer, text) for ex in examples]
+    shuffled = [dict(r, image=rows[(i + 1) % len(rows)]["image"]) for i, r in enumerate(rows)]
+    model = PaliGemma(config)
+    return float(mean_losses(model, params, rows, 40).mean()), float(mean_losses(model, params, shuffled, 40).mean())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--grid", default="configs/grids/demo.yaml",
@@ -72,20 +88,9 @@ def main() -> None:
     for spec in args.checkpoints:
         name, path = parse_checkpoint(spec)
         size, resolution = name.rsplit("-", 1)
+        params = base_params(config_for(size, int(resolution)), path, 0)
         for task_name in grid.tasks:
-            task = get_task(task_name)
-            recipe_overrides, _ = split_overrides(dict(grid.overrides[task_name]))
-            recipe = task.recipe(size, int(resolution)).replace(**recipe_overrides)
-            config = transfer_config(config_for(size, int(resolution)), recipe)
-            text = TextSpec(text_len=recipe.text_len, square_pad=recipe.pad_to_square,
-                            resolution=int(resolution))
-            tokenizer = tokenizer_for(config, {})
-            examples = task.examples(Path(args.data_root or grid.data_root) / task_name, args.split)
-            rows = [train_row(ex, ex.targets[0], tokenizer, text) for ex in examples]
-            shuffled = [dict(r, image=rows[(i + 1) % len(rows)]["image"]) for i, r in enumerate(rows)]
-            model, params = PaliGemma(config), base_params(config, path, 0)
-            right = mean_losses(model, params, rows, 40).mean()
-            wrong = mean_losses(model, params, shuffled, 40).mean()
+            right, wrong = task_losses(params, size, int(resolution), grid, task_name, args.split, args.data_root)
             print(f"{spec:<34} {task_name:<14} {right:7.3f} {wrong:9.3f} {wrong - right:+7.3f}")
 
 if __name__ == "__main__":

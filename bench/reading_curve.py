@@ -23,18 +23,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
-from bench.image_use import mean_losses  # noqa: E402
-from harness.cell import split_overrides, tokenizer_for, transfer_config  # noqa: E402
-from harness.data import TextSpec, mixture_batches, train_row  # noqa: E402
+from bench.image_use import task_losses  # noqa: E402
+from harness.data import mixture_batches  # noqa: E402
 from harness.grid import load_grid  # noqa: E402
 from harness.pretrain import OCR, Stage, load_spec, pretraining_sources  # noqa: E402
 from harness.scheduler import prepare_demo_data  # noqa: E402
 from harness.train import TrainConfig, train  # noqa: E402
 from model import checkpoint  # noqa: E402
 from model.config import config_for  # noqa: E402
-from model.paligemma import PaliGemma  # noqa: E402
 from model.tokenizer import Tokenizer  # noqa: E402
-from tasks.registry import get_task  # noqa: E402
 
 TEXT_TASKS = ("docvqa", "icdar15", "pubtabnet")
 
@@ -43,17 +40,8 @@ def image_gaps(params, size: str, resolution: int, grid, tasks: tuple[str, ...])
     """Shuffled-minus-right loss per task on the grid's eval split (nats per target token)."""
     gaps = {}
     for name in tasks:
-        task = get_task(name)
-        recipe_overrides, _ = split_overrides(dict(grid.overrides[name]))
-        recipe = task.recipe(size, resolution).replace(**recipe_overrides)
-        config = transfer_config(config_for(size, resolution), recipe)
-        text = TextSpec(text_len=recipe.text_len, square_pad=recipe.pad_to_square, resolution=resolution)
-        examples = task.examples(Path(grid.data_root) / name, "eval")
-        rows = [train_row(ex, ex.targets[0], tokenizer_for(config, {}), text) for ex in examples]
-        shuffled = [dict(r, image=rows[(i + 1) % len(rows)]["image"]) for i, r in enumerate(rows)]
-        model = PaliGemma(config)
-        gaps[name] = float(mean_losses(model, params, shuffled, 40).mean()
-                           - mean_losses(model, params, rows, 40).mean())
+        right, wrong = task_losses(params, size, resolution, grid, name)
+        gaps[name] = wrong - right
     return gaps
 
 
