@@ -183,3 +183,15 @@ def test_train_on_a_2x2_mesh_equals_one_device():
     out = json.loads(run.stdout.strip().splitlines()[-1])
     assert out["param_diff"] <= 1e-5 and out["loss_diff"] <= 1e-5, out
     assert out["q_spec"] == [None, "model", "data", None]  # tiny: (depth, 4 heads, width 64, 24)
+
+
+def test_check_batch_is_one_line_naming_the_mesh_and_the_fix():
+    from types import SimpleNamespace
+
+    mesh = SimpleNamespace(shape={sharding.DATA: 4, sharding.MODEL: 2})  # only the axis sizes are read
+    assert sharding.check_batch(8, mesh) == 8
+    with pytest.raises(ValueError, match=r"^mesh data=4 x model=2 has a data axis of 4, which does not split "
+                                         r"the batch size 6; choose a batch size divisible by 4 or another mesh$"):
+        sharding.check_batch(6, mesh)
+    with pytest.raises(ValueError, match=r"^grid mesh has a data axis of 4, .* size 6; set the grid's mesh$"):
+        sharding.check_batch(6, mesh, where="grid mesh", fix="set the grid's mesh")
