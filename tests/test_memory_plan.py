@@ -267,13 +267,8 @@ print(json.dumps({"count": d.count, "name": d.name, "capacity": d.capacity_bytes
 
 
 def test_four_fake_cpu_devices_share_the_host_and_auto_splits_the_batch_over_data():
-    import os
-    import subprocess
+    from tests.helpers.fake_devices import run_on_fake_devices
 
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    run = subprocess.run([sys.executable, "-c", FOUR_DEVICES], cwd=REPO, env=env, capture_output=True,
-                         text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    got = json.loads(run.stdout.strip().splitlines()[-1])
+    got = run_on_fake_devices(FOUR_DEVICES, 4, timeout=300)
     assert got["count"] == 4 and got["name"] == "cpu" and got["capacity"] == got["host"] // 4
     assert got["mesh"] == "4x1"  # the demo's batch 8 over 4 data shards

@@ -12,19 +12,15 @@ so it is marked slow (`pytest -m slow tests/test_sharded_train.py`); tests/test_
 (2, 2) check of the same path in the default run.
 """
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.helpers.fake_devices import run_on_fake_devices
+
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
 MESHES = ("8x1", "4x2", "2x4")
 
 SCRIPT = textwrap.dedent("""
@@ -113,11 +109,7 @@ SCRIPT = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def eight_devices():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    run = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=900)
-    assert run.returncode == 0, run.stderr[-3000:]
-    return json.loads(run.stdout.strip().splitlines()[-1])
+    return run_on_fake_devices(SCRIPT, 8, timeout=900)
 
 
 @pytest.mark.parametrize("mesh", MESHES)

@@ -4,12 +4,7 @@ The multi-device part runs in a subprocess because XLA reads --xla_force_host_pl
 only before jax first initialises its backends, and pytest has usually imported jax by then.
 """
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import jax
 import pytest
@@ -17,8 +12,7 @@ from jax.sharding import PartitionSpec as P
 
 from model import sharding
 from model.sharding import DATA, MODEL, initialize_distributed, partition_spec
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers.fake_devices import run_on_fake_devices
 
 MESH_4x1, MESH_2x2 = {DATA: 4, MODEL: 1}, {DATA: 2, MODEL: 2}
 
@@ -105,11 +99,7 @@ SCRIPT = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def four_devices():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    run = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    return json.loads(run.stdout.strip().splitlines()[-1])
+    return run_on_fake_devices(SCRIPT, 4, timeout=300)
 
 
 def test_params_shard_over_four_devices(four_devices):
@@ -176,11 +166,7 @@ TRAIN_SCRIPT = textwrap.dedent("""
 def test_train_on_a_2x2_mesh_equals_one_device():
     """The default run's check of the sharded train step (tests/test_sharded_train.py, slow, has the
     8-device meshes, the cross-mesh resume and sharded decoding)."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    run = subprocess.run([sys.executable, "-c", TRAIN_SCRIPT], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    out = json.loads(run.stdout.strip().splitlines()[-1])
+    out = run_on_fake_devices(TRAIN_SCRIPT, 4, timeout=600)
     assert out["param_diff"] <= 1e-5 and out["loss_diff"] <= 1e-5, out
     assert out["q_spec"] == [None, "model", "data", None]  # tiny: (depth, 4 heads, width 64, 24)
 
