@@ -9,6 +9,14 @@ the page's title (8 kinds, bold type) and its first `Key: value` line (field kin
 body type that DocVQA's questions ask about). Pages are split 80/20; the test accuracy at each resolution,
 against the majority-class rate, says whether the content is legible there. A demo diagnostic for issue 12:
 a pretrained nano VLM that does not read text the probe reads lacks training, not pixels.
+
+    python bench/legibility_probe.py --reader vit           # the nano VLM's own image encoder as the reader
+
+`--reader vit` swaps the CNN for the nano family's SigLIP encoder (`model/siglip.py`, the VLM's own image
+tower, from random init) with a linear head per label on its flattened tokens: what the same pixels and the
+same few hundred pages teach the architecture the VLM must read with, with a direct label instead of a
+language model's loss. A ViT that reads less than the CNN from the same pages says the encoder, trained from
+scratch, is short of data (PaliGemma starts from a SigLIP pretrained on billions of pairs).
 """
 
 from __future__ import annotations
@@ -29,6 +37,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
 from harness.data import preprocess_image  # noqa: E402
+from model.config import NANO_VIT, VisionConfig  # noqa: E402
+from model.siglip import SigLIP  # noqa: E402
 
 
 class Reader(nn.Module):
@@ -43,6 +53,21 @@ class Reader(nn.Module):
         x = x.reshape(x.shape[0], -1)
         x = nn.relu(nn.Dense(256)(x))
         return [nn.Dense(n)(x) for n in self.classes]
+
+
+class ViTReader(nn.Module):
+    """The nano VLM's image encoder (random init) with a linear head per label on its flattened tokens."""
+    classes: tuple[int, ...]
+
+    @nn.compact
+    def __call__(self, x):
+        vision = VisionConfig(image_size=x.shape[1], **NANO_VIT)
+        tokens = SigLIP(vision, out_dim=vision.width)(x)
+        tokens = nn.LayerNorm()(tokens.reshape(tokens.shape[0], -1))
+        return [nn.Dense(n)(tokens) for n in self.classes]
+
+
+READERS = {"cnn": Reader, "vit": ViTReader}
 
 
 def load_pages(docvqa_dir: Path) -> tuple[list[np.ndarray], list[str], list[dict[str, str]]]:
@@ -67,10 +92,11 @@ def encode(labels: list[str | None]) -> tuple[np.ndarray, int]:
     return np.array([-1 if v is None else vocab[v] for v in labels]), len(vocab)
 
 
-def probe(x: np.ndarray, ys: list[np.ndarray], classes: tuple[int, ...], *, steps: int, seed: int) -> list[float]:
+def probe(x: np.ndarray, ys: list[np.ndarray], classes: tuple[int, ...], *, steps: int, seed: int,
+          reader: str = "cnn") -> list[float]:
     """Train on the first 80% of pages, return each label's accuracy on the last 20%."""
     cut = int(0.8 * len(x))
-    model = Reader(classes)
+    model = READERS[reader](classes)
     params = model.init(jax.random.key(seed), x[:1])
     opt = optax.adam(1e-3)
     state = opt.init(params)
@@ -101,6 +127,8 @@ def main() -> None:
     parser.add_argument("--resolutions", type=int, nargs="+", default=[32, 64])
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--reader", choices=sorted(READERS), default="cnn",
+                        help="cnn: a small CNN (default); vit: the nano VLM's SigLIP encoder, from random init")
     args = parser.parse_args()
 
     data = Path(args.data)
@@ -122,6 +150,7 @@ def main() -> None:
         train, test = y[:cut][y[:cut] >= 0], y[cut:][y[cut:] >= 0]
         return float((test == np.bincount(train).argmax()).mean())
 
+    print(f"reader: {args.reader}; ", end="")
     print(f"{len(images)} pages ({len(images) - cut} test); title: {classes[0]} classes; values of "
           + ", ".join(f"{k} ({n})" for k, n in zip(kinds, classes[1:])))
     print(f"{'px':>9} {'title':>7} {'values':>7}  " + " ".join(f"{k[:8]:>8}" for k in kinds))
@@ -134,7 +163,7 @@ def main() -> None:
     for res in args.resolutions:
         x = np.stack([preprocess_image(images[i], res) for i in order])
         t0 = time.perf_counter()
-        acc = probe(x, ys, classes, steps=args.steps, seed=args.seed)
+        acc = probe(x, ys, classes, steps=args.steps, seed=args.seed, reader=args.reader)
         print(row(f"{res} px", acc) + f"   ({time.perf_counter() - t0:.0f} s)", flush=True)
 
 

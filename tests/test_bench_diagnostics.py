@@ -10,6 +10,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 import yaml
 
 from model import checkpoint
@@ -64,14 +65,15 @@ def test_reading_curve_continues_and_measures(tmp_path):
     assert params["img"]["pos_embedding"].shape == (1, 16, 128)
 
 
-def test_legibility_probe_reads_release_format_pages(tmp_path):
+@pytest.mark.parametrize("reader", ["cnn", "vit"])
+def test_legibility_probe_reads_release_format_pages(tmp_path, reader):
     from tasks.registry import get_task
 
     get_task("docvqa").write_demo(tmp_path / "docvqa", num_train=12, num_eval=2, seed=0)
     out = run("bench/legibility_probe.py", "--data", str(tmp_path / "docvqa"), "--steps", "2",
-              "--resolutions", "32")
+              "--resolutions", "32", "--reader", reader)
     lines = out.splitlines()
-    assert lines[0].startswith(tuple("0123456789")) and "title: " in lines[0]
+    assert lines[0].startswith(f"reader: {reader}; ") and "title: " in lines[0]
     assert lines[2].split()[0] == "majority" and lines[3].split()[:2] == ["32", "px"]
     # an accuracy per label; nan for a field kind that no test page of this tiny sample has
     assert all(v == "nan" or 0.0 <= float(v) <= 1.0 for v in lines[3].split()[2:-2])
