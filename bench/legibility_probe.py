@@ -11,12 +11,14 @@ against the majority-class rate, says whether the content is legible there. A de
 a pretrained nano VLM that does not read text the probe reads lacks training, not pixels.
 
     python bench/legibility_probe.py --reader vit           # the nano VLM's own image encoder as the reader
+    python bench/legibility_probe.py --reader vit --init checkpoints/nano/encoder-64.npz   # ... after stage 0
 
 `--reader vit` swaps the CNN for the nano family's SigLIP encoder (`model/siglip.py`, the VLM's own image
 tower, from random init) with a linear head per label on its flattened tokens: what the same pixels and the
 same few hundred pages teach the architecture the VLM must read with, with a direct label instead of a
 language model's loss. A ViT that reads less than the CNN from the same pages says the encoder, trained from
-scratch, is short of data (PaliGemma starts from a SigLIP pretrained on billions of pairs).
+scratch, is short of data (PaliGemma starts from a SigLIP pretrained on billions of pairs). `--init` starts
+it from the nano family's stage 0 instead (harness/pretrain_encoder.py): what that stage gives the VLM.
 """
 
 from __future__ import annotations
@@ -37,7 +39,9 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
 from harness.data import preprocess_image  # noqa: E402
+from harness.pretrain_encoder import load_encoder  # noqa: E402
 from model.config import NANO_VIT, VisionConfig  # noqa: E402
+from model.posemb import resample_posemb  # noqa: E402
 from model.siglip import SigLIP  # noqa: E402
 
 
@@ -62,7 +66,7 @@ class ViTReader(nn.Module):
     @nn.compact
     def __call__(self, x):
         vision = VisionConfig(image_size=x.shape[1], **NANO_VIT)
-        tokens = SigLIP(vision, out_dim=vision.width)(x)
+        tokens = SigLIP(vision, out_dim=vision.width, name="img")(x)
         tokens = nn.LayerNorm()(tokens.reshape(tokens.shape[0], -1))
         return [nn.Dense(n)(tokens) for n in self.classes]
 
@@ -93,11 +97,16 @@ def encode(labels: list[str | None]) -> tuple[np.ndarray, int]:
 
 
 def probe(x: np.ndarray, ys: list[np.ndarray], classes: tuple[int, ...], *, steps: int, seed: int,
-          reader: str = "cnn") -> list[float]:
-    """Train on the first 80% of pages, return each label's accuracy on the last 20%."""
+          reader: str = "cnn", init: Path | None = None) -> list[float]:
+    """Train on the first 80% of pages, return each label's accuracy on the last 20%. `init` (vit only):
+    start the encoder from a stage-0 encoder (harness/pretrain_encoder.py) instead of random init."""
     cut = int(0.8 * len(x))
     model = READERS[reader](classes)
     params = model.init(jax.random.key(seed), x[:1])
+    if init is not None:
+        img = load_encoder(init)
+        img["pos_embedding"] = resample_posemb(img["pos_embedding"], (x.shape[1] // NANO_VIT["patch_size"]) ** 2)
+        params = {"params": {**params["params"], "img": {**img, "head": params["params"]["img"]["head"]}}}
     opt = optax.adam(1e-3)
     state = opt.init(params)
 
@@ -121,7 +130,7 @@ def probe(x: np.ndarray, ys: list[np.ndarray], classes: tuple[int, ...], *, step
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default="runs/pretrain-data-v2/docvqa",
+    parser.add_argument("--data", default="runs/pretrain-data-v3/docvqa",
                         help="a DocVQA folder in the release layout with ocr_results/ (default: the pretraining "
                              "data; `paligemma-transfer pretrain` writes it)")
     parser.add_argument("--resolutions", type=int, nargs="+", default=[32, 64])
@@ -129,7 +138,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--reader", choices=sorted(READERS), default="cnn",
                         help="cnn: a small CNN (default); vit: the nano VLM's SigLIP encoder, from random init")
+    parser.add_argument("--init", type=Path, default=None,
+                        help="vit only: start the encoder from this stage-0 encoder (encoder-<px>.npz, written "
+                             "by a pretraining config with a `kind: encoder` stage) instead of random init")
     args = parser.parse_args()
+    if args.init is not None and args.reader != "vit":
+        parser.error("--init: expected --reader vit (only the ViT reader has a stage-0 encoder to start from)")
 
     data = Path(args.data)
     if not (data / "ocr_results").is_dir():
@@ -148,9 +162,11 @@ def main() -> None:
 
     def majority(y: np.ndarray) -> float:
         train, test = y[:cut][y[:cut] >= 0], y[cut:][y[cut:] >= 0]
+        if not len(train) or not len(test):  # a kind no train (or test) page has: nothing to compare
+            return float("nan")
         return float((test == np.bincount(train).argmax()).mean())
 
-    print(f"reader: {args.reader}; ", end="")
+    print(f"reader: {args.reader}{f' from {args.init}' if args.init else ''}; ", end="")
     print(f"{len(images)} pages ({len(images) - cut} test); title: {classes[0]} classes; values of "
           + ", ".join(f"{k} ({n})" for k, n in zip(kinds, classes[1:])))
     print(f"{'px':>9} {'title':>7} {'values':>7}  " + " ".join(f"{k[:8]:>8}" for k in kinds))
@@ -163,7 +179,8 @@ def main() -> None:
     for res in args.resolutions:
         x = np.stack([preprocess_image(images[i], res) for i in order])
         t0 = time.perf_counter()
-        acc = probe(x, ys, classes, steps=args.steps, seed=args.seed, reader=args.reader)
+        acc = probe(x, ys, classes, steps=args.steps, seed=args.seed, reader=args.reader,
+                    init=args.init)
         print(row(f"{res} px", acc) + f"   ({time.perf_counter() - t0:.0f} s)", flush=True)
 
 

@@ -28,16 +28,22 @@ import numpy as np
 import yaml
 
 from harness.data import Source, mixture_batches
+from harness.pretrain_encoder import load_encoder, save_encoder, train_encoder, with_encoder
 from harness.train import TrainConfig, train
 from model import checkpoint
 from model.config import config_for
 from model.paligemma import init_params
 from model.posemb import resample_posemb
 from model.tokenizer import Tokenizer
+from tasks.base import Task
 from tasks.registry import BUILTIN, get_task
 
 ALL = "all"
 OCR = "ocr"  # the weight key of the OCR mixture: every task's `ocr_examples`, shared equally
+
+
+ENCODER = "encoder"  # a stage of this kind trains the image encoder alone (harness/pretrain_encoder.py)
+KINDS = ("vlm", ENCODER)
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,16 @@ class Stage:
     steps: int
     text_len: int
     weights: Mapping[str, float]
+    kind: str = "vlm"
+    # This stage's own (larger) generated data, per task ({task: n, all: n}); None: the spec's.
+    num_train: Mapping[str, int] | None = None
+
+    def train_size(self, task: str, default: int) -> int | None:
+        """How many training examples to generate for `task` in this stage (None: the spec's data)."""
+        if self.num_train is None:
+            return None
+        return int(self.num_train.get(task, self.num_train.get(ALL, default)))
+    batch_size: int | None = None  # None: the optimizer's
 
     def weight(self, task: str) -> float:
         """A task's weight; `ocr` is never covered by `all` (a stage opts into the OCR mixture)."""
@@ -69,6 +85,13 @@ class PretrainSpec:
     out: Path
 
 
+def _num_train(value: Any) -> Mapping[str, int] | None:
+    """A stage's `num_train`: an int for every task, or {task: n, all: n}."""
+    if value is None:
+        return None
+    return {ALL: int(value)} if isinstance(value, int) else {str(k): int(v) for k, v in dict(value).items()}
+
+
 def load_spec(path: str | Path) -> PretrainSpec:
     path = Path(path)
     try:
@@ -80,8 +103,16 @@ def load_spec(path: str | Path) -> PretrainSpec:
     root = path.resolve().parent.parent.parent  # configs/pretrain/x.yaml -> repo root
     try:
         stages = tuple(Stage(name=s["name"], resolution=int(s["resolution"]), steps=int(s["steps"]),
-                             text_len=int(s["text_len"]), weights=dict(s["weights"]))
+                             text_len=int(s["text_len"]), weights=dict(s["weights"]),
+                             kind=str(s.get("kind", "vlm")),
+                             num_train=_num_train(s.get("num_train")),
+                             batch_size=int(s["batch_size"]) if "batch_size" in s else None)
                        for s in raw["stages"])
+        for i, stage in enumerate(stages):
+            if stage.kind not in KINDS:
+                raise ValueError(f"{path}: stages[{i}].kind: expected one of {KINDS}, got {stage.kind!r}")
+            if stage.kind == ENCODER and any(s.kind == ENCODER for s in stages[i + 1:]):
+                raise ValueError(f"{path}: stages[{i}]: expected at most one stage of kind {ENCODER!r}")
         return PretrainSpec(
             sizes=tuple(raw["sizes"]), stages=stages, tokenizer=root / raw["tokenizer"],
             data_root=root / raw["data"]["root"], num_train=int(raw["data"]["num_train"]),
@@ -99,12 +130,14 @@ def pretraining_sources(spec: PretrainSpec, stage: Stage) -> list[Source]:
     sources, ocr = [], []
     for name in sorted(BUILTIN):
         weight = stage.weight(name)
-        if weight <= 0 and stage.weight(OCR) <= 0:
-            continue
         task = get_task(name)
-        manual = spec.data_root / name
+        has_ocr = type(task).ocr_examples is not Task.ocr_examples  # the tasks whose images hold text
+        if weight <= 0 and not (stage.weight(OCR) > 0 and has_ocr):
+            continue
+        size = stage.train_size(name, spec.num_train)
+        manual = spec.data_root / name if size is None else spec.data_root / f"n{size}" / name
         if not manual.is_dir() or not any(manual.iterdir()):
-            task.write_demo(manual, num_train=spec.num_train, num_eval=8, seed=spec.data_seed)
+            task.write_demo(manual, num_train=size or spec.num_train, num_eval=8, seed=spec.data_seed)
         pad = task.recipe("3b", 224).pad_to_square
         if weight > 0:
             sources.append(Source(task.examples(manual, "train"), weight=weight, square_pad=pad))
@@ -115,6 +148,32 @@ def pretraining_sources(spec: PretrainSpec, stage: Stage) -> list[Source]:
     for source in ocr:
         sources.append(dataclasses.replace(source, weight=stage.weight(OCR) / len(ocr)))
     return sources
+
+
+def pretrain_encoder_stage(spec: PretrainSpec, stage: Stage, index: int, tokenizer: Tokenizer, size: str, *,
+                           progress: bool = True) -> Path:
+    """Stage 0: the image encoder alone (harness/pretrain_encoder.py), shared by every size, written once
+    to {out}/encoder-{resolution}.npz and kept (resumable under {out}/.work like the VLM stages)."""
+    out = spec.out / f"encoder-{stage.resolution}.npz"
+    if out.exists():
+        print(f"{stage.name} @{stage.resolution}px: {out} exists, kept (delete it to redo)")
+        return out
+    config = config_for(size, stage.resolution)
+    batch_size = stage.batch_size or spec.batch_size
+    batches = mixture_batches(pretraining_sources(spec, stage), tokenizer, text_len=stage.text_len,
+                              resolution=stage.resolution, batch_size=batch_size,
+                              num_steps=stage.steps, seed=spec.data_seed + index)
+    cfg = TrainConfig(lr=spec.lr, num_steps=stage.steps, weight_decay=spec.weight_decay, seed=index,
+                      checkpoint_every=100)
+    workdir = spec.out / ".work" / f"encoder-{stage.resolution}"
+    img, summary = train_encoder(config.vision, config.llm.vocab_size, batches, cfg, workdir=workdir,
+                                 ignore=(tokenizer.pad_id, tokenizer.eos_id, tokenizer.bos_id), progress=progress,
+                                 desc=f"{stage.name} @{stage.resolution}px")
+    save_encoder(out, img)
+    shutil.rmtree(workdir, ignore_errors=True)
+    print(f"{stage.name} @{stage.resolution}px: {stage.steps} steps in {summary['seconds']:.0f}s, "
+          f"final loss {summary['final_loss']:.3f} -> {out}")
+    return out
 
 
 def continue_at(params: Any, resolution_config) -> Any:
@@ -130,8 +189,11 @@ def pretrain_size(spec: PretrainSpec, size: str, *, max_resolution: int | None =
     stage in progress checkpoints every 100 steps under {out}/.work and resumes from there. `mesh`: the
     trainer's (data, model) mesh (default: one device); the same sharded step as fine-tuning."""
     tokenizer = Tokenizer(spec.tokenizer)
-    written, params = [], None
+    written, params, encoder = [], None, None
     for i, stage in enumerate(spec.stages):
+        if stage.kind == ENCODER:
+            encoder = pretrain_encoder_stage(spec, stage, i, tokenizer, size, progress=progress)
+            continue
         if max_resolution is not None and stage.resolution > max_resolution:
             break
         config = config_for(size, stage.resolution)
@@ -141,8 +203,12 @@ def pretrain_size(spec: PretrainSpec, size: str, *, max_resolution: int | None =
             print(f"{size} {stage.name} @{stage.resolution}px: {out} exists, kept (delete it to redo)")
             written.append(out)
             continue
-        params = (init_params(config, jax.random.key(0)) if params is None
-                  else continue_at(params, config))
+        if params is None:
+            params = init_params(config, jax.random.key(0))
+            if encoder is not None:  # stage 0's encoder, at this stage's resolution
+                params = continue_at(with_encoder(params, load_encoder(encoder)), config)
+        else:
+            params = continue_at(params, config)
         batches = mixture_batches(pretraining_sources(spec, stage), tokenizer, text_len=stage.text_len,
                                   resolution=stage.resolution, batch_size=spec.batch_size,
                                   num_steps=stage.steps, seed=spec.data_seed + i)

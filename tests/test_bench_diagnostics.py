@@ -77,3 +77,20 @@ def test_legibility_probe_reads_release_format_pages(tmp_path, reader):
     assert lines[2].split()[0] == "majority" and lines[3].split()[:2] == ["32", "px"]
     # an accuracy per label; nan for a field kind that no test page of this tiny sample has
     assert all(v == "nan" or 0.0 <= float(v) <= 1.0 for v in lines[3].split()[2:-2])
+
+
+def test_legibility_probe_starts_from_a_stage0_encoder(tmp_path):
+    """`--init` loads a stage-0 encoder written at another resolution (its position embedding resampled)."""
+    from harness.pretrain_encoder import EncoderClassifier, save_encoder
+    from tasks.registry import get_task
+
+    config = config_for("nano-s", 64)
+    img = EncoderClassifier(config.vision, 16).init(jax.random.key(0), np.zeros((1, 64, 64, 3)))["params"]["img"]
+    save_encoder(tmp_path / "encoder-64.npz", img)
+    get_task("docvqa").write_demo(tmp_path / "docvqa", num_train=12, num_eval=2, seed=0)
+    out = run("bench/legibility_probe.py", "--data", str(tmp_path / "docvqa"), "--steps", "2",
+              "--resolutions", "32", "--reader", "vit", "--init", str(tmp_path / "encoder-64.npz"))
+    assert out.splitlines()[0].startswith(f"reader: vit from {tmp_path / 'encoder-64.npz'}; ")
+    done = subprocess.run([sys.executable, "bench/legibility_probe.py", "--init", "x.npz"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--init: expected --reader vit" in done.stderr

@@ -32,8 +32,10 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 PAGE_SIZE = (192, 192)
-FONT_SIZES = (24, 28)  # inclusive bounds of the body font size, drawn once per page
-FIELDS_PER_DOC = 3
+VALUE_SIZES = (32, 36)  # inclusive bounds of the values' font size, drawn once per page
+TITLE_SIZES = (26, 30)  # the bold title's
+KEY_SIZE = 13  # the keys' ("Year:"): small, as a form's printed labels are
+FIELDS_PER_DOC = 2
 QUESTIONS_PER_DOC = 3
 SPLITS = ("train", "val", "test")
 # Question and document ids are unique across the splits, as in DocVQA.
@@ -152,34 +154,41 @@ def _ocr_json(lines: list[Line]) -> dict:
 
 def _document(rng: np.random.Generator) -> tuple[Image.Image, list[Field], list[Line]]:
     """One page, its fields and its lines of text; a draw whose text would run past the page's edge is
-    redrawn."""
+    redrawn. A field line is its key in small type and its value in large type on one baseline."""
     while True:
         page = Image.new("L", PAGE_SIZE, int(rng.integers(225, 256)))
         draw = ImageDraw.Draw(page)
-        size = int(rng.integers(FONT_SIZES[0], FONT_SIZES[1] + 1))
-        margin, ink = int(rng.integers(6, 16)), int(rng.integers(0, 60))
-        spacing = float(rng.uniform(1.2, 1.45))
+        size = int(rng.integers(VALUE_SIZES[0], VALUE_SIZES[1] + 1))
+        title_size = int(rng.integers(TITLE_SIZES[0], TITLE_SIZES[1] + 1))
+        margin, ink = int(rng.integers(4, 12)), int(rng.integers(0, 60))
+        spacing = float(rng.uniform(1.15, 1.35))
         title = str(rng.choice(TITLES))
         kinds = rng.permutation(len(FIELD_KINDS))[:FIELDS_PER_DOC]
         rows = [FIELD_KINDS[k](rng) for k in kinds]
-        lines = [(title, "Bold")] + [(f"{key}: {value}", "") for key, value, _, _ in rows]
-        height = int(size * spacing) * len(lines) + size // 2
-        widest = max(draw.textlength(text, font=font(size, style)) for text, style in lines)
+        # Each line: its words as (text, font size, style).
+        lines = [[(title, title_size, "Bold")]] + [[(f"{key}:", KEY_SIZE, ""), (value, size, "")]
+                                                   for key, value, _, _ in rows]
+        heights = [int(max(s for _, s, _ in line) * spacing) for line in lines]
+        height = sum(heights) + title_size // 2
+        widest = max(sum(draw.textlength(w + " ", font=font(s, st)) for w, s, st in line) for line in lines)
         if margin + widest > PAGE_SIZE[0] - 4 or height > PAGE_SIZE[1] - 8:
             continue
         y = int(rng.integers(4, PAGE_SIZE[1] - height - 3))
         drawn: list[Line] = []
-        for i, (text, style) in enumerate(lines):
-            draw.text((margin, y), text, fill=ink, font=font(size, style))
+        for i, (line, line_height) in enumerate(zip(lines, heights)):
+            baseline = y + int(line_height / spacing * 0.8)  # DejaVu's ascent is ~0.8 of its size
             words, x = [], float(margin)
-            for word in text.split(" "):
-                words.append((word, [int(v) for v in draw.textbbox((x, y), word, font=font(size, style))]))
-                x += draw.textlength(word + " ", font=font(size, style))
-            drawn.append((text, words))
-            y += int(size * spacing)
+            for word, s, st in line:
+                draw.text((x, baseline), word, fill=ink, font=font(s, st), anchor="ls")
+                words.append((word, [int(v) for v in draw.textbbox((x, baseline), word, font=font(s, st),
+                                                                  anchor="ls")]))
+                x += draw.textlength(word + " ", font=font(s, st))
+            drawn.append((" ".join(w for w, _ in words), words))
+            y += line_height
             if i == 0:  # a rule under the title
-                draw.line([(margin, y - size // 6), (PAGE_SIZE[0] - margin, y - size // 6)], fill=ink, width=2)
-                y += size // 2
+                draw.line([(margin, y - title_size // 6), (PAGE_SIZE[0] - margin, y - title_size // 6)],
+                          fill=ink, width=2)
+                y += title_size // 2
         fields = [(question, answers, "form") for _, _, answers, question in rows]
         fields.append(("What type of document is this?", [title, title.lower()], "layout"))
         return page, fields, drawn
