@@ -225,8 +225,17 @@ class Task(abc.ABC):
         builder = self.builder(manual_dir, data_dir)
         builder.only_splits = only
         with contextlib.redirect_stdout(sys.stderr):  # whatever else a library prints is not our output
-            builder.download_and_prepare(
-                download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
+            try:
+                builder.download_and_prepare(
+                    download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
+            except ModuleNotFoundError as e:
+                if e.name != "tensorflow":
+                    raise
+                # TFDS's shuffler keeps a split in memory up to 1 GiB and spills the rest through
+                # tf.io.gfile: real datasets (DocVQA's, COCO's images) need TensorFlow to be prepared.
+                raise DataError(f"{self.name}: preparing {manual_dir} needs TensorFlow (TFDS writes a split "
+                                "over 1 GiB through tf.io.gfile); install it: pip install -e '.[full-data]'"
+                                ) from None
         return builder
 
     def split_name(self, role: str) -> str:
