@@ -3,6 +3,7 @@ loss with another example's image, per task.
 
     python bench/image_use.py                                  # the shipped nano checkpoints, demo eval data
     python bench/image_use.py --checkpoints random:nano-s-32 checkpoints/nano/nano-m-64.npz
+    python bench/image_use.py --by-prompt                      # ... and per prompt (DocVQA's question kinds)
 
 For every task of the demo grid it scores the eval split's targets (teacher forcing, the trainer's loss:
 mean cross-entropy per suffix token, averaged over examples) twice: with the right images, and with the
@@ -53,9 +54,10 @@ def mean_losses(model: PaliGemma, params, rows: list[dict], batch_size: int) -> 
     return np.concatenate(out)
 
 
-def task_losses(params, size: str, resolution: int, grid, task_name: str, split: str = "eval",
-                data_root: str | None = None) -> tuple[float, float]:
-    """(mean loss with the right images, with the images rolled by one) for one task of `grid`."""
+def example_losses(params, size: str, resolution: int, grid, task_name: str, split: str = "eval",
+                   data_root: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per example of one task of `grid`: (loss with the right image, with the images rolled by one,
+    prompt)."""
     task = get_task(task_name)
     recipe_overrides, _ = split_overrides(dict(grid.overrides[task_name]))
     recipe = task.recipe(size, resolution).replace(**recipe_overrides)
@@ -66,7 +68,15 @@ def task_losses(params, size: str, resolution: int, grid, task_name: str, split:
     rows = [train_row(ex, ex.targets[0], tokenizer, text) for ex in examples]
     shuffled = [dict(r, image=rows[(i + 1) % len(rows)]["image"]) for i, r in enumerate(rows)]
     model = PaliGemma(config)
-    return float(mean_losses(model, params, rows, 40).mean()), float(mean_losses(model, params, shuffled, 40).mean())
+    return (mean_losses(model, params, rows, 40), mean_losses(model, params, shuffled, 40),
+            np.array([ex.prefix for ex in examples]))
+
+
+def task_losses(params, size: str, resolution: int, grid, task_name: str, split: str = "eval",
+                data_root: str | None = None) -> tuple[float, float]:
+    """(mean loss with the right images, with the images rolled by one) for one task of `grid`."""
+    right, wrong, _ = example_losses(params, size, resolution, grid, task_name, split, data_root)
+    return float(right.mean()), float(wrong.mean())
 
 
 def main() -> None:
@@ -79,6 +89,9 @@ def main() -> None:
                         help="checkpoint files named <size>-<resolution>.npz, or random:<size>-<resolution>")
     parser.add_argument("--split", default="eval")
     parser.add_argument("--data-root", help="the tasks' data folders (default: the grid's data_root)")
+    parser.add_argument("--by-prompt", action="store_true",
+                        help="one gap per distinct prompt (e.g. DocVQA's question kinds: a title is legible at "
+                             "32 px, a year's digits only at 64) for tasks with at most 12 distinct prompts")
     args = parser.parse_args()
 
     grid = load_grid(args.grid, check_files=False)
@@ -90,8 +103,15 @@ def main() -> None:
         size, resolution = name.rsplit("-", 1)
         params = base_params(config_for(size, int(resolution)), path, 0)
         for task_name in grid.tasks:
-            right, wrong = task_losses(params, size, int(resolution), grid, task_name, args.split, args.data_root)
-            print(f"{spec:<34} {task_name:<14} {right:7.3f} {wrong:9.3f} {wrong - right:+7.3f}")
+            right, wrong, prompts = example_losses(params, size, int(resolution), grid, task_name, args.split,
+                                                   args.data_root)
+            print(f"{spec:<34} {task_name:<14} {right.mean():7.3f} {wrong.mean():9.3f} "
+                  f"{wrong.mean() - right.mean():+7.3f}")
+            kinds = sorted(set(prompts))
+            for prompt in kinds if args.by_prompt and len(kinds) <= 12 else ():
+                r, w = right[prompts == prompt].mean(), wrong[prompts == prompt].mean()
+                print(f"{'':<36} {prompt[:40]:<40} {r:7.3f} {w:9.3f} {w - r:+7.3f}")
+
 
 if __name__ == "__main__":
     main()

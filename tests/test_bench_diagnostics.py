@@ -45,6 +45,22 @@ def test_image_use_prints_a_gap_per_task(tmp_path):
         assert abs(float(shuffled) - float(right) - float(gap)) < 2e-3
 
 
+def test_image_use_by_prompt_splits_a_task_by_its_questions(tmp_path):
+    """--by-prompt: under each task's row, one row per distinct prompt (DocVQA's question kinds), whose
+    example-weighted mean is the task's gap."""
+    out = run("bench/image_use.py", "--grid", str(tiny_grid(tmp_path)), "--checkpoints", "random:nano-s-32",
+              "--by-prompt")
+    lines = out.splitlines()[1:]
+    start = next(i for i, line in enumerate(lines) if line.split()[1] == "docvqa")
+    prompts = []
+    for line in lines[start + 1:]:
+        if not line.startswith(" "):
+            break
+        prompts.append(line)
+    assert prompts and all("?" in p for p in prompts), prompts  # the questions
+    assert all(re.fullmatch(r"[+-]\d+\.\d{3}", p.split()[-1]) for p in prompts)
+
+
 def test_reading_curve_continues_and_measures(tmp_path):
     config = config_for("nano-s", 32)
     ckpt = tmp_path / "nano-s-32.npz"
