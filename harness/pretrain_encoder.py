@@ -4,9 +4,10 @@ PaliGemma never learns its encoder from scratch: its stage 0 is a SigLIP pretrai
 billions of image-text pairs (docs/paligemma2-facts.md §1.4). The nano family had no stage 0 and learned its
 SigLIP inside stage 1 from ~21k generated examples: enough for colours and shapes, not for glyphs
 (docs/demo-sensitivity.md §7: the same encoder with a direct label reads a page's title at 0.59 from 1k
-pages and 0.86 from 10k). Contrastive learning wants large batches; this stage uses the classification
-objective of SuperClass (Huang et al., "Classification Done Right for Vision-Language Pre-Training",
-NeurIPS 2024), which matches contrastive pretraining at small batch: the encoder's mean-pooled tokens,
+pages and 0.86 from 10k). Contrastive learning wants large batches of negatives; this stage uses the
+classification objective of SuperClass (Huang et al., "Classification Done Right for Vision-Language
+Pre-Training", NeurIPS 2024, arXiv 2411.03313), which needs neither a text encoder nor large batches and
+which its authors report at or above CLIP on downstream tasks: the encoder's mean-pooled tokens,
 through a linear classifier over the tokenizer's vocabulary, predict the bag of subword tokens of the
 image's text (softmax cross-entropy against the normalised multi-hot target). The text is any target the
 tasks give an image: OCR lines, captions, reports, answers.
