@@ -63,6 +63,8 @@ class Stage:
             return None
         return int(self.num_train.get(task, self.num_train.get(ALL, default)))
     batch_size: int | None = None  # None: the optimizer's
+    # What this stage does not train: "img_tower" (the image encoder, not its projector), "img", "llm".
+    freeze: tuple[str, ...] = ()
 
     def weight(self, task: str) -> float:
         """A task's weight; `ocr` is never covered by `all` (a stage opts into the OCR mixture)."""
@@ -106,11 +108,15 @@ def load_spec(path: str | Path) -> PretrainSpec:
                              text_len=int(s["text_len"]), weights=dict(s["weights"]),
                              kind=str(s.get("kind", "vlm")),
                              num_train=_num_train(s.get("num_train")),
-                             batch_size=int(s["batch_size"]) if "batch_size" in s else None)
+                             batch_size=int(s["batch_size"]) if "batch_size" in s else None,
+                             freeze=tuple(s.get("freeze", ())))
                        for s in raw["stages"])
         for i, stage in enumerate(stages):
             if stage.kind not in KINDS:
                 raise ValueError(f"{path}: stages[{i}].kind: expected one of {KINDS}, got {stage.kind!r}")
+            if not set(stage.freeze) <= {"img_tower", "img", "llm"}:
+                raise ValueError(f"{path}: stages[{i}].freeze: expected a list of 'img_tower' / 'img' / 'llm', "
+                                 f"got {list(stage.freeze)}")
             if stage.kind == ENCODER and any(s.kind == ENCODER for s in stages[i + 1:]):
                 raise ValueError(f"{path}: stages[{i}]: expected at most one stage of kind {ENCODER!r}")
         return PretrainSpec(
@@ -213,7 +219,8 @@ def pretrain_size(spec: PretrainSpec, size: str, *, max_resolution: int | None =
                                   resolution=stage.resolution, batch_size=spec.batch_size,
                                   num_steps=stage.steps, seed=spec.data_seed + i)
         cfg = TrainConfig(lr=spec.lr, num_steps=stage.steps, weight_decay=spec.weight_decay, seed=i,
-                          checkpoint_every=100)
+                          checkpoint_every=100, freeze_img="img" in stage.freeze,
+                          freeze_img_tower="img_tower" in stage.freeze, freeze_llm="llm" in stage.freeze)
         workdir = spec.out / ".work" / f"{size}-{stage.resolution}"
         t0 = time.perf_counter()
         params, summary = train(config, params, batches, cfg, workdir=workdir, progress=progress,

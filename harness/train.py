@@ -53,6 +53,9 @@ class TrainConfig:
     b2: float = 0.999
     freeze_img: bool = False
     freeze_llm: bool = False
+    # The image tower without its projector `img/head` (a pretraining stage that keeps a pretrained encoder
+    # while the projector learns to feed the language model; freeze_img freezes both, as big_vision's 'img/.*').
+    freeze_img_tower: bool = False
     compute_dtype: str = "float32"  # or "bfloat16" (params stay float32)
     remat: bool = False
     # "dense" materialises float32 logits for all positions; "chunked" (model/losses.py) a chunk of
@@ -100,6 +103,9 @@ def make_optimizer(params: Any, cfg: TrainConfig) -> optax.GradientTransformatio
     labels = {group: jax.tree_util.tree_map(lambda _, f=frozen.get(group, False): "frozen" if f else "train",  # noqa: B008
                                             subtree)
               for group, subtree in params.items()}
+    if cfg.freeze_img_tower and not cfg.freeze_img and "img" in params:
+        labels["img"] = {name: jax.tree_util.tree_map(lambda _, n=name: "train" if n == "head" else "frozen", sub)  # noqa: B008
+                         for name, sub in params["img"].items()}
     return optax.multi_transform({"train": trainable, "frozen": optax.set_to_zero()}, labels)
 
 

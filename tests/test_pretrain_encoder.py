@@ -139,3 +139,22 @@ def test_stage_data_size_per_task(tmp_path):
     spec = load_spec(_with_stage0(tmp_path, num_train={"docvqa": 9, "all": 5}))
     assert spec.stages[0].train_size("docvqa", 4) == 9 and spec.stages[0].train_size("icdar15", 4) == 5
     assert spec.stages[1].train_size("docvqa", 4) is None
+
+
+def test_a_stage_can_keep_the_encoder_and_train_its_projector(tmp_path):
+    """`freeze: [img_tower]` keeps stage 0's tower through a VLM stage while the projector `img/head` (zero
+    at init) and the language model learn to use it."""
+    path = _with_stage0(tmp_path)
+    raw = yaml.safe_load(path.read_text())
+    raw["stages"][1]["freeze"] = ["img_tower"]
+    path.write_text(yaml.safe_dump(raw))
+    written = pretrain(path, max_resolution=32, progress=False)
+    start = load_encoder(load_spec(path).out / "encoder-64.npz")
+    _, p32 = checkpoint.load_npz(str(written[0]), config_for("nano-s", 32))
+    np.testing.assert_array_equal(np.asarray(p32["img"]["embedding"]["kernel"], np.float32),
+                                  start["embedding"]["kernel"])
+    assert np.abs(np.asarray(p32["img"]["head"]["kernel"], np.float32)).max() > 0  # the projector trained
+    raw["stages"][1]["freeze"] = ["vision"]
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ValueError, match=r"stages\[1\].freeze: expected a list of 'img_tower' / 'img' / 'llm'"):
+        load_spec(path)
