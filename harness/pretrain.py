@@ -23,12 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import ml_dtypes
 import numpy as np
 import yaml
 
 from harness.data import Source, mixture_batches
-from harness.pretrain_encoder import load_encoder, save_encoder, train_encoder, with_encoder
+from harness.pretrain_encoder import load_encoder, save_bf16, save_encoder, train_encoder, with_encoder
 from harness.train import TrainConfig, train
 from model import checkpoint
 from model.config import config_for
@@ -56,15 +55,15 @@ class Stage:
     kind: str = "vlm"
     # This stage's own (larger) generated data, per task ({task: n, all: n}); None: the spec's.
     num_train: Mapping[str, int] | None = None
+    batch_size: int | None = None  # None: the optimizer's
+    # What this stage does not train: "img_tower" (the image encoder, not its projector), "img", "llm".
+    freeze: tuple[str, ...] = ()
 
     def train_size(self, task: str, default: int) -> int | None:
         """How many training examples to generate for `task` in this stage (None: the spec's data)."""
         if self.num_train is None:
             return None
         return int(self.num_train.get(task, self.num_train.get(ALL, default)))
-    batch_size: int | None = None  # None: the optimizer's
-    # What this stage does not train: "img_tower" (the image encoder, not its projector), "img", "llm".
-    freeze: tuple[str, ...] = ()
 
     def weight(self, task: str) -> float:
         """A task's weight; `ocr` is never covered by `all` (a stage opts into the OCR mixture)."""
@@ -227,12 +226,7 @@ def pretrain_size(spec: PretrainSpec, size: str, *, max_resolution: int | None =
                                 desc=f"{size} {stage.name} @{stage.resolution}px", mesh=mesh)
         # Stored in bfloat16 like the released checkpoints (half the bytes to ship); the next stage
         # continues from the stored values, so a resumed run and an uninterrupted one agree.
-        params = jax.tree.map(lambda x: np.asarray(x).astype(ml_dtypes.bfloat16), params)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.stem + ".tmp.npz")
-        checkpoint.save_npz(str(tmp), params)
-        tmp.replace(out)
-        params = jax.tree.map(lambda x: x.astype(np.float32), params)
+        params = jax.tree.map(lambda x: x.astype(np.float32), save_bf16(out, params))
         shutil.rmtree(workdir, ignore_errors=True)
         written.append(out)
         print(f"{size} {stage.name} @{stage.resolution}px: {stage.steps} steps in "

@@ -117,13 +117,20 @@ def train_encoder(vision: VisionConfig, vocab_size: int, batches, cfg: TrainConf
     return jax.device_get(params["img"]), summary
 
 
-def save_encoder(path: Path, img: dict) -> None:
-    """The encoder's `img` tree as a bfloat16 .npz (like the VLM checkpoints), written atomically."""
-    img = jax.tree.map(lambda x: np.asarray(x).astype(ml_dtypes.bfloat16), img)
+def save_bf16(path: Path, params: dict) -> dict:
+    """`params` as a bfloat16 big_vision .npz (like the released `.b16.npz` checkpoints: half the bytes),
+    written atomically; returns the stored bfloat16 tree."""
+    params = jax.tree.map(lambda x: np.asarray(x).astype(ml_dtypes.bfloat16), params)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp.npz")
-    checkpoint.save_npz(str(tmp), {"img": img})
+    checkpoint.save_npz(str(tmp), params)
     tmp.replace(path)
+    return params
+
+
+def save_encoder(path: Path, img: dict) -> None:
+    """The encoder's `img` tree as a bfloat16 .npz, like the VLM checkpoints."""
+    save_bf16(path, {"img": img})
 
 
 def load_encoder(path: Path) -> dict:
