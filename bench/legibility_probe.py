@@ -39,7 +39,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
 from harness.data import preprocess_image  # noqa: E402
-from harness.pretrain_encoder import load_encoder  # noqa: E402
+from harness.pretrain_encoder import load_encoder, with_encoder  # noqa: E402
 from model.config import NANO_VIT, VisionConfig  # noqa: E402
 from model.posemb import resample_posemb  # noqa: E402
 from model.siglip import SigLIP  # noqa: E402
@@ -106,7 +106,7 @@ def probe(x: np.ndarray, ys: list[np.ndarray], classes: tuple[int, ...], *, step
     if init is not None:
         img = load_encoder(init)
         img["pos_embedding"] = resample_posemb(img["pos_embedding"], (x.shape[1] // NANO_VIT["patch_size"]) ** 2)
-        params = {"params": {**params["params"], "img": {**img, "head": params["params"]["img"]["head"]}}}
+        params = {"params": with_encoder(params["params"], img)}  # the reader keeps its own `head`
     opt = optax.adam(1e-3)
     state = opt.init(params)
 
