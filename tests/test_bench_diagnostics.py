@@ -1,7 +1,8 @@
 """The demo diagnostics of issue 12 run end to end on tiny data: `bench/image_use.py` prints one gap per
 task and checkpoint, and `bench/reading_curve.py` continues a checkpoint and prints the text tasks' gaps
 after each round (both write the demo data they need, as `paligemma-transfer run` does), and
-`bench/legibility_probe.py` reads DocVQA pages in the release layout with their OCR files."""
+`bench/legibility_probe.py` reads DocVQA pages in the release layout with their OCR files, and
+`bench/localisation_probe.py` splits ICDAR'15's gap into loc and text tokens after training on it."""
 
 import re
 import subprocess
@@ -110,3 +111,26 @@ def test_legibility_probe_starts_from_a_stage0_encoder(tmp_path):
     done = subprocess.run([sys.executable, "bench/legibility_probe.py", "--init", "x.npz"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "--init: expected --reader vit" in done.stderr
+
+
+def test_localisation_probe_splits_the_icdar_gap_by_token_kind(tmp_path):
+    """bench/localisation_probe.py trains a checkpoint on ICDAR'15 alone, then prints the image gap of every
+    target token, the loc tokens, the first corner and the text, each the mean of its tokens."""
+    out = run("bench/localisation_probe.py", "random:nano-s-32", "--grid", str(tiny_grid(tmp_path)), "--steps", "2",
+              "--train-data", str(tmp_path / "data" / "icdar15"), "--loc-init", "sinusoidal", "--num-eval", "3")
+    assert re.match(r"trained 2 steps on [34] scenes", out)  # a scene without a legible word is dropped
+    rows = {line[:14].strip(): line[14:].split() for line in out.splitlines()[2:]}
+    assert set(rows) == {"all", "loc", "first corner", "text"}
+    for right, shuffled, gap, _ in rows.values():
+        assert abs(float(shuffled) - float(right) - float(gap)) < 2e-3
+    assert int(rows["loc"][3]) + int(rows["text"][3]) == int(rows["all"][3])
+    assert int(rows["first corner"][3]) == 2 * 3  # one y and one x per scene with a legible word
+
+
+def test_sinusoidal_loc_rows_make_neighbouring_bins_alike():
+    from bench.localisation_probe import sinusoidal_rows
+
+    rows = sinusoidal_rows(1024, 128, 1.5)
+    assert rows.shape == (1024, 128) and np.allclose(np.linalg.norm(rows, axis=1), 1.5, atol=1e-5)
+    cos = lambda a, b: float(rows[a] @ rows[b]) / 1.5 ** 2  # noqa: E731
+    assert cos(500, 501) > cos(500, 520) > cos(500, 900)

@@ -1,0 +1,142 @@
+"""Can a nano checkpoint learn to find ICDAR'15's words? The image gap of its loc tokens after focused training.
+
+    python bench/localisation_probe.py runs/nano-v5/checkpoints/nano-s-64.npz \
+        --train-data runs/pretrain-data-v3/n10000/icdar15 --steps 600            # tower frozen
+    python bench/localisation_probe.py ... --train-tower                        # tower trained too
+    python bench/localisation_probe.py ... --loc-init sinusoidal                # loc rows re-initialised
+
+ICDAR'15's target is, per word, eight `<locNNNN>` tokens (four corners, y then x) and the text. Only the
+first corner of a word needs the image to be found (the others follow from it and the word's size), so a
+model that localises shows an image gap on the first two loc tokens of the target: `bench/image_use.py`'s
+gap (loss with another scene's image minus loss with the right one, nats per token), split here into
+every target token, the loc tokens, the first word's first corner and the text tokens. The checkpoint is
+trained first on ICDAR'15 alone (`--steps` steps of batch 32 at the pretraining lr, scenes drawn from
+`--train-data`, the tower frozen unless `--train-tower`, as `configs/pretrain/nano.yaml`'s VLM stages
+keep it), then scored on the demo's eval split. `--loc-init sinusoidal` first replaces the loc tokens'
+embedding rows by sinusoids of the bin index, so neighbouring bins start alike (the pretrained rows are
+nearly one shared vector). A demo diagnostic for issue 12: nothing is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
+
+from bench.image_use import parse_checkpoint  # noqa: E402
+from harness.cell import base_params, split_overrides, tokenizer_for, transfer_config  # noqa: E402
+from harness.data import TextSpec, train_row  # noqa: E402
+from harness.grid import load_grid  # noqa: E402
+from harness.scheduler import prepare_demo_data  # noqa: E402
+from harness.train import TrainConfig, train  # noqa: E402
+from model.config import NUM_LOC_TOKENS as NUM_LOC  # noqa: E402
+from model.config import config_for  # noqa: E402
+from model.paligemma import PaliGemma  # noqa: E402
+from tasks.registry import get_task  # noqa: E402
+
+TASK = "icdar15"
+
+
+def sinusoidal_rows(num: int, width: int, norm: float) -> np.ndarray:
+    """[num, width] rows: sin and cos of the bin's position at width/2 frequencies from 1/4 to 64 cycles
+    over the range, each row scaled to `norm`."""
+    u = (np.arange(num) + 0.5) / num
+    freqs = 0.25 * (64 / 0.25) ** (np.arange(width // 2) / (width // 2 - 1))
+    angles = 2 * np.pi * freqs[None] * u[:, None]
+    rows = np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+    return (rows * norm / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
+def token_losses(model: PaliGemma, params, rows: list[dict], batch_size: int = 40) -> tuple[np.ndarray, dict]:
+    """Per target token negative log-likelihood [N, T-1], and the stacked batch it was computed on."""
+    @jax.jit
+    def nll(p, b):
+        logits = model.apply({"params": p}, b["image"], b["text"][:, :-1], b["mask_ar"][:, :-1],
+                             b["mask_input"][:, :-1])
+        logp = jax.nn.log_softmax(logits.astype(jnp.float32))
+        return -jnp.take_along_axis(logp, b["text"][:, 1:, None], axis=-1)[..., 0]
+
+    out = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        out.append(np.asarray(nll(params, {k: np.stack([r[k] for r in chunk]) for k in chunk[0]})))
+    return np.concatenate(out), {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+
+def gap_by_kind(right: np.ndarray, wrong: np.ndarray, batch: dict, loc0: int) -> dict[str, tuple]:
+    """{kind: (right, shuffled, gap, tokens)} over the loss tokens of each kind."""
+    targets, mask = batch["text"][:, 1:], batch["mask_loss"][:, 1:].astype(bool)
+    is_loc = (targets >= loc0) & (targets < loc0 + NUM_LOC)
+    first_corner = is_loc & (np.cumsum(is_loc, axis=1) <= 2)
+    kinds = {"all": mask, "loc": mask & is_loc, "first corner": mask & first_corner, "text": mask & ~is_loc}
+    return {name: (float(right[sel].mean()), float(wrong[sel].mean()), float((wrong - right)[sel].mean()),
+                   int(sel.sum())) for name, sel in kinds.items() if sel.any()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", help="a nano checkpoint named <size>-<resolution>.npz, or "
+                                           "random:<size>-<resolution>")
+    parser.add_argument("--train-data", required=True,
+                        help="an ICDAR'15 folder in the release layout (e.g. the pretraining data's)")
+    parser.add_argument("--steps", type=int, default=600, help="training steps of batch 32 (default 600)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="the pretraining lr (default 1e-3)")
+    parser.add_argument("--train-tower", action="store_true", help="train the image tower too")
+    parser.add_argument("--loc-init", choices=("pretrained", "sinusoidal"), default="pretrained")
+    parser.add_argument("--grid", default="configs/grids/demo.yaml",
+                        help="grid whose ICDAR'15 text length and eval data are used (default: the demo)")
+    parser.add_argument("--num-eval", type=int, default=160, help="eval scenes scored (default 160)")
+    args = parser.parse_args()
+
+    name, path = parse_checkpoint(args.checkpoint)
+    size, resolution = name.rsplit("-", 1)
+    res = int(resolution)
+    grid = load_grid(args.grid, check_files=False)
+    prepare_demo_data(grid)
+    task = get_task(TASK)
+    recipe_overrides, _ = split_overrides(dict(grid.overrides[TASK]))
+    recipe = task.recipe(size, res).replace(**recipe_overrides)
+    config = transfer_config(config_for(size, res), recipe)
+    tokenizer = tokenizer_for(config, {})
+    spec = TextSpec(text_len=recipe.text_len, square_pad=recipe.pad_to_square, resolution=res)
+    train_rows = [train_row(ex, ex.targets[0], tokenizer, spec)
+                  for ex in task.examples(Path(args.train_data), "train")]
+    eval_rows = [train_row(ex, ex.targets[0], tokenizer, spec)
+                 for _, ex in zip(range(args.num_eval), task.examples(Path(grid.data_root) / TASK, "eval"))]
+
+    params = base_params(config_for(size, res), path, 0)
+    loc0 = tokenizer.loc_id(0)
+    if args.loc_init == "sinusoidal":
+        table = np.array(params["llm"]["embedder"]["input_embedding"])
+        norm = float(np.linalg.norm(table[:loc0], axis=1).mean())
+        table[loc0:loc0 + NUM_LOC] = sinusoidal_rows(NUM_LOC, table.shape[1], norm)
+        params["llm"]["embedder"]["input_embedding"] = table
+    if args.steps:
+        rng = np.random.default_rng(0)
+        batches = []
+        for _ in range(args.steps):
+            pick = rng.choice(len(train_rows), min(32, len(train_rows)), replace=False)
+            batches.append({k: np.stack([train_rows[i][k] for i in pick]) for k in train_rows[0]})
+        cfg = TrainConfig(lr=args.lr, num_steps=args.steps, freeze_img_tower=not args.train_tower)
+        params, summary = train(config, params, batches, cfg, progress=None, desc=f"{TASK} {size}-{res}")
+        print(f"trained {args.steps} steps on {len(train_rows)} scenes, final train loss "
+              f"{summary['final_loss']:.3f}")
+
+    model = PaliGemma(config)
+    right, batch = token_losses(model, params, eval_rows)
+    shuffled = [dict(r, image=eval_rows[(i + 1) % len(eval_rows)]["image"]) for i, r in enumerate(eval_rows)]
+    wrong, _ = token_losses(model, params, shuffled)
+    print(f"{'tokens':<14} {'right':>7} {'shuffled':>9} {'gap':>7} {'count':>6}   (nats/token, "
+          f"{len(eval_rows)} eval scenes)")
+    for name, (r, w, gap, count) in gap_by_kind(right, wrong, batch, loc0).items():
+        print(f"{name:<14} {r:7.3f} {w:9.3f} {gap:+7.3f} {count:6d}")
+
+
+if __name__ == "__main__":
+    main()
