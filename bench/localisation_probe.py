@@ -4,6 +4,7 @@
         --train-data runs/pretrain-data-v3/n10000/icdar15 --steps 600            # tower frozen
     python bench/localisation_probe.py ... --train-tower                        # tower trained too
     python bench/localisation_probe.py ... --loc-init sinusoidal                # loc rows re-initialised
+    python bench/localisation_probe.py CKPT --task pubtabnet --steps 0           # table cells' boxes, as is
 
 ICDAR'15's target is, per word, eight `<locNNNN>` tokens (four corners, y then x) and the text. Only the
 first corner of a word needs the image to be found (the others follow from it and the word's size), so a
@@ -40,7 +41,7 @@ from model.config import config_for  # noqa: E402
 from model.paligemma import PaliGemma  # noqa: E402
 from tasks.registry import get_task  # noqa: E402
 
-TASK = "icdar15"
+LOC_TASKS = ("icdar15", "pubtabnet")  # the demo tasks whose targets hold loc tokens
 
 
 def sinusoidal_rows(num: int, width: int, norm: float) -> np.ndarray:
@@ -83,32 +84,35 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="a nano checkpoint named <size>-<resolution>.npz, or "
                                            "random:<size>-<resolution>")
-    parser.add_argument("--train-data", required=True,
-                        help="an ICDAR'15 folder in the release layout (e.g. the pretraining data's)")
+    parser.add_argument("--task", choices=LOC_TASKS, default="icdar15",
+                        help="icdar15 (default) or pubtabnet, whose cells' boxes are loc tokens too")
+    parser.add_argument("--train-data",
+                        help="the task's folder in the release layout to train on (e.g. the pretraining "
+                             "data's); needed when --steps > 0")
     parser.add_argument("--steps", type=int, default=600, help="training steps of batch 32 (default 600)")
     parser.add_argument("--lr", type=float, default=1e-3, help="the pretraining lr (default 1e-3)")
     parser.add_argument("--train-tower", action="store_true", help="train the image tower too")
     parser.add_argument("--loc-init", choices=("pretrained", "sinusoidal"), default="pretrained")
     parser.add_argument("--grid", default="configs/grids/demo.yaml",
-                        help="grid whose ICDAR'15 text length and eval data are used (default: the demo)")
-    parser.add_argument("--num-eval", type=int, default=160, help="eval scenes scored (default 160)")
+                        help="grid whose text length and eval data are used (default: the demo)")
+    parser.add_argument("--num-eval", type=int, default=160, help="eval examples scored (default 160)")
     args = parser.parse_args()
+    if args.steps and not args.train_data:
+        parser.error("--train-data is needed to train (or pass --steps 0)")
 
     name, path = parse_checkpoint(args.checkpoint)
     size, resolution = name.rsplit("-", 1)
     res = int(resolution)
     grid = load_grid(args.grid, check_files=False)
     prepare_demo_data(grid)
-    task = get_task(TASK)
-    recipe_overrides, _ = split_overrides(dict(grid.overrides[TASK]))
+    task = get_task(args.task)
+    recipe_overrides, _ = split_overrides(dict(grid.overrides[args.task]))
     recipe = task.recipe(size, res).replace(**recipe_overrides)
     config = transfer_config(config_for(size, res), recipe)
     tokenizer = tokenizer_for(config, {})
     spec = TextSpec(text_len=recipe.text_len, square_pad=recipe.pad_to_square, resolution=res)
-    train_rows = [train_row(ex, ex.targets[0], tokenizer, spec)
-                  for ex in task.examples(Path(args.train_data), "train")]
-    eval_rows = [train_row(ex, ex.targets[0], tokenizer, spec)
-                 for _, ex in zip(range(args.num_eval), task.examples(Path(grid.data_root) / TASK, "eval"))]
+    eval_rows = [train_row(ex, ex.targets[0], tokenizer, spec) for _, ex in
+                 zip(range(args.num_eval), task.examples(Path(grid.data_root) / args.task, "eval"))]
 
     params = base_params(config_for(size, res), path, 0)
     loc0 = tokenizer.loc_id(0)
@@ -118,13 +122,15 @@ def main() -> None:
         table[loc0:loc0 + NUM_LOC] = sinusoidal_rows(NUM_LOC, table.shape[1], norm)
         params["llm"]["embedder"]["input_embedding"] = table
     if args.steps:
+        train_rows = [train_row(ex, ex.targets[0], tokenizer, spec)
+                      for ex in task.examples(Path(args.train_data), "train")]
         rng = np.random.default_rng(0)
         batches = []
         for _ in range(args.steps):
             pick = rng.choice(len(train_rows), min(32, len(train_rows)), replace=False)
             batches.append({k: np.stack([train_rows[i][k] for i in pick]) for k in train_rows[0]})
         cfg = TrainConfig(lr=args.lr, num_steps=args.steps, freeze_img_tower=not args.train_tower)
-        params, summary = train(config, params, batches, cfg, progress=None, desc=f"{TASK} {size}-{res}")
+        params, summary = train(config, params, batches, cfg, progress=None, desc=f"{args.task} {size}-{res}")
         print(f"trained {args.steps} steps on {len(train_rows)} scenes, final train loss "
               f"{summary['final_loss']:.3f}")
 
@@ -133,7 +139,7 @@ def main() -> None:
     shuffled = [dict(r, image=eval_rows[(i + 1) % len(eval_rows)]["image"]) for i, r in enumerate(eval_rows)]
     wrong, _ = token_losses(model, params, shuffled)
     print(f"{'tokens':<14} {'right':>7} {'shuffled':>9} {'gap':>7} {'count':>6}   (nats/token, "
-          f"{len(eval_rows)} eval scenes)")
+          f"{len(eval_rows)} {args.task} eval examples)")
     for name, (r, w, gap, count) in gap_by_kind(right, wrong, batch, loc0).items():
         print(f"{name:<14} {r:7.3f} {w:9.3f} {gap:+7.3f} {count:6d}")
 

@@ -134,3 +134,14 @@ def test_sinusoidal_loc_rows_make_neighbouring_bins_alike():
     assert rows.shape == (1024, 128) and np.allclose(np.linalg.norm(rows, axis=1), 1.5, atol=1e-5)
     cos = lambda a, b: float(rows[a] @ rows[b]) / 1.5 ** 2  # noqa: E731
     assert cos(500, 501) > cos(500, 520) > cos(500, 900)
+
+
+def test_localisation_probe_scores_pubtabnet_boxes_without_training(tmp_path):
+    grid = str(tiny_grid(tmp_path))
+    out = run("bench/localisation_probe.py", "random:nano-s-32", "--grid", grid, "--task", "pubtabnet",
+              "--steps", "0", "--num-eval", "3")
+    assert "trained" not in out and "pubtabnet eval examples" in out
+    assert [line[:14].strip() for line in out.splitlines()[1:]] == ["all", "loc", "first corner", "text"]
+    refused = subprocess.run([sys.executable, "bench/localisation_probe.py", "random:nano-s-32", "--grid", grid],
+                             cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 2 and "--train-data is needed" in refused.stderr
