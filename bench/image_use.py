@@ -41,34 +41,43 @@ def parse_checkpoint(spec: str) -> tuple[str, str]:
     return Path(spec).stem, spec
 
 
-def mean_losses(model: PaliGemma, params, rows: list[dict], batch_size: int) -> np.ndarray:
-    """Per-example suffix loss, in batches."""
-    apply = jax.jit(lambda p, b: per_example_loss(
-        model.apply({"params": p}, b["image"], b["text"][:, :-1], b["mask_ar"][:, :-1],
-                    b["mask_input"][:, :-1]), b["text"][:, 1:], b["mask_loss"][:, 1:], 0.0))
+def task_inputs(size: str, resolution: int, grid, task_name: str) -> tuple:
+    """(task, config, tokenizer, text spec) of one task of `grid` at a size and resolution, built as the
+    grid's cells build them (the task's recipe with the grid's overrides)."""
+    task = get_task(task_name)
+    recipe_overrides, _ = split_overrides(dict(grid.overrides[task_name]))
+    recipe = task.recipe(size, resolution).replace(**recipe_overrides)
+    config = transfer_config(config_for(size, resolution), recipe)
+    text = TextSpec(text_len=recipe.text_len, square_pad=recipe.pad_to_square, resolution=resolution)
+    return task, config, tokenizer_for(config, {}), text
+
+
+def batched(fn, params, rows: list[dict], batch_size: int = 40) -> np.ndarray:
+    """fn(params, batch) over `rows` in batches of stacked rows, the results concatenated."""
     out = []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
-        batch = {k: np.stack([r[k] for r in chunk]) for k in chunk[0]}
-        out.append(np.asarray(apply(params, batch)))
+        out.append(np.asarray(fn(params, {k: np.stack([r[k] for r in chunk]) for k in chunk[0]})))
     return np.concatenate(out)
+
+
+def rolled(rows: list[dict]) -> list[dict]:
+    """The rows with the images rolled by one position: each example gets its neighbour's image."""
+    return [dict(r, image=rows[(i + 1) % len(rows)]["image"]) for i, r in enumerate(rows)]
 
 
 def example_losses(params, size: str, resolution: int, grid, task_name: str, split: str = "eval",
                    data_root: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per example of one task of `grid`: (loss with the right image, with the images rolled by one,
     prompt)."""
-    task = get_task(task_name)
-    recipe_overrides, _ = split_overrides(dict(grid.overrides[task_name]))
-    recipe = task.recipe(size, resolution).replace(**recipe_overrides)
-    config = transfer_config(config_for(size, resolution), recipe)
-    text = TextSpec(text_len=recipe.text_len, square_pad=recipe.pad_to_square, resolution=resolution)
-    tokenizer = tokenizer_for(config, {})
+    task, config, tokenizer, text = task_inputs(size, resolution, grid, task_name)
     examples = task.examples(Path(data_root or grid.data_root) / task_name, split)
     rows = [train_row(ex, ex.targets[0], tokenizer, text) for ex in examples]
-    shuffled = [dict(r, image=rows[(i + 1) % len(rows)]["image"]) for i, r in enumerate(rows)]
     model = PaliGemma(config)
-    return (mean_losses(model, params, rows, 40), mean_losses(model, params, shuffled, 40),
+    loss = jax.jit(lambda p, b: per_example_loss(  # one compilation for both passes
+        model.apply({"params": p}, b["image"], b["text"][:, :-1], b["mask_ar"][:, :-1],
+                    b["mask_input"][:, :-1]), b["text"][:, 1:], b["mask_loss"][:, 1:], 0.0))
+    return (batched(loss, params, rows), batched(loss, params, rolled(rows)),
             np.array([ex.prefix for ex in examples]))
 
 

@@ -25,21 +25,20 @@ import sys
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
-from bench.image_use import parse_checkpoint  # noqa: E402
-from harness.cell import base_params, split_overrides, tokenizer_for, transfer_config  # noqa: E402
-from harness.data import TextSpec, train_row  # noqa: E402
+from bench.image_use import batched, parse_checkpoint, rolled, task_inputs  # noqa: E402
+from harness.cell import base_params  # noqa: E402
+from harness.data import train_row  # noqa: E402
 from harness.grid import load_grid  # noqa: E402
 from harness.scheduler import prepare_demo_data  # noqa: E402
 from harness.train import TrainConfig, train  # noqa: E402
 from model.config import NUM_LOC_TOKENS as NUM_LOC  # noqa: E402
 from model.config import config_for  # noqa: E402
+from model.losses import token_losses  # noqa: E402
 from model.paligemma import PaliGemma  # noqa: E402
-from tasks.registry import get_task  # noqa: E402
 
 LOC_TASKS = ("icdar15", "pubtabnet")  # the demo tasks whose targets hold loc tokens
 
@@ -54,20 +53,11 @@ def sinusoidal_rows(num: int, width: int, norm: float) -> np.ndarray:
     return (rows * norm / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
 
 
-def token_losses(model: PaliGemma, params, rows: list[dict], batch_size: int = 40) -> tuple[np.ndarray, dict]:
-    """Per target token negative log-likelihood [N, T-1], and the stacked batch it was computed on."""
-    @jax.jit
-    def nll(p, b):
-        logits = model.apply({"params": p}, b["image"], b["text"][:, :-1], b["mask_ar"][:, :-1],
-                             b["mask_input"][:, :-1])
-        logp = jax.nn.log_softmax(logits.astype(jnp.float32))
-        return -jnp.take_along_axis(logp, b["text"][:, 1:, None], axis=-1)[..., 0]
-
-    out = []
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
-        out.append(np.asarray(nll(params, {k: np.stack([r[k] for r in chunk]) for k in chunk[0]})))
-    return np.concatenate(out), {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+def token_nll(model: PaliGemma):
+    """A jitted fn(params, batch) -> negative log-likelihood of each target token [B, T-1]."""
+    return jax.jit(lambda p, b: token_losses(
+        model.apply({"params": p}, b["image"], b["text"][:, :-1], b["mask_ar"][:, :-1], b["mask_input"][:, :-1]),
+        b["text"][:, 1:], 0.0))
 
 
 def gap_by_kind(right: np.ndarray, wrong: np.ndarray, batch: dict, loc0: int) -> dict[str, tuple]:
@@ -105,12 +95,7 @@ def main() -> None:
     res = int(resolution)
     grid = load_grid(args.grid, check_files=False)
     prepare_demo_data(grid)
-    task = get_task(args.task)
-    recipe_overrides, _ = split_overrides(dict(grid.overrides[args.task]))
-    recipe = task.recipe(size, res).replace(**recipe_overrides)
-    config = transfer_config(config_for(size, res), recipe)
-    tokenizer = tokenizer_for(config, {})
-    spec = TextSpec(text_len=recipe.text_len, square_pad=recipe.pad_to_square, resolution=res)
+    task, config, tokenizer, spec = task_inputs(size, res, grid, args.task)
     eval_rows = [train_row(ex, ex.targets[0], tokenizer, spec) for _, ex in
                  zip(range(args.num_eval), task.examples(Path(grid.data_root) / args.task, "eval"))]
 
@@ -134,10 +119,9 @@ def main() -> None:
         print(f"trained {args.steps} steps on {len(train_rows)} scenes, final train loss "
               f"{summary['final_loss']:.3f}")
 
-    model = PaliGemma(config)
-    right, batch = token_losses(model, params, eval_rows)
-    shuffled = [dict(r, image=eval_rows[(i + 1) % len(eval_rows)]["image"]) for i, r in enumerate(eval_rows)]
-    wrong, _ = token_losses(model, params, shuffled)
+    nll = token_nll(PaliGemma(config))
+    right, wrong = batched(nll, params, eval_rows), batched(nll, params, rolled(eval_rows))
+    batch = {k: np.stack([r[k] for r in eval_rows]) for k in eval_rows[0]}
     print(f"{'tokens':<14} {'right':>7} {'shuffled':>9} {'gap':>7} {'count':>6}   (nats/token, "
           f"{len(eval_rows)} {args.task} eval examples)")
     for name, (r, w, gap, count) in gap_by_kind(right, wrong, batch, loc0).items():
