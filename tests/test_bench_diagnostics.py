@@ -145,3 +145,31 @@ def test_localisation_probe_scores_pubtabnet_boxes_without_training(tmp_path):
     refused = subprocess.run([sys.executable, "bench/localisation_probe.py", "random:nano-s-32", "--grid", grid],
                              cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert refused.returncode == 2 and "--train-data is needed" in refused.stderr
+
+
+def test_detect_probe_scenes_box_their_shape():
+    """Each scene's target is the shape's box as four loc tokens (y0 x0 y1 x1 of the 256 px scene) and its
+    name; a square fills its box and a circle its box's centre, in one colour."""
+    from bench.detect_probe import SCENE_PX, SHAPES, scene
+    from model.tokenizer import parse_loc_tokens
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        image, target = scene(rng)
+        assert image.shape == (SCENE_PX, SCENE_PX, 3)
+        bins, name = parse_loc_tokens(target), target.split()[-1]
+        assert len(bins) == 4 and name in SHAPES
+        y0, x0, y1, x1 = (round(b / 1023 * SCENE_PX) for b in bins)
+        assert 40 <= y1 - y0 <= 101 and 40 <= x1 - x0 <= 101
+        cy, cx, q = (y0 + y1) // 2, (x0 + x1) // 2, (y1 - y0) // 4
+        inner = image[y0 + 3:y1 - 3, x0 + 3:x1 - 3] if name == "square" else image[cy - q:cy + q, cx - q:cx + q]
+        if name != "triangle":  # a solid fill in the shape's colour
+            assert (inner == image[cy, cx]).all()
+
+
+def test_detect_probe_trains_and_splits_the_gap(tmp_path):
+    out = run("bench/detect_probe.py", "random:nano-s-32", "--steps", "2", "--num-eval", "4")
+    assert out.startswith("nano-s-32: 2 steps, tower trained")
+    rows = {line[:14].strip(): line[14:].split() for line in out.splitlines()[2:6]}
+    assert set(rows) == {"all", "loc", "first corner", "text"}
+    assert int(rows["loc"][3]) == 4 * 4 and int(rows["first corner"][3]) == 2 * 4
