@@ -101,6 +101,9 @@ def main() -> None:
     parser.add_argument("--by-prompt", action="store_true",
                         help="one gap per distinct prompt (e.g. DocVQA's question kinds: a title is legible at "
                              "32 px, a year's digits only at 64) for tasks with at most 12 distinct prompts")
+    parser.add_argument("--prompt-words", type=int, metavar="N",
+                        help="with --by-prompt, group prompts by their first N words (e.g. 4 for VQAv2's "
+                             "'answer en what shape ...' against '... what color ...')")
     args = parser.parse_args()
 
     grid = load_grid(args.grid, check_files=False)
@@ -116,6 +119,8 @@ def main() -> None:
                                                    args.data_root)
             print(f"{spec:<34} {task_name:<14} {right.mean():7.3f} {wrong.mean():9.3f} "
                   f"{wrong.mean() - right.mean():+7.3f}")
+            if args.prompt_words:
+                prompts = np.array([" ".join(p.split()[:args.prompt_words]) for p in prompts])
             kinds = sorted(set(prompts))
             for prompt in kinds if args.by_prompt and len(kinds) <= 12 else ():
                 r, w = right[prompts == prompt].mean(), wrong[prompts == prompt].mean()

@@ -62,6 +62,17 @@ def test_image_use_by_prompt_splits_a_task_by_its_questions(tmp_path):
     assert all(re.fullmatch(r"[+-]\d+\.\d{3}", p.split()[-1]) for p in prompts)
 
 
+def test_image_use_groups_prompts_by_their_first_words(tmp_path):
+    """--prompt-words 2: VQAv2's prompts all begin `answer en`, so the task has one group (without it, more
+    than 12 distinct questions: no split)."""
+    out = run("bench/image_use.py", "--grid", str(tiny_grid(tmp_path)), "--checkpoints", "random:nano-s-32",
+              "--by-prompt", "--prompt-words", "2")
+    lines = out.splitlines()[1:]
+    start = next(i for i, line in enumerate(lines) if line.split()[1] == "vqav2")
+    assert lines[start + 1].split()[:2] == ["answer", "en"] and not lines[start + 2].startswith(" ")
+    assert lines[start + 1].split()[-1] == lines[start].split()[-1]  # one group: the task's own gap
+
+
 def test_reading_curve_continues_and_measures(tmp_path):
     config = config_for("nano-s", 32)
     ckpt = tmp_path / "nano-s-32.npz"
