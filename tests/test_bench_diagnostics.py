@@ -63,8 +63,8 @@ def test_image_use_by_prompt_splits_a_task_by_its_questions(tmp_path):
 
 
 def test_image_use_groups_prompts_by_their_first_words(tmp_path):
-    """--prompt-words 2: VQAv2's prompts all begin `answer en`, so the task has one group (without it, more
-    than 12 distinct questions: no split)."""
+    """--prompt-words 2: VQAv2's prompts all begin `answer en`, so the task has one group, whose gap is
+    the task's."""
     out = run("bench/image_use.py", "--grid", str(tiny_grid(tmp_path)), "--checkpoints", "random:nano-s-32",
               "--by-prompt", "--prompt-words", "2")
     lines = out.splitlines()[1:]
