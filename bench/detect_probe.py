@@ -3,6 +3,7 @@
     python bench/detect_probe.py random:nano-s-64                        # from random init
     python bench/detect_probe.py runs/nano-v5/checkpoints/nano-s-64.npz   # from a checkpoint, tower frozen
     python bench/detect_probe.py CKPT --train-tower                      # the tower trained too
+    python bench/detect_probe.py random:nano-s-32 --head-init normal     # the projector not zero at init
 
 Each scene is 256 px: a smooth random background (a 3x4 grid of colours, bicubic) and one circle, square or
 triangle 40-100 px wide in another colour, anywhere. Prompt `detect shape`, target the shape's box as four
@@ -21,6 +22,7 @@ import argparse
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -75,6 +77,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=600, help="training steps of batch 32 (default 600)")
     parser.add_argument("--lr", type=float, default=1e-3, help="the pretraining lr (default 1e-3)")
     parser.add_argument("--num-eval", type=int, default=160, help="eval scenes scored (default 160)")
+    parser.add_argument("--head-init", choices=("as-is", "normal"), default="as-is",
+                        help="normal: redraw the projector `img/head` (zero at random init, as big_vision's) "
+                             "from a lecun-normal, so a random tower gets gradient from the first step")
     parser.add_argument("--train-tower", action="store_true",
                         help="train a checkpoint's image tower too (random init always trains it)")
     args = parser.parse_args()
@@ -85,6 +90,9 @@ def main() -> None:
     tokenizer = tokenizer_for(config, {})
     spec = TextSpec(text_len=24, square_pad=False, resolution=int(resolution))
     params = base_params(config, path, 0)
+    if args.head_init == "normal":
+        kernel = params["img"]["head"]["kernel"]
+        params["img"]["head"]["kernel"] = jax.nn.initializers.lecun_normal()(jax.random.key(1), kernel.shape)
 
     rng = np.random.default_rng(0)
     batches = []
