@@ -29,7 +29,7 @@ from PIL import Image, ImageDraw
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
 from bench.image_use import batched, parse_checkpoint, rolled  # noqa: E402
-from bench.localisation_probe import gap_by_kind, token_nll  # noqa: E402
+from bench.localisation_probe import print_gaps, token_nll  # noqa: E402
 from harness.cell import base_params, tokenizer_for  # noqa: E402
 from harness.data import TextSpec, train_row  # noqa: E402
 from harness.train import TrainConfig, train  # noqa: E402
@@ -108,10 +108,7 @@ def main() -> None:
     eval_rows = rows(np.random.default_rng(1), args.num_eval, tokenizer, spec)
     nll = token_nll(PaliGemma(config))
     right, wrong = batched(nll, params, eval_rows), batched(nll, params, rolled(eval_rows))
-    batch = {k: np.stack([r[k] for r in eval_rows]) for k in eval_rows[0]}
-    print(f"{'tokens':<14} {'right':>7} {'shuffled':>9} {'gap':>7} {'count':>6}   (nats/token, {args.num_eval} scenes)")
-    for kind, (r, w, gap, count) in gap_by_kind(right, wrong, batch, tokenizer.loc_id(0)).items():
-        print(f"{kind:<14} {r:7.3f} {w:9.3f} {gap:+7.3f} {count:6d}")
+    print_gaps(right, wrong, eval_rows, tokenizer.loc_id(0), f"{args.num_eval} scenes")
     print(f"(chance for the name: log 3 = {np.log(3):.3f} nats on its token)")
 
 

@@ -70,6 +70,14 @@ def gap_by_kind(right: np.ndarray, wrong: np.ndarray, batch: dict, loc0: int) ->
                    int(sel.sum())) for name, sel in kinds.items() if sel.any()}
 
 
+def print_gaps(right: np.ndarray, wrong: np.ndarray, rows: list[dict], loc0: int, what: str) -> None:
+    """gap_by_kind over `rows` as a table: one line per token kind."""
+    batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+    print(f"{'tokens':<14} {'right':>7} {'shuffled':>9} {'gap':>7} {'count':>6}   (nats/token, {what})")
+    for name, (r, w, gap, count) in gap_by_kind(right, wrong, batch, loc0).items():
+        print(f"{name:<14} {r:7.3f} {w:9.3f} {gap:+7.3f} {count:6d}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="a nano checkpoint named <size>-<resolution>.npz, or "
@@ -121,11 +129,7 @@ def main() -> None:
 
     nll = token_nll(PaliGemma(config))
     right, wrong = batched(nll, params, eval_rows), batched(nll, params, rolled(eval_rows))
-    batch = {k: np.stack([r[k] for r in eval_rows]) for k in eval_rows[0]}
-    print(f"{'tokens':<14} {'right':>7} {'shuffled':>9} {'gap':>7} {'count':>6}   (nats/token, "
-          f"{len(eval_rows)} {args.task} eval examples)")
-    for name, (r, w, gap, count) in gap_by_kind(right, wrong, batch, loc0).items():
-        print(f"{name:<14} {r:7.3f} {w:9.3f} {gap:+7.3f} {count:6d}")
+    print_gaps(right, wrong, eval_rows, loc0, f"{len(eval_rows)} {args.task} eval examples")
 
 
 if __name__ == "__main__":
