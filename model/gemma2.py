@@ -89,7 +89,13 @@ def soft_cap(x: jax.Array, cap: float | None) -> jax.Array:
 
 
 class RMSNorm(nn.Module):
-    """x * rsqrt(mean(x^2) + eps) * (1 + scale), in float32; `scale` starts at 0."""
+    """x * rsqrt(mean(x^2) + eps) * (1 + scale), in float32; `scale` starts at 0.
+
+    The scale is cast up before the `1 +`, as HF does (`1.0 + weight.float()`). Left in bfloat16, the
+    sum's dtype depended on who computed it: a NumPy bfloat16 param (a loaded checkpoint, applied
+    eagerly) gave float32 under ml-dtypes 0.6 but bfloat16 under 0.7 (NEP 50 weak scalars), which
+    rounds away the scale's low bits: a 3e-3 logit difference from the float32 twin
+    (tests/test_checkpoint_npz.py)."""
 
     eps: float
 
@@ -98,7 +104,7 @@ class RMSNorm(nn.Module):
         scale = self.param("scale", nn.initializers.zeros_init(), (x.shape[-1],))
         x32 = x.astype(jnp.float32)
         y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-        return (y * (1.0 + scale)).astype(x.dtype)
+        return (y * (1.0 + scale.astype(jnp.float32))).astype(x.dtype)
 
 
 class Einsum(nn.Module):
