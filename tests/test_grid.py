@@ -115,6 +115,22 @@ def test_demo_grid_starts_from_the_shipped_nano_checkpoints(monkeypatch):
             checkpoint.load_npz(path, f"{size}-{res}")
 
 
+def test_demo_grids_are_the_demo_with_one_thing_changed(monkeypatch):
+    """demo-seeds adds seeds and demo-sweep adds the lr sweep; everything else is the demo's, so their
+    seed-0 cells at the demo's lrs have the demo's ids (a workdir that ran the demo reuses them), and the
+    demo's per-task lrs are among those demo-sweep sweeps."""
+    monkeypatch.chdir(REPO)
+    grids = {n: load_grid(REPO / "configs" / "grids" / f"{n}.yaml", check_files=False)
+             for n in ("demo", "demo-seeds", "demo-sweep")}
+    demo, seeds, sweep = grids.values()
+    ids = {c.cell_id for c in demo.final_cells(demo.fixed_lrs())}
+    assert len(ids) == 28
+    assert ids < {c.cell_id for c in seeds.final_cells(seeds.fixed_lrs())}
+    assert ids == {c.cell_id for c in sweep.final_cells(demo.fixed_lrs())}
+    assert all(lr in sweep.lrs[task] for (task, _), lr in demo.fixed_lrs().items())
+    assert len(sweep.sweep_cells()) == 56
+
+
 def test_demo_block_means_demo_scale_with_generated_data(tmp_path):
     grid = load_grid(write(tmp_path, GRID.replace("demo: true", "demo: {num_train: 8, num_eval: 4, seed: 1}")))
     assert grid.demo and (grid.demo_data.num_train, grid.demo_data.num_eval, grid.demo_data.seed) == (8, 4, 1)
