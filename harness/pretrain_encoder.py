@@ -31,7 +31,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from harness.train import TrainConfig, _open_checkpoints, make_optimizer
+from harness.train import TrainConfig, make_optimizer, open_checkpoints
 from model import checkpoint
 from model.config import VisionConfig
 from model.siglip import SigLIP
@@ -94,7 +94,7 @@ def train_encoder(vision: VisionConfig, vocab_size: int, batches, cfg: TrainConf
     opt_state = tx.init(params)
     start, ckpt = 0, None
     if workdir is not None and cfg.checkpoint_every > 0:
-        ckpt, restored = _open_checkpoints(Path(workdir) / "ckpt", cfg.checkpoint_every,
+        ckpt, restored = open_checkpoints(Path(workdir) / "ckpt", cfg.checkpoint_every,
                                            {"params": params, "opt_state": opt_state, "step": np.int64(0)})
         if restored is not None:
             params, opt_state, start = restored["params"], restored["opt_state"], int(restored["step"])

@@ -236,7 +236,7 @@ class _Checkpoints:
         self.manager.close()
 
 
-def _open_checkpoints(directory: Path, every: int, like: dict,
+def open_checkpoints(directory: Path, every: int, like: dict,
                       shardings: dict | None = None) -> tuple[_Checkpoints, dict | None]:
     """The cell's checkpoints and the state restored from the latest one (None: start from the base).
 
@@ -288,7 +288,7 @@ def train(config: PaliGemmaConfig, params: Any, batches: Sequence[dict], cfg: Tr
     start = 0
     ckpt = None
     if workdir is not None and cfg.checkpoint_every > 0:
-        ckpt, restored = _open_checkpoints(
+        ckpt, restored = open_checkpoints(
             Path(workdir) / "ckpt", cfg.checkpoint_every,
             {"params": params, "opt_state": opt_state, "step": np.int64(0)},
             {"params": shards.params, "opt_state": shards.opt_state, "step": shards.scalar})
