@@ -8,7 +8,8 @@ two smallest sizes and r1 < r2 the two lowest resolutions present in the records
 
 A gain is *significant* when it is positive and larger than twice its standard error
 se = sqrt(sd_a^2 / n_a + sd_b^2 / n_b) (sample std over seeds of the two cells compared); a gain whose
-size is at most 2 se is *within noise*. With a single seed in either cell there is no noise estimate:
+size is at most 2 se is *within noise*; a negative one beyond 2 se is *a drop* (it counts as not
+significant for the label, but it is not noise either). With a single seed in either cell there is no noise estimate:
 the gain is shown with "1 seed", none is called significant, and the label is "1 seed". Otherwise the
 label is
     - "resolution": only the resolution gain is significant, or both are and it is >= 2x the size gain;
@@ -28,11 +29,12 @@ from dataclasses import dataclass
 import pandas as pd
 
 RULE = ("A gain is significant when it is positive and exceeds 2 standard errors of the difference of the "
-        "two seed means (sqrt(sd_a²/n_a + sd_b²/n_b)); a gain no larger than 2 se is marked *within noise*. "
-        "With one seed there is no interval: gains say *1 seed* and the label is *1 seed*, whatever their "
-        "size. Label: *resolution* if only the resolution gain is significant or both are and it is at "
-        "least twice the size gain; *size* likewise; *both* if both are significant and neither is twice "
-        "the other; *neither* if none is significant; – if a cell is missing.")
+        "two seed means (sqrt(sd_a²/n_a + sd_b²/n_b)); a gain no larger than 2 se is marked *within noise*, "
+        "a fall of more than 2 se *a drop*. With one seed there is no interval: gains say *1 seed* and the "
+        "label is *1 seed*, whatever their size. Label: *resolution* if only the resolution gain is "
+        "significant or both are and it is at least twice the size gain; *size* likewise; *both* if both "
+        "are significant and neither is twice the other; *neither* if none is significant; – if a cell is "
+        "missing.")
 ONE_SEED = "1 seed"
 DOMINANCE = 2.0
 SIGNIFICANCE = 2.0
@@ -56,6 +58,11 @@ class Gain:
     @property
     def within_noise(self) -> bool:
         return self.has_interval and abs(self.value) <= SIGNIFICANCE * self.se
+
+    @property
+    def drop(self) -> bool:
+        """A fall larger than its noise: shown as such, so that it is not read as a (bold-free) gain."""
+        return self.has_interval and self.value < -SIGNIFICANCE * self.se
 
 
 @dataclass(frozen=True)

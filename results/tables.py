@@ -151,7 +151,8 @@ def sensitivity_table(sens: list, sizes: list[str], resolutions: list[int]) -> p
             return MISSING
         if not g.has_interval:
             return f"{g.value:+.1f} ({ONE_SEED})"
-        return f"{g.value:+.1f} (2se {2 * g.se:.1f}{', within noise' if g.within_noise else ''})"
+        note = ", within noise" if g.within_noise else ", a drop" if g.drop else ""
+        return f"{g.value:+.1f} (2se {2 * g.se:.1f}{note})"
 
     def base(s) -> str:
         if s.base is None:

@@ -146,3 +146,15 @@ def test_against_a_baseline_workdir(workdir, tmp_path_factory):
     assert "| chemdraw | 50.0 / 50.0 | 49.9 / 49.9 | 50.1 / 50.1 | – | +0.0 | 0/3 |" in md
     assert "wins 1 of 4 tasks" in md  # pubtabnet has no baseline cell, so 4 tasks are compared
     assert {"versus.csv", "versus.tex", "versus.png"} <= {p.name for p in (workdir / "tables").iterdir()}
+
+
+def test_a_fall_beyond_its_noise_is_marked_a_drop():
+    """A negative gain larger than 2 se is neither noise nor a finding the label counts: it says so."""
+    from results.sensitivity import Gain, Sensitivity
+    from results.tables import sensitivity_table
+
+    sens = [Sensitivity("mimic_cxr", "radgraph_partial", 47.0, 1.5, resolution=Gain(-5.0, 1.0, seeds=3),
+                        size=Gain(-1.0, 1.0, seeds=3))]
+    row = sensitivity_table(sens, ["nano-s", "nano-m"], [32, 64]).loc["mimic_cxr"]
+    assert list(row)[2:] == ["-5.0 (2se 2.0, a drop)", "-1.0 (2se 2.0, within noise)", "neither"]
+    assert Gain(-5.0, 1.0, seeds=3).drop and not Gain(-5.0, 1.0, seeds=1).drop
