@@ -95,7 +95,7 @@ def train_encoder(vision: VisionConfig, vocab_size: int, batches, cfg: TrainConf
     start, ckpt = 0, None
     if workdir is not None and cfg.checkpoint_every > 0:
         ckpt, restored = open_checkpoints(Path(workdir) / "ckpt", cfg.checkpoint_every,
-                                           {"params": params, "opt_state": opt_state, "step": np.int64(0)})
+                                          {"params": params, "opt_state": opt_state, "step": np.int64(0)})
         if restored is not None:
             params, opt_state, start = restored["params"], restored["opt_state"], int(restored["step"])
     step_fn = make_step(model, tx, ignore)

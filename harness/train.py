@@ -237,7 +237,7 @@ class _Checkpoints:
 
 
 def open_checkpoints(directory: Path, every: int, like: dict,
-                      shardings: dict | None = None) -> tuple[_Checkpoints, dict | None]:
+                     shardings: dict | None = None) -> tuple[_Checkpoints, dict | None]:
     """The cell's checkpoints and the state restored from the latest one (None: start from the base).
 
     A checkpoint that cannot be read (files overwritten, half written, from an incompatible run) is named

@@ -9,9 +9,9 @@ two smallest sizes and r1 < r2 the two lowest resolutions present in the records
 A gain is *significant* when it is positive and larger than twice its standard error
 se = sqrt(sd_a^2 / n_a + sd_b^2 / n_b) (sample std over seeds of the two cells compared); a gain whose
 size is at most 2 se is *within noise*; a negative one beyond 2 se is *a drop* (it counts as not
-significant for the label, but it is not noise either). With a single seed in either cell there is no noise estimate:
-the gain is shown with "1 seed", none is called significant, and the label is "1 seed". Otherwise the
-label is
+significant for the label, but it is not noise either). With a single seed in either cell there is no
+noise estimate: the gain is shown with "1 seed", none is called significant, and the label is "1 seed".
+Otherwise the label is
     - "resolution": only the resolution gain is significant, or both are and it is >= 2x the size gain;
     - "size":       only the size gain is significant, or both are and it is >= 2x the resolution gain;
     - "both":       both are significant and neither is twice the other;
