@@ -137,7 +137,7 @@ class Grid:
     tasks: tuple[str, ...]
     sizes: tuple[str, ...]
     resolutions: tuple[int, ...]
-    lrs: Mapping[str, tuple[float, ...]]  # per task
+    lrs: Mapping[tuple[str, str], tuple[float, ...]]  # per (task, size)
     protocol: Protocol
     data_root: str
     checkpoints: str  # pattern with {size} and {resolution} (a path or hf://org/name), or "random"
@@ -149,8 +149,8 @@ class Grid:
     logging: tuple[str, ...] = DEFAULT_LOGGING  # experiment-log writers of every cell
     mesh: Mapping[str, MeshRequest] = field(default_factory=dict)  # per task; missing: None
 
-    def swept(self, task: str) -> bool:
-        return len(self.lrs[task]) > 1
+    def swept(self, task: str, size: str) -> bool:
+        return len(self.lrs[task, size]) > 1
 
     def random_init_twin(self) -> Grid:
         """The same grid from random init (name + "-random"): the baseline that shows what the base
@@ -180,11 +180,11 @@ class Grid:
     def sweep_cells(self) -> list[Cell]:
         p = self.protocol
         return [self._cell(t, s, p.sweep_resolution, lr, p.sweep_seed, "sweep", p.sweep_split)
-                for t in self.tasks if self.swept(t) for s in self.sizes for lr in self.lrs[t]]
+                for t in self.tasks for s in self.sizes if self.swept(t, s) for lr in self.lrs[t, s]]
 
     def fixed_lrs(self) -> dict[tuple[str, str], float]:
         """The lr of every (task, size) that has no sweep."""
-        return {(t, s): self.lrs[t][0] for t in self.tasks if not self.swept(t) for s in self.sizes}
+        return {(t, s): self.lrs[t, s][0] for t in self.tasks for s in self.sizes if not self.swept(t, s)}
 
     def final_plan(self) -> list[tuple[str, str, int, int]]:
         """(task, size, resolution, seed) of every final cell, in run order."""
@@ -371,17 +371,29 @@ def _lr_list(value: Any, where: _Where, field: tuple) -> tuple[float, ...]:
     return tuple(sorted(lrs))
 
 
-def _lrs(value: Any, tasks: Sequence[str], where: _Where) -> dict[str, tuple[float, ...]]:
-    """`lrs` is a list for every task, or a mapping {default: [...], <task>: [...]}."""
+def _lrs(value: Any, tasks: Sequence[str], sizes: Sequence[str],
+         where: _Where) -> dict[tuple[str, str], tuple[float, ...]]:
+    """`lrs` is a list for every task, or a mapping {default: [...], <task>: [...], <size>: {...}}; a size's
+    block {default: [...], <task>: [...]} replaces the lists for that size (the protocol picks an lr per
+    (task, size), so a grid that fixes them may need a different one per size)."""
     if not isinstance(value, Mapping):
         lrs = _lr_list(value, where, ("lrs",))
-        return {t: lrs for t in tasks}
-    _check_keys(value, ("default", *tasks), where, ("lrs",))
-    per = {k: _lr_list(v, where, ("lrs", k)) for k, v in value.items()}
+        return {(t, s): lrs for t in tasks for s in sizes}
+    _check_keys(value, ("default", *tasks, *sizes), where, ("lrs",))
+    per = {k: _lr_list(v, where, ("lrs", k)) for k, v in value.items() if k not in sizes}
     missing = [t for t in tasks if t not in per and "default" not in per]
     if missing:
         raise where.error(("lrs",), f"no lr list for task(s) {', '.join(missing)}; add them or a 'default' list")
-    return {t: per.get(t, per.get("default")) for t in tasks}
+    lrs = {(t, s): per.get(t, per.get("default")) for t in tasks for s in sizes}
+    for size in sizes:
+        if size not in value:
+            continue
+        block = _mapping(value[size], where, ("lrs", size))
+        _check_keys(block, ("default", *tasks), where, ("lrs", size))
+        own = {k: _lr_list(v, where, ("lrs", size, k)) for k, v in block.items()}
+        for t in tasks:
+            lrs[t, size] = own.get(t, own.get("default", lrs[t, size]))
+    return lrs
 
 
 def _override_value(value: Any, where: _Where, field: tuple) -> Any:
@@ -612,7 +624,7 @@ def load_grid(path: str | Path, *, check_files: bool = True) -> Grid:
             except KeyError as e:
                 raise where.error(("resolutions", i), e.args[0]) from None
 
-    lrs = _lrs(data["lrs"], tasks, where)
+    lrs = _lrs(data["lrs"], tasks, sizes, where)
     mesh = _mesh(data.get("mesh"), tasks, where)
     protocol = _protocol(data.get("protocol"), resolutions, sizes, where)
     used_res = set(protocol.final_resolutions)

@@ -534,7 +534,7 @@ def plan_warnings(grid: Grid, costs: _Costs | None = None) -> list[str]:
     from harness.recipes import tokenizer_path
 
     lines, seen = [], set()
-    cells = grid.sweep_cells() + grid.final_cells({(t, s): grid.lrs[t][0] for t in grid.tasks for s in grid.sizes})
+    cells = grid.sweep_cells() + grid.final_cells({key: lrs[0] for key, lrs in grid.lrs.items()})
     for cell in cells:
         ident = dict(cell.identity)
         if ident.get("checkpoint_sha256") == f'"{MISSING}"' and ("ckpt", cell.checkpoint) not in seen:

@@ -77,7 +77,7 @@ def test_the_guides_demo_grid_expands(plugin, tmp_path):
 
     (tmp_path / "find_square.yaml").write_text(_grid())
     grid = load_grid(tmp_path / "find_square.yaml", check_files=False)
-    assert grid.tasks == ("find_square",) and grid.demo and not grid.swept("find_square")
+    assert grid.tasks == ("find_square",) and grid.demo and not grid.swept("find_square", "nano-s")
     cells = grid.final_cells(grid.fixed_lrs())
     assert sorted((c.size, c.resolution, c.lr) for c in cells) == [("nano-s", 32, 1e-3), ("nano-s", 64, 1e-3)]
     assert {dict(c.overrides)["steps"] for c in cells} == {50}

@@ -42,6 +42,16 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
+def test_a_size_block_sets_that_sizes_lrs(tmp_path):
+    """The protocol picks an lr per (task, size); a grid that fixes them says so per size."""
+    text = GRID.replace("  docvqa: [3.0e-4]\n", "  docvqa: [3.0e-4]\n  nano-m: {default: [1.0e-4], docvqa: [3.0e-5]}\n")
+    grid = load_grid(write(tmp_path, text))
+    assert grid.lrs["vqav2", "nano-s"] == (1e-4, 3e-4, 1e-3) and grid.lrs["docvqa", "nano-s"] == (3e-4,)
+    assert grid.lrs["vqav2", "nano-m"] == (1e-4,) and grid.lrs["docvqa", "nano-m"] == (3e-5,)
+    assert {(c.task, c.size) for c in grid.sweep_cells()} == {("vqav2", "nano-s")}
+    assert grid.fixed_lrs() == {("docvqa", "nano-s"): 3e-4, ("vqav2", "nano-m"): 1e-4, ("docvqa", "nano-m"): 3e-5}
+
+
 def test_expansion_counts_defaults_and_overrides(tmp_path):
     grid = load_grid(write(tmp_path, GRID))
     sweep = grid.sweep_cells()
@@ -94,7 +104,7 @@ def test_paper_grid_is_the_papers():
     grid = load_grid(REPO / "configs" / "grids" / "paper.yaml", check_files=False)
     assert grid.tasks == ("vqav2", "docvqa", "coco_captions", "pubtabnet", "chemdraw", "mimic_cxr", "icdar15")
     assert grid.sizes == ("3b", "10b", "28b") and grid.resolutions == (224, 448, 896)
-    assert grid.lrs["vqav2"] == (3e-7, 6e-7, 1e-6, 3e-6, 6e-6, 1e-5, 3e-5)  # facts §3.2 protocol
+    assert grid.lrs["vqav2", "10b"] == (3e-7, 6e-7, 1e-6, 3e-6, 6e-6, 1e-5, 3e-5)  # facts §3.2 protocol
     assert grid.protocol.sweep_resolution == 224 and grid.protocol.final_seeds == (0, 1, 2, 3, 4)
     assert grid.checkpoint("10b", 448) == "checkpoints/paligemma2-10b-pt-448.b16.npz"
     assert not grid.demo
@@ -127,7 +137,7 @@ def test_demo_grids_are_the_demo_with_one_thing_changed(monkeypatch):
     assert len(ids) == 28
     assert ids < {c.cell_id for c in seeds.final_cells(seeds.fixed_lrs())}
     assert ids == {c.cell_id for c in sweep.final_cells(demo.fixed_lrs())}
-    assert all(lr in sweep.lrs[task] for (task, _), lr in demo.fixed_lrs().items())
+    assert all(lr in sweep.lrs[key] for key, lr in demo.fixed_lrs().items())
     assert len(sweep.sweep_cells()) == 56
 
 
@@ -157,6 +167,9 @@ BAD = [
      ["protocol.final.resolutions: expected a non-empty list, got 32"]),
     ("  final: {seeds: 3,", "  final: {seed: 3,", ["protocol.final.seed: unknown field (did you mean 'seeds'?)"]),
     ("  docvqa: [3.0e-4]", "  docvqa: [fast]", ["lrs.docvqa[0]: expected a positive learning rate, got 'fast'"]),
+    ("  docvqa: [3.0e-4]\n", "  docvqa: [3.0e-4]\n  nano-m: {docvqa: [1.0e-4], vqa: [1.0e-4]}\n",
+     [":9: lrs.nano-m.vqa: unknown field (did you mean 'vqav2'?)"]),
+    ("  docvqa: [3.0e-4]\n", "  docvqa: [3.0e-4]\n  nano-m: [1.0e-4]\n", ["lrs.nano-m: expected a mapping"]),
     ("  docvqa: {steps: 20, text_len: 64}", "  docvqa: {lr: 0.1}", ["overrides.docvqa.lr:", "from `lrs`"]),
     ("  docvqa: {steps: 20, text_len: 64}", "  chemdraw: {steps: 1}", ["overrides.chemdraw: unknown field"]),
     ("checkpoints: random\n", "checkpoints: random\nrunner: no_such_module:run\n",
