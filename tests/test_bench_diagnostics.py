@@ -26,7 +26,10 @@ def tiny_grid(tmp_path: Path) -> Path:
     grid = yaml.safe_load((ROOT / "configs/grids/demo.yaml").read_text())
     grid.update(name="tiny", demo={"num_train": 4, "num_eval": 3, "seed": 0}, tasks=["vqav2", *TEXT_TASKS],
                 data_root=str(tmp_path / "data"))
-    grid["overrides"] = {k: v for k, v in grid["overrides"].items() if k in ("all", *TEXT_TASKS)}
+    keep = ("all", "default", "vqav2", *TEXT_TASKS, *grid["sizes"])
+    grid["overrides"] = {k: v for k, v in grid["overrides"].items() if k in keep}
+    grid["lrs"] = {k: {t: v for t, v in lrs.items() if t in keep} if isinstance(lrs, dict) else lrs
+                   for k, lrs in grid["lrs"].items() if k in keep}
     path = tmp_path / "grid.yaml"
     path.write_text(yaml.safe_dump(grid))
     return path
