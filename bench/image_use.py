@@ -67,11 +67,13 @@ def rolled(rows: list[dict]) -> list[dict]:
 
 
 def example_losses(params, size: str, resolution: int, grid, task_name: str, split: str = "eval",
-                   data_root: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per example of one task of `grid`: (loss with the right image, with the images rolled by one,
-    prompt)."""
+                   data_root: str | None = None, limit: int | None = None
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per example of one task of `grid` (the split's first `limit`, default all): (loss with the right
+    image, with the images rolled by one, prompt)."""
     task, config, tokenizer, text = task_inputs(size, resolution, grid, task_name)
-    examples = task.examples(Path(data_root or grid.data_root) / task_name, split)
+    source = task.examples(Path(data_root or grid.data_root) / task_name, split)
+    examples = [source[i] for i in range(min(len(source), limit or len(source)))]
     rows = [train_row(ex, ex.targets[0], tokenizer, text) for ex in examples]
     model = PaliGemma(config)
     loss = jax.jit(lambda p, b: per_example_loss(  # one compilation for both passes
@@ -98,6 +100,9 @@ def main() -> None:
                         help="checkpoint files named <size>-<resolution>.npz, or random:<size>-<resolution>")
     parser.add_argument("--split", default="eval")
     parser.add_argument("--data-root", help="the tasks' data folders (default: the grid's data_root)")
+    parser.add_argument("--limit", type=int, metavar="N",
+                        help="score the split's first N examples per task (e.g. 200 of the pretraining data's "
+                             "3,000: --data-root runs/pretrain-data-v3 --split train, the loss on seen examples)")
     parser.add_argument("--by-prompt", action="store_true",
                         help="one gap per distinct prompt (e.g. DocVQA's question kinds: a title is legible at "
                              "32 px, a year's digits only at 64) for tasks with at most 12 distinct prompts")
@@ -116,7 +121,7 @@ def main() -> None:
         params = base_params(config_for(size, int(resolution)), path, 0)
         for task_name in grid.tasks:
             right, wrong, prompts = example_losses(params, size, int(resolution), grid, task_name, args.split,
-                                                   args.data_root)
+                                                   args.data_root, args.limit)
             print(f"{spec:<34} {task_name:<14} {right.mean():7.3f} {wrong.mean():9.3f} "
                   f"{wrong.mean() - right.mean():+7.3f}")
             if args.prompt_words:

@@ -96,10 +96,21 @@ def encode(labels: list[str | None]) -> tuple[np.ndarray, int]:
     return np.array([-1 if v is None else vocab[v] for v in labels]), len(vocab)
 
 
+def frozen_tower_labels(params: dict) -> dict:
+    """'frozen' for the image tower's leaves (the ViT reader's `img` tree but its projector `head`),
+    'train' for the rest: the split the VLM stages make with `freeze: [img_tower]`."""
+    def label(path, _):
+        keys = [getattr(k, "key", None) for k in path]
+        return "frozen" if "img" in keys and "head" not in keys else "train"
+    return jax.tree_util.tree_map_with_path(label, params)
+
+
 def probe(x: np.ndarray, ys: list[np.ndarray], classes: tuple[int, ...], *, steps: int, seed: int,
-          reader: str = "cnn", init: Path | None = None) -> list[float]:
-    """Train on the first 80% of pages, return each label's accuracy on the last 20%. `init` (vit only):
-    start the encoder from a stage-0 encoder (harness/pretrain_encoder.py) instead of random init."""
+          reader: str = "cnn", init: Path | None = None, frozen: bool = False) -> list[float]:
+    """Train on the first 80% of images, return each label's accuracy on the last 20%. `init` (vit only):
+    start the encoder from a stage-0 encoder (harness/pretrain_encoder.py) instead of random init.
+    `frozen` (vit only): keep the tower fixed and train only the projector and the heads, as the VLM
+    stages train on top of the shipped tower: what the tower's features expose, not what it could learn."""
     cut = int(0.8 * len(x))
     model = READERS[reader](classes)
     params = model.init(jax.random.key(seed), x[:1])
@@ -108,6 +119,8 @@ def probe(x: np.ndarray, ys: list[np.ndarray], classes: tuple[int, ...], *, step
         img["pos_embedding"] = resample_posemb(img["pos_embedding"], (x.shape[1] // NANO_VIT["patch_size"]) ** 2)
         params = {"params": with_encoder(params["params"], img)}  # the reader keeps its own `head`
     opt = optax.adam(1e-3)
+    if frozen:
+        opt = optax.multi_transform({"train": opt, "frozen": optax.set_to_zero()}, frozen_tower_labels(params))
     state = opt.init(params)
 
     @jax.jit

@@ -1,11 +1,13 @@
 """Does a nano checkpoint learn to read with more steps? A learning curve of the shuffled-image gap.
 
     python bench/reading_curve.py runs/nano-v3/checkpoints/nano-s-64.npz --rounds 3 --steps 300
+    python bench/reading_curve.py checkpoints/nano/nano-s-32.npz --tasks mimic_cxr --freeze img_tower
 
-Continues a pretrained checkpoint at its own resolution on the text-heavy part of the pretraining mixture
-(`configs/pretrain/nano.yaml`'s data: DocVQA, ICDAR'15, PubTabNet and the OCR mixture, equal weights), in
-rounds of `--steps` steps (each round a fresh schedule at the pretraining lr, as a new stage would be), and
-after each round prints the image gap of `bench/image_use.py` on the demo's eval split for those tasks. A gap
+Continues a pretrained checkpoint at its own resolution on part of the pretraining mixture
+(`configs/pretrain/nano.yaml`'s data; by default the text-heavy part: DocVQA, ICDAR'15, PubTabNet and the
+OCR mixture, equal weights; `--tasks` names others), in rounds of `--steps` steps (each round a fresh
+schedule at the pretraining lr, as a new stage would be; `--freeze` as a stage's `freeze:`), and after each
+round prints the image gap of `bench/image_use.py` on the demo's eval split for those tasks. A gap
 that grows with steps says reading is a matter of pretraining compute; a flat one says something else is
 missing (legibility, model capacity). A demo diagnostic for issue 12, not a shipped checkpoint: nothing is
 written except the optional `--save`.
@@ -53,7 +55,14 @@ def main() -> None:
     parser.add_argument("--pretrain", default="configs/pretrain/nano.yaml")
     parser.add_argument("--grid", default="configs/grids/demo.yaml", help="whose eval split is scored")
     parser.add_argument("--save", help="write the last round's params here (.npz)")
+    parser.add_argument("--tasks", nargs="+", default=[*TEXT_TASKS, OCR],
+                        help=f"the mixture, equal weights ('{OCR}': the OCR views; default: the text-heavy tasks "
+                             f"and '{OCR}'); gaps are printed for each task but '{OCR}'")
+    parser.add_argument("--freeze", nargs="*", default=[], choices=["img_tower", "img", "llm"],
+                        help="keep these fixed, as a pretraining stage's `freeze:` (the committed config "
+                             "freezes img_tower after stage 0)")
     args = parser.parse_args()
+    tasks = tuple(t for t in args.tasks if t != OCR)
 
     size, resolution = Path(args.checkpoint).stem.rsplit("-", 1)
     resolution = int(resolution)
@@ -61,22 +70,24 @@ def main() -> None:
     prepare_demo_data(grid)
     config = config_for(size, resolution)
     _, params = checkpoint.load_npz(args.checkpoint, config, dtype=np.float32)
-    weights = {**{t: 1.0 for t in TEXT_TASKS}, OCR: 1.0}
+    weights = {t: 1.0 for t in args.tasks}
     stage = Stage(name="reading", resolution=resolution, steps=args.steps, text_len=96, weights=weights)
     sources = pretraining_sources(spec, stage)
     tokenizer = Tokenizer(spec.tokenizer)
-    gaps = image_gaps(params, size, resolution, grid, TEXT_TASKS)
-    print(f"{'steps':>6} " + " ".join(f"{t:>10}" for t in TEXT_TASKS) + "   (gap, nats/token)", flush=True)
-    print(f"{0:>6} " + " ".join(f"{gaps[t]:+10.3f}" for t in TEXT_TASKS), flush=True)
+    gaps = image_gaps(params, size, resolution, grid, tasks)
+    print(f"{'steps':>6} " + " ".join(f"{t:>10}" for t in tasks) + "   (gap, nats/token)", flush=True)
+    print(f"{0:>6} " + " ".join(f"{gaps[t]:+10.3f}" for t in tasks), flush=True)
     for r in range(1, args.rounds + 1):
         batches = mixture_batches(sources, tokenizer, text_len=stage.text_len, resolution=resolution,
                                   batch_size=spec.batch_size, num_steps=args.steps, seed=spec.data_seed + 100 + r)
-        cfg = TrainConfig(lr=spec.lr, num_steps=args.steps, weight_decay=spec.weight_decay, seed=100 + r)
+        cfg = TrainConfig(lr=spec.lr, num_steps=args.steps, weight_decay=spec.weight_decay, seed=100 + r,
+                          freeze_img="img" in args.freeze, freeze_img_tower="img_tower" in args.freeze,
+                          freeze_llm="llm" in args.freeze)
         t0 = time.perf_counter()
         params, summary = train(config, params, batches, cfg, progress=False)
         params = jax.tree.map(np.asarray, params)
-        gaps = image_gaps(params, size, resolution, grid, TEXT_TASKS)
-        print(f"{r * args.steps:>6} " + " ".join(f"{gaps[t]:+10.3f}" for t in TEXT_TASKS)
+        gaps = image_gaps(params, size, resolution, grid, tasks)
+        print(f"{r * args.steps:>6} " + " ".join(f"{gaps[t]:+10.3f}" for t in tasks)
               + f"   loss {summary['final_loss']:.3f}, {time.perf_counter() - t0:.0f} s", flush=True)
     if args.save:
         checkpoint.save_npz(args.save, params)

@@ -1,7 +1,8 @@
 """The demo diagnostics of issue 12 run end to end on tiny data: `bench/image_use.py` prints one gap per
 task and checkpoint, and `bench/reading_curve.py` continues a checkpoint and prints the text tasks' gaps
 after each round (both write the demo data they need, as `paligemma-transfer run` does), and
-`bench/legibility_probe.py` reads DocVQA pages in the release layout with their OCR files, and
+`bench/legibility_probe.py` reads DocVQA pages in the release layout with their OCR files,
+`bench/findings_probe.py` reads MIMIC-CXR's findings back from its reports and probes for them, and
 `bench/localisation_probe.py` splits ICDAR'15's gap into loc and text tokens after training on it."""
 
 import re
@@ -73,15 +74,36 @@ def test_image_use_groups_prompts_by_their_first_words(tmp_path):
     assert lines[start + 1].split()[-1] == lines[start].split()[-1]  # one group: the task's own gap
 
 
-def test_reading_curve_continues_and_measures(tmp_path):
-    config = config_for("nano-s", 32)
+def test_image_use_limit_scores_the_first_examples_of_a_split(tmp_path):
+    """--limit N: the split's first N examples (the seen-data loss on a sample of the pretraining data)."""
+    from bench.image_use import example_losses
+    from harness.grid import load_grid
+    from harness.scheduler import prepare_demo_data
+
+    grid = load_grid(tiny_grid(tmp_path), check_files=False)
+    prepare_demo_data(grid)
+    params = init_params(config_for("nano-s", 32), jax.random.key(0))
+    right, wrong, prompts = example_losses(params, "nano-s", 32, grid, "vqav2", limit=2)
+    everything = example_losses(params, "nano-s", 32, grid, "vqav2")
+    assert len(right) == len(wrong) == len(prompts) == 2 and len(everything[0]) == 3
+    np.testing.assert_allclose(right, everything[0][:2], rtol=1e-5)
+
+
+def tiny_pretraining(tmp_path: Path) -> tuple[Path, Path]:
+    """(a random nano-s-32 checkpoint, the committed pretraining config on 4 examples per task)."""
     ckpt = tmp_path / "nano-s-32.npz"
-    checkpoint.save_npz(str(ckpt), jax.tree.map(np.asarray, init_params(config, jax.random.key(0))))
+    checkpoint.save_npz(str(ckpt), jax.tree.map(np.asarray, init_params(config_for("nano-s", 32), jax.random.key(0))))
     spec = yaml.safe_load((ROOT / "configs/pretrain/nano.yaml").read_text())
     spec.update(tokenizer=str(ROOT / spec["tokenizer"]), out=str(tmp_path / "out"))
     spec["data"].update(root=str(tmp_path / "pretrain-data"), num_train=4)
     spec["optimizer"]["batch_size"] = 2
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    return ckpt, tmp_path / "spec.yaml"
+
+
+def test_reading_curve_continues_and_measures(tmp_path):
+    config = config_for("nano-s", 32)
+    ckpt, _ = tiny_pretraining(tmp_path)
     saved = tmp_path / "after.npz"
     out = run("bench/reading_curve.py", str(ckpt), "--rounds", "1", "--steps", "1", "--grid",
               str(tiny_grid(tmp_path)), "--pretrain", str(tmp_path / "spec.yaml"), "--save", str(saved))
@@ -91,6 +113,25 @@ def test_reading_curve_continues_and_measures(tmp_path):
     assert re.match(r"\s*1( +[+-]\d+\.\d{3}){3}   loss ", lines[2])
     _, params = checkpoint.load_npz(str(saved), config, dtype=np.float32)
     assert params["img"]["pos_embedding"].shape == (1, 16, 128)
+
+
+def test_reading_curve_on_named_tasks_with_the_tower_frozen(tmp_path):
+    """--tasks vqav2 --freeze img_tower: one task's gap per round, and the tower leaves the run unchanged."""
+    config = config_for("nano-s", 32)
+    ckpt, spec = tiny_pretraining(tmp_path)
+    saved = tmp_path / "after.npz"
+    out = run("bench/reading_curve.py", str(ckpt), "--rounds", "1", "--steps", "2", "--grid",
+              str(tiny_grid(tmp_path)), "--pretrain", str(spec), "--save", str(saved), "--tasks", "vqav2",
+              "--freeze", "img_tower")
+    lines = out.splitlines()
+    assert lines[0].split()[:2] == ["steps", "vqav2"] and lines[0].split()[2] == "(gap,"
+    assert re.match(r"\s*2 +[+-]\d+\.\d{3}   loss ", lines[2])
+    _, before = checkpoint.load_npz(str(ckpt), config, dtype=np.float32)
+    _, after = checkpoint.load_npz(str(saved), config, dtype=np.float32)
+    tower = [k for k in before["img"] if k != "head"]
+    for key in tower:
+        jax.tree.map(np.testing.assert_array_equal, before["img"][key], after["img"][key])
+    assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before["llm"]), jax.tree.leaves(after["llm"])))
 
 
 @pytest.mark.parametrize("reader", ["cnn", "vit"])
@@ -122,6 +163,53 @@ def test_legibility_probe_starts_from_a_stage0_encoder(tmp_path):
     done = subprocess.run([sys.executable, "bench/legibility_probe.py", "--init", "x.npz"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "--init: expected --reader vit" in done.stderr
+
+
+def test_findings_probe_reads_back_every_finding_the_generator_wrote():
+    """bench/findings_probe.py's labels are the generator's findings, whatever phrasing it drew."""
+    import random
+
+    from bench.findings_probe import labels_of
+    from tasks.demo.mimic_cxr import findings_text, impression_text, sample_findings
+
+    rng = random.Random(0)
+    for _ in range(300):
+        f = sample_findings(rng)
+        with_findings = labels_of(findings_text(f, rng) + " " + impression_text(f, rng))
+        impression_only = labels_of(impression_text(f, rng))
+        for got in (with_findings, impression_only):
+            assert got["cardiomegaly"] == (f.cardiomegaly or "none")
+            assert got["effusion"] == (" ".join(f.effusion[::-1]) if f.effusion else "none")  # size, side
+            assert got["opacity"] == (f.opacity.rsplit(" ", 1)[0] if f.opacity else "none")
+            assert got["pneumothorax"] == (f.pneumothorax or "none")
+        assert with_findings["view"] == {"PA": "pa and lateral", "AP": "portable ap"}[f.view]
+        assert impression_only["view"] is None  # not said: left out of the view's accuracy
+
+
+def test_findings_probe_runs_on_mimic_cxr_jpg_data_with_the_tower_frozen(tmp_path):
+    """`--frozen` trains only what the VLM stages train on top of the shipped tower."""
+    from bench.legibility_probe import frozen_tower_labels
+    from harness.pretrain_encoder import EncoderClassifier, save_encoder
+    from tasks.registry import get_task
+
+    config = config_for("nano-s", 64)
+    img = EncoderClassifier(config.vision, 16).init(jax.random.key(0), np.zeros((1, 64, 64, 3)))["params"]["img"]
+    save_encoder(tmp_path / "encoder-64.npz", img)
+    labels = frozen_tower_labels({"params": {"img": {"head": {"kernel": 0}, "embedding": {"kernel": 0}},
+                                             "Dense_0": {"kernel": 0}}})["params"]
+    assert labels == {"img": {"head": {"kernel": "train"}, "embedding": {"kernel": "frozen"}},
+                      "Dense_0": {"kernel": "train"}}
+    get_task("mimic_cxr").write_demo(tmp_path / "mimic", num_train=12, num_eval=2, seed=0)
+    out = run("bench/findings_probe.py", "--data", str(tmp_path / "mimic"), "--steps", "2", "--resolutions",
+              "32", "--reader", "vit", "--init", str(tmp_path / "encoder-64.npz"), "--frozen")
+    lines = out.splitlines()
+    assert lines[0].startswith("reader: vit from ") and lines[0].split("; ")[0].endswith(", tower frozen")
+    assert lines[1].split() == ["px", "view", "cardiomegaly", "effusion", "opacity", "pneumothorax"]
+    assert lines[2].split()[0] == "majority" and lines[3].split()[:2] == ["32", "px"]
+    assert all(v == "nan" or 0.0 <= float(v) <= 1.0 for v in lines[3].split()[2:-2])
+    done = subprocess.run([sys.executable, "bench/findings_probe.py", "--frozen"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--frozen: expected --init" in done.stderr
 
 
 def test_localisation_probe_splits_the_icdar_gap_by_token_kind(tmp_path):
