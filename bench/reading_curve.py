@@ -2,10 +2,11 @@
 
     python bench/reading_curve.py runs/nano-v3/checkpoints/nano-s-64.npz --rounds 3 --steps 300
     python bench/reading_curve.py checkpoints/nano/nano-s-32.npz --tasks mimic_cxr --freeze img_tower
+    python bench/reading_curve.py checkpoints/nano/nano-s-32.npz --tasks vqav2 mimic_cxr=3 --freeze img_tower
 
 Continues a pretrained checkpoint at its own resolution on part of the pretraining mixture
 (`configs/pretrain/nano.yaml`'s data; by default the text-heavy part: DocVQA, ICDAR'15, PubTabNet and the
-OCR mixture, equal weights; `--tasks` names others), in rounds of `--steps` steps (each round a fresh
+OCR mixture, equal weights; `--tasks` names others, with weights), in rounds of `--steps` steps (each round a fresh
 schedule at the pretraining lr, as a new stage would be; `--freeze` as a stage's `freeze:`), and after each
 round prints the image gap of `bench/image_use.py` on the demo's eval split for those tasks. A gap
 that grows with steps says reading is a matter of pretraining compute; a flat one says something else is
@@ -55,14 +56,18 @@ def main() -> None:
     parser.add_argument("--pretrain", default="configs/pretrain/nano.yaml")
     parser.add_argument("--grid", default="configs/grids/demo.yaml", help="whose eval split is scored")
     parser.add_argument("--save", help="write the last round's params here (.npz)")
-    parser.add_argument("--tasks", nargs="+", default=[*TEXT_TASKS, OCR],
-                        help=f"the mixture, equal weights ('{OCR}': the OCR views; default: the text-heavy tasks "
-                             f"and '{OCR}'); gaps are printed for each task but '{OCR}'")
+    parser.add_argument("--tasks", nargs="+", default=[*TEXT_TASKS, OCR], metavar="TASK[=WEIGHT]",
+                        help=f"the mixture, weight 1 unless given ('{OCR}': the OCR views; default: the text-heavy "
+                             f"tasks and '{OCR}'); gaps are printed for each task but '{OCR}'")
     parser.add_argument("--freeze", nargs="*", default=[], choices=["img_tower", "img", "llm"],
                         help="keep these fixed, as a pretraining stage's `freeze:` (the committed config "
                              "freezes img_tower after stage 0)")
     args = parser.parse_args()
-    tasks = tuple(t for t in args.tasks if t != OCR)
+    try:
+        weights = {t.split("=")[0]: float(t.split("=")[1]) if "=" in t else 1.0 for t in args.tasks}
+    except ValueError:
+        parser.error(f"--tasks: expected TASK or TASK=WEIGHT with a number, got {args.tasks}")
+    tasks = tuple(t for t in weights if t != OCR)
 
     size, resolution = Path(args.checkpoint).stem.rsplit("-", 1)
     resolution = int(resolution)
@@ -70,7 +75,6 @@ def main() -> None:
     prepare_demo_data(grid)
     config = config_for(size, resolution)
     _, params = checkpoint.load_npz(args.checkpoint, config, dtype=np.float32)
-    weights = {t: 1.0 for t in args.tasks}
     stage = Stage(name="reading", resolution=resolution, steps=args.steps, text_len=96, weights=weights)
     sources = pretraining_sources(spec, stage)
     tokenizer = Tokenizer(spec.tokenizer)

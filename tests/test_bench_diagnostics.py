@@ -116,13 +116,13 @@ def test_reading_curve_continues_and_measures(tmp_path):
 
 
 def test_reading_curve_on_named_tasks_with_the_tower_frozen(tmp_path):
-    """--tasks vqav2 --freeze img_tower: one task's gap per round, and the tower leaves the run unchanged."""
+    """--tasks vqav2=2 --freeze img_tower: one task's gap per round, and the tower leaves the run unchanged."""
     config = config_for("nano-s", 32)
     ckpt, spec = tiny_pretraining(tmp_path)
     saved = tmp_path / "after.npz"
     out = run("bench/reading_curve.py", str(ckpt), "--rounds", "1", "--steps", "2", "--grid",
-              str(tiny_grid(tmp_path)), "--pretrain", str(spec), "--save", str(saved), "--tasks", "vqav2",
-              "--freeze", "img_tower")
+              str(tiny_grid(tmp_path)), "--pretrain", str(spec), "--save", str(saved),
+              "--freeze", "img_tower", "--tasks", "vqav2=2")
     lines = out.splitlines()
     assert lines[0].split()[:2] == ["steps", "vqav2"] and lines[0].split()[2] == "(gap,"
     assert re.match(r"\s*2 +[+-]\d+\.\d{3}   loss ", lines[2])
