@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 
 from harness.data import preprocess_image  # noqa: E402
 from harness.pretrain_encoder import load_encoder, with_encoder  # noqa: E402
+from harness.train import img_tower_labels  # noqa: E402
 from model.config import NANO_VIT, VisionConfig  # noqa: E402
 from model.posemb import resample_posemb  # noqa: E402
 from model.siglip import SigLIP  # noqa: E402
@@ -97,12 +98,11 @@ def encode(labels: list[str | None]) -> tuple[np.ndarray, int]:
 
 
 def frozen_tower_labels(params: dict) -> dict:
-    """'frozen' for the image tower's leaves (the ViT reader's `img` tree but its projector `head`),
-    'train' for the rest: the split the VLM stages make with `freeze: [img_tower]`."""
-    def label(path, _):
-        keys = [getattr(k, "key", None) for k in path]
-        return "frozen" if "img" in keys and "head" not in keys else "train"
-    return jax.tree_util.tree_map_with_path(label, params)
+    """'frozen' for the ViT reader's image tower, 'train' for its projector `head` and the label heads:
+    the split the VLM stages make with `freeze: [img_tower]` (harness/train.py)."""
+    labels = jax.tree.map(lambda _: "train", params)
+    labels["params"]["img"] = img_tower_labels(params["params"]["img"])
+    return labels
 
 
 def probe(x: np.ndarray, ys: list[np.ndarray], classes: tuple[int, ...], *, steps: int, seed: int,

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 from bench.image_use import task_losses  # noqa: E402
 from harness.data import mixture_batches  # noqa: E402
 from harness.grid import load_grid  # noqa: E402
-from harness.pretrain import OCR, Stage, load_spec, pretraining_sources  # noqa: E402
+from harness.pretrain import FREEZABLE, OCR, Stage, freeze_flags, load_spec, pretraining_sources  # noqa: E402
 from harness.scheduler import prepare_demo_data  # noqa: E402
 from harness.train import TrainConfig, train  # noqa: E402
 from model import checkpoint  # noqa: E402
@@ -59,7 +59,7 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=[*TEXT_TASKS, OCR], metavar="TASK[=WEIGHT]",
                         help=f"the mixture, weight 1 unless given ('{OCR}': the OCR views; default: the text-heavy "
                              f"tasks and '{OCR}'); gaps are printed for each task but '{OCR}'")
-    parser.add_argument("--freeze", nargs="*", default=[], choices=["img_tower", "img", "llm"],
+    parser.add_argument("--freeze", nargs="*", default=[], choices=FREEZABLE,
                         help="keep these fixed, as a pretraining stage's `freeze:` (the committed config "
                              "freezes img_tower after stage 0)")
     args = parser.parse_args()
@@ -85,8 +85,7 @@ def main() -> None:
         batches = mixture_batches(sources, tokenizer, text_len=stage.text_len, resolution=resolution,
                                   batch_size=spec.batch_size, num_steps=args.steps, seed=spec.data_seed + 100 + r)
         cfg = TrainConfig(lr=spec.lr, num_steps=args.steps, weight_decay=spec.weight_decay, seed=100 + r,
-                          freeze_img="img" in args.freeze, freeze_img_tower="img_tower" in args.freeze,
-                          freeze_llm="llm" in args.freeze)
+                          **freeze_flags(args.freeze))
         t0 = time.perf_counter()
         params, summary = train(config, params, batches, cfg, progress=False)
         params = jax.tree.map(np.asarray, params)

@@ -43,6 +43,7 @@ OCR = "ocr"  # the weight key of the OCR mixture: every task's `ocr_examples`, s
 
 ENCODER = "encoder"  # a stage of this kind trains the image encoder alone (harness/pretrain_encoder.py)
 KINDS = ("vlm", ENCODER)
+FREEZABLE = ("img_tower", "img", "llm")  # what a stage's `freeze:` may name (TrainConfig's flags)
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,11 @@ def _num_train(value: Any) -> Mapping[str, int] | None:
     return {ALL: int(value)} if isinstance(value, int) else {str(k): int(v) for k, v in dict(value).items()}
 
 
+def freeze_flags(freeze: tuple[str, ...] | list[str]) -> dict[str, bool]:
+    """A stage's `freeze:` list as TrainConfig's flags."""
+    return {"freeze_img": "img" in freeze, "freeze_img_tower": "img_tower" in freeze, "freeze_llm": "llm" in freeze}
+
+
 def load_spec(path: str | Path) -> PretrainSpec:
     path = Path(path)
     try:
@@ -113,8 +119,8 @@ def load_spec(path: str | Path) -> PretrainSpec:
         for i, stage in enumerate(stages):
             if stage.kind not in KINDS:
                 raise ValueError(f"{path}: stages[{i}].kind: expected one of {KINDS}, got {stage.kind!r}")
-            if not set(stage.freeze) <= {"img_tower", "img", "llm"}:
-                raise ValueError(f"{path}: stages[{i}].freeze: expected a list of 'img_tower' / 'img' / 'llm', "
+            if not set(stage.freeze) <= set(FREEZABLE):
+                raise ValueError(f"{path}: stages[{i}].freeze: expected a list of {' / '.join(map(repr, FREEZABLE))}, "
                                  f"got {list(stage.freeze)}")
             if stage.kind == ENCODER and any(s.kind == ENCODER for s in stages[i + 1:]):
                 raise ValueError(f"{path}: stages[{i}]: expected at most one stage of kind {ENCODER!r}")
@@ -218,8 +224,7 @@ def pretrain_size(spec: PretrainSpec, size: str, *, max_resolution: int | None =
                                   resolution=stage.resolution, batch_size=spec.batch_size,
                                   num_steps=stage.steps, seed=spec.data_seed + i)
         cfg = TrainConfig(lr=spec.lr, num_steps=stage.steps, weight_decay=spec.weight_decay, seed=i,
-                          checkpoint_every=100, freeze_img="img" in stage.freeze,
-                          freeze_img_tower="img_tower" in stage.freeze, freeze_llm="llm" in stage.freeze)
+                          checkpoint_every=100, **freeze_flags(stage.freeze))
         workdir = spec.out / ".work" / f"{size}-{stage.resolution}"
         t0 = time.perf_counter()
         params, summary = train(config, params, batches, cfg, workdir=workdir, progress=progress,

@@ -104,9 +104,15 @@ def make_optimizer(params: Any, cfg: TrainConfig) -> optax.GradientTransformatio
                                             subtree)
               for group, subtree in params.items()}
     if cfg.freeze_img_tower and not cfg.freeze_img and "img" in params:
-        labels["img"] = {name: jax.tree_util.tree_map(lambda _, n=name: "train" if n == "head" else "frozen", sub)  # noqa: B008
-                         for name, sub in params["img"].items()}
+        labels["img"] = img_tower_labels(params["img"])
     return optax.multi_transform({"train": trainable, "frozen": optax.set_to_zero()}, labels)
+
+
+def img_tower_labels(img: Any) -> Any:
+    """optax.multi_transform labels for an `img` tree under `freeze_img_tower`: 'frozen' for the tower,
+    'train' for its projector `head`."""
+    return {name: jax.tree_util.tree_map(lambda _, n=name: "train" if n == "head" else "frozen", sub)  # noqa: B008
+            for name, sub in img.items()}
 
 
 def per_example_loss(logits: jax.Array, targets: jax.Array, mask: jax.Array,
