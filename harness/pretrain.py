@@ -198,9 +198,14 @@ def pretrain_size(spec: PretrainSpec, size: str, *, max_resolution: int | None =
                   progress: bool = True, mesh=None) -> list[Path]:
     """Runs the stages for one size. Resumable: a stage whose .npz exists is loaded, not rerun, and a
     stage in progress checkpoints every 100 steps under {out}/.work and resumes from there. `mesh`: the
-    trainer's (data, model) mesh (default: one device); the same sharded step as fine-tuning."""
+    trainer's (data, model) mesh (default: one device); the same sharded step as fine-tuning.
+
+    A resolution's checkpoint ({size}-{resolution}.npz) is its last stage's; a stage followed by another at
+    the same resolution writes {size}-{resolution}-{stage name}.npz, and is skipped once a later stage
+    at its resolution has written its own."""
     tokenizer = Tokenizer(spec.tokenizer)
     written, params, encoder = [], None, None
+    outs = stage_outputs(spec, size)
     for i, stage in enumerate(spec.stages):
         if stage.kind == ENCODER:
             encoder = pretrain_encoder_stage(spec, stage, i, tokenizer, size, progress=progress)
@@ -208,7 +213,10 @@ def pretrain_size(spec: PretrainSpec, size: str, *, max_resolution: int | None =
         if max_resolution is not None and stage.resolution > max_resolution:
             break
         config = config_for(size, stage.resolution)
-        out = spec.out / f"{size}-{stage.resolution}.npz"
+        out = outs[i]
+        if any(outs[j].exists() for j in range(i + 1, len(spec.stages))
+               if spec.stages[j].kind != ENCODER and spec.stages[j].resolution == stage.resolution):
+            continue  # a later stage at this resolution has finished: it is loaded below, this one is not needed
         if out.exists():
             _, params = checkpoint.load_npz(str(out), config, dtype=np.float32)
             print(f"{size} {stage.name} @{stage.resolution}px: {out} exists, kept (delete it to redo)")
@@ -225,7 +233,7 @@ def pretrain_size(spec: PretrainSpec, size: str, *, max_resolution: int | None =
                                   num_steps=stage.steps, seed=spec.data_seed + i)
         cfg = TrainConfig(lr=spec.lr, num_steps=stage.steps, weight_decay=spec.weight_decay, seed=i,
                           checkpoint_every=100, **freeze_flags(stage.freeze))
-        workdir = spec.out / ".work" / f"{size}-{stage.resolution}"
+        workdir = spec.out / ".work" / out.stem
         t0 = time.perf_counter()
         params, summary = train(config, params, batches, cfg, workdir=workdir, progress=progress,
                                 desc=f"{size} {stage.name} @{stage.resolution}px", mesh=mesh)
@@ -237,6 +245,18 @@ def pretrain_size(spec: PretrainSpec, size: str, *, max_resolution: int | None =
         print(f"{size} {stage.name} @{stage.resolution}px: {stage.steps} steps in "
               f"{time.perf_counter() - t0:.0f}s, final loss {summary['final_loss']:.3f} -> {out}")
     return written
+
+
+def stage_outputs(spec: PretrainSpec, size: str) -> dict[int, Path]:
+    """Stage index -> the .npz a VLM stage writes: {size}-{resolution}.npz for a resolution's last stage,
+    {size}-{resolution}-{stage name}.npz for one that another stage at its resolution follows."""
+    vlm = [(i, s) for i, s in enumerate(spec.stages) if s.kind != ENCODER]
+    outs = {}
+    for k, (i, stage) in enumerate(vlm):
+        last = all(later.resolution != stage.resolution for _, later in vlm[k + 1:])
+        outs[i] = spec.out / (f"{size}-{stage.resolution}.npz" if last
+                              else f"{size}-{stage.resolution}-{stage.name}.npz")
+    return outs
 
 
 def pretrain(spec_path: str | Path, sizes: tuple[str, ...] | None = None, *,

@@ -72,3 +72,30 @@ def test_ocr_mixture_reads_each_text_tasks_ocr_view(tmp_path):
         ex = source.examples[0]
         assert ex.prefix == "ocr" and len(ex.targets) == 1 and ex.targets[0].strip()
         assert ex.image.ndim == 3 and "<loc" not in ex.targets[0] and "<td" not in ex.targets[0]
+
+
+def test_two_stages_at_one_resolution(tmp_path):
+    """A stage followed by another at its resolution writes {size}-{px}-{name}.npz; the last one writes the
+    resolution's checkpoint from it; once that exists the earlier stage is not needed, even if its own file
+    is gone (a rebuild that starts from a shipped checkpoint copies it under the earlier stage's name)."""
+    path = tiny_spec(tmp_path)
+    raw = yaml.safe_load(path.read_text())
+    raw["stages"].insert(1, {"name": "s1b", "resolution": 32, "steps": 2, "text_len": 32, "freeze": ["img_tower"],
+                             "weights": {"all": 0.0, "mimic_cxr": 1.0}})
+    path.write_text(yaml.safe_dump(raw))
+    spec = load_spec(path)
+
+    written = pretrain(path, max_resolution=32, progress=False)
+    assert [p.name for p in written] == ["nano-s-32-s1.npz", "nano-s-32.npz"]
+    config = config_for("nano-s", 32)
+    (_, first), (_, second) = (checkpoint.load_npz(str(p), config) for p in written)
+    np.testing.assert_array_equal(first["img"]["pos_embedding"], second["img"]["pos_embedding"])  # tower frozen
+    assert not np.array_equal(first["llm"]["embedder"]["input_embedding"],
+                              second["llm"]["embedder"]["input_embedding"])
+
+    written[0].unlink()
+    stamp = written[1].stat().st_mtime_ns
+    both = pretrain(path, progress=False)
+    assert [p.name for p in both] == ["nano-s-32.npz", "nano-s-64.npz"]
+    assert written[1].stat().st_mtime_ns == stamp and not written[0].exists(), "a finished stage was redone"
+    assert not any((spec.out / ".work").iterdir())
