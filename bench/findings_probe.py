@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
-from bench.legibility_probe import READERS, encode, probe  # noqa: E402
+from bench.legibility_probe import add_probe_arguments, check_probe_arguments, encode, probe  # noqa: E402
 from harness.data import preprocess_image  # noqa: E402
 from tasks.registry import get_task  # noqa: E402
 
@@ -59,20 +59,8 @@ def main() -> None:
                         help="a MIMIC-CXR folder in the MIMIC-CXR-JPG layout (default: the pretraining data; "
                              "`paligemma-transfer pretrain` writes it)")
     parser.add_argument("--split", default="train")
-    parser.add_argument("--resolutions", type=int, nargs="+", default=[32, 64])
-    parser.add_argument("--steps", type=int, default=1500)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--reader", choices=sorted(READERS), default="cnn",
-                        help="cnn: a small CNN (default); vit: the nano VLM's SigLIP encoder")
-    parser.add_argument("--init", type=Path, default=None,
-                        help="vit only: start the encoder from this stage-0 encoder (encoder-<px>.npz)")
-    parser.add_argument("--frozen", action="store_true",
-                        help="vit with --init only: keep the tower fixed, train the projector and heads")
-    args = parser.parse_args()
-    if args.init is not None and args.reader != "vit":
-        parser.error("--init: expected --reader vit (only the ViT reader has a stage-0 encoder to start from)")
-    if args.frozen and args.init is None:
-        parser.error("--frozen: expected --init (a frozen random tower says nothing about the shipped one)")
+    add_probe_arguments(parser)
+    args = check_probe_arguments(parser, parser.parse_args())
 
     data = Path(args.data)
     if not (data / "files").is_dir():

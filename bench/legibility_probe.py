@@ -141,11 +141,8 @@ def probe(x: np.ndarray, ys: list[np.ndarray], classes: tuple[int, ...], *, step
     return [float((np.asarray(lg).argmax(-1) == y[cut:])[y[cut:] >= 0].mean()) for lg, y in zip(logits, ys)]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default="runs/pretrain-data-v3/docvqa",
-                        help="a DocVQA folder in the release layout with ocr_results/ (default: the pretraining "
-                             "data; `paligemma-transfer pretrain` writes it)")
+def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `probe`, shared by this probe and bench/findings_probe.py."""
     parser.add_argument("--resolutions", type=int, nargs="+", default=[32, 64])
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--seed", type=int, default=0)
@@ -154,9 +151,27 @@ def main() -> None:
     parser.add_argument("--init", type=Path, default=None,
                         help="vit only: start the encoder from this stage-0 encoder (encoder-<px>.npz, written "
                              "by a pretraining config with a `kind: encoder` stage) instead of random init")
-    args = parser.parse_args()
+    parser.add_argument("--frozen", action="store_true",
+                        help="vit with --init only: keep the tower fixed, train the projector and heads (what "
+                             "the tower exposes to the VLM stages, which keep it frozen)")
+
+
+def check_probe_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    """One-line errors for option combinations `probe` cannot run."""
     if args.init is not None and args.reader != "vit":
         parser.error("--init: expected --reader vit (only the ViT reader has a stage-0 encoder to start from)")
+    if args.frozen and args.init is None:
+        parser.error("--frozen: expected --init (a frozen random tower says nothing about the shipped one)")
+    return args
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="runs/pretrain-data-v3/docvqa",
+                        help="a DocVQA folder in the release layout with ocr_results/ (default: the pretraining "
+                             "data; `paligemma-transfer pretrain` writes it)")
+    add_probe_arguments(parser)
+    args = check_probe_arguments(parser, parser.parse_args())
 
     data = Path(args.data)
     if not (data / "ocr_results").is_dir():
@@ -193,7 +208,7 @@ def main() -> None:
         x = np.stack([preprocess_image(images[i], res) for i in order])
         t0 = time.perf_counter()
         acc = probe(x, ys, classes, steps=args.steps, seed=args.seed, reader=args.reader,
-                    init=args.init)
+                    init=args.init, frozen=args.frozen)
         print(row(f"{res} px", acc) + f"   ({time.perf_counter() - t0:.0f} s)", flush=True)
 
 
