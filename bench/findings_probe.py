@@ -26,7 +26,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
-from bench.legibility_probe import add_probe_arguments, check_probe_arguments, encode, probe  # noqa: E402
+from bench.legibility_probe import (  # noqa: E402
+    add_probe_arguments,
+    check_probe_arguments,
+    describe_reader,
+    encode,
+    majority_rate,
+    probe,
+)
 from harness.data import preprocess_image  # noqa: E402
 from tasks.registry import get_task  # noqa: E402
 
@@ -74,15 +81,10 @@ def main() -> None:
     ys, classes = [y for y, _ in labels], tuple(n for _, n in labels)
     cut = int(0.8 * len(studies))
 
-    def majority(y: np.ndarray) -> float:
-        train, test = y[:cut][y[:cut] >= 0], y[cut:][y[cut:] >= 0]
-        return float((test == np.bincount(train).argmax()).mean())
-
-    how = f"{args.reader}{f' from {args.init}' if args.init else ''}{', tower frozen' if args.frozen else ''}"
-    print(f"reader: {how}; {len(studies)} studies ({len(studies) - cut} test); classes: "
+    print(f"reader: {describe_reader(args)}; {len(studies)} studies ({len(studies) - cut} test); classes: "
           + ", ".join(f"{k} ({n})" for k, n in zip(FINDINGS, classes)))
     print(f"{'px':>9}  " + " ".join(f"{k[:12]:>12}" for k in FINDINGS))
-    print(f"{'majority':>9}  " + " ".join(f"{majority(y):>12.2f}" for y in ys))
+    print(f"{'majority':>9}  " + " ".join(f"{majority_rate(y, cut):>12.2f}" for y in ys))
     for res in args.resolutions:
         x = np.stack([preprocess_image(studies[i].image, res) for i in order])
         t0 = time.perf_counter()

@@ -165,6 +165,20 @@ def check_probe_arguments(parser: argparse.ArgumentParser, args: argparse.Namesp
     return args
 
 
+def describe_reader(args: argparse.Namespace) -> str:
+    """The reader as the probes' first output line names it, e.g. 'vit from encoder-64.npz, tower frozen'."""
+    return f"{args.reader}{f' from {args.init}' if args.init else ''}{', tower frozen' if args.frozen else ''}"
+
+
+def majority_rate(y: np.ndarray, cut: int) -> float:
+    """Test accuracy of always answering the train split's most common class (y[:cut] train, y[cut:] test,
+    -1 = no label); nan where the train or test split has no labelled example."""
+    train, test = y[:cut][y[:cut] >= 0], y[cut:][y[cut:] >= 0]
+    if not len(train) or not len(test):  # a kind no train (or test) page has: nothing to compare
+        return float("nan")
+    return float((test == np.bincount(train).argmax()).mean())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="runs/pretrain-data-v3/docvqa",
@@ -188,13 +202,7 @@ def main() -> None:
     bounded = [i for i, n in enumerate(classes[1:], start=1) if n <= 32]
     cut = int(0.8 * len(images))
 
-    def majority(y: np.ndarray) -> float:
-        train, test = y[:cut][y[:cut] >= 0], y[cut:][y[cut:] >= 0]
-        if not len(train) or not len(test):  # a kind no train (or test) page has: nothing to compare
-            return float("nan")
-        return float((test == np.bincount(train).argmax()).mean())
-
-    print(f"reader: {args.reader}{f' from {args.init}' if args.init else ''}; ", end="")
+    print(f"reader: {describe_reader(args)}; ", end="")
     print(f"{len(images)} pages ({len(images) - cut} test); title: {classes[0]} classes; values of "
           + ", ".join(f"{k} ({n})" for k, n in zip(kinds, classes[1:])))
     print(f"{'px':>9} {'title':>7} {'values':>7}  " + " ".join(f"{k[:8]:>8}" for k in kinds))
@@ -203,7 +211,7 @@ def main() -> None:
         values = np.mean([acc[i] for i in bounded])
         return f"{label:>9} {acc[0]:>7.2f} {values:>7.2f}  " + " ".join(f"{a:>8.2f}" for a in acc[1:])
 
-    print(row("majority", [majority(y) for y in ys]))
+    print(row("majority", [majority_rate(y, cut) for y in ys]))
     for res in args.resolutions:
         x = np.stack([preprocess_image(images[i], res) for i in order])
         t0 = time.perf_counter()
