@@ -89,7 +89,7 @@ def main() -> None:
         x = np.stack([preprocess_image(studies[i].image, res) for i in order])
         t0 = time.perf_counter()
         acc = probe(x, ys, classes, steps=args.steps, seed=args.seed, reader=args.reader, init=args.init,
-                    frozen=args.frozen)
+                    frozen=args.frozen, pool=args.pool)
         print(f"{f'{res} px':>9}  " + " ".join(f"{a:>12.2f}" for a in acc)
               + f"   ({time.perf_counter() - t0:.0f} s)", flush=True)
 

@@ -61,18 +61,33 @@ class Reader(nn.Module):
 
 
 class ViTReader(nn.Module):
-    """The nano VLM's image encoder (random init) with a linear head per label on its flattened tokens."""
+    """The nano VLM's image encoder (random init) with a linear head per label on its pooled tokens.
+
+    `pool` says how the tokens reach the heads. "flat": all tokens concatenated, so a head has its own
+    weights for every position (the most a linear layer can read). "attn": one learned query attends over
+    the tokens (4 heads, as the nano LMs), which reads by content as the VLM's attention layers do, and must
+    find the tokens that matter among 16 / 64 at 32 / 64 px. "mean": the tokens' average (the least)."""
     classes: tuple[int, ...]
+    pool: str = "flat"
 
     @nn.compact
     def __call__(self, x):
         vision = VisionConfig(image_size=x.shape[1], **NANO_VIT)
         tokens = SigLIP(vision, out_dim=vision.width, name="img")(x)
-        tokens = nn.LayerNorm()(tokens.reshape(tokens.shape[0], -1))
-        return [nn.Dense(n)(tokens) for n in self.classes]
+        if self.pool == "flat":
+            features = tokens.reshape(tokens.shape[0], -1)
+        elif self.pool == "mean":
+            features = tokens.mean(axis=1)
+        else:
+            query = self.param("query", nn.initializers.normal(0.02), (1, 1, vision.width))
+            query = jnp.broadcast_to(query, (tokens.shape[0], 1, vision.width))
+            features = nn.MultiHeadDotProductAttention(num_heads=NANO_VIT["num_heads"])(query, tokens)[:, 0]
+        features = nn.LayerNorm()(features)
+        return [nn.Dense(n)(features) for n in self.classes]
 
 
 READERS = {"cnn": Reader, "vit": ViTReader}
+POOLS = ("flat", "attn", "mean")
 
 
 def load_pages(docvqa_dir: Path) -> tuple[list[np.ndarray], list[str], list[dict[str, str]]]:
@@ -106,13 +121,14 @@ def frozen_tower_labels(params: dict) -> dict:
 
 
 def probe(x: np.ndarray, ys: list[np.ndarray], classes: tuple[int, ...], *, steps: int, seed: int,
-          reader: str = "cnn", init: Path | None = None, frozen: bool = False) -> list[float]:
+          reader: str = "cnn", init: Path | None = None, frozen: bool = False, pool: str = "flat") -> list[float]:
     """Train on the first 80% of images, return each label's accuracy on the last 20%. `init` (vit only):
     start the encoder from a stage-0 encoder (harness/pretrain_encoder.py) instead of random init.
     `frozen` (vit only): keep the tower fixed and train only the projector and the heads, as the VLM
-    stages train on top of the shipped tower: what the tower's features expose, not what it could learn."""
+    stages train on top of the shipped tower: what the tower's features expose, not what it could learn.
+    `pool` (vit only): how the tokens reach the heads (`ViTReader`)."""
     cut = int(0.8 * len(x))
-    model = READERS[reader](classes)
+    model = Reader(classes) if reader == "cnn" else ViTReader(classes, pool=pool)
     params = model.init(jax.random.key(seed), x[:1])
     if init is not None:
         img = load_encoder(init)
@@ -154,12 +170,18 @@ def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frozen", action="store_true",
                         help="vit with --init only: keep the tower fixed, train the projector and heads (what "
                              "the tower exposes to the VLM stages, which keep it frozen)")
+    parser.add_argument("--pool", choices=POOLS, default="flat",
+                        help="vit only: how the tokens reach the heads. flat: concatenated (default; a weight per "
+                             "position); attn: one learned query attends over them, reading by content as the "
+                             "VLM's attention does; mean: their average")
 
 
 def check_probe_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
     """One-line errors for option combinations `probe` cannot run."""
     if args.init is not None and args.reader != "vit":
         parser.error("--init: expected --reader vit (only the ViT reader has a stage-0 encoder to start from)")
+    if args.pool != "flat" and args.reader != "vit":
+        parser.error(f"--pool {args.pool}: expected --reader vit (the CNN reader has no tokens to pool)")
     if args.frozen and args.init is None:
         parser.error("--frozen: expected --init (a frozen random tower says nothing about the shipped one)")
     return args
@@ -167,7 +189,8 @@ def check_probe_arguments(parser: argparse.ArgumentParser, args: argparse.Namesp
 
 def describe_reader(args: argparse.Namespace) -> str:
     """The reader as the probes' first output line names it, e.g. 'vit from encoder-64.npz, tower frozen'."""
-    return f"{args.reader}{f' from {args.init}' if args.init else ''}{', tower frozen' if args.frozen else ''}"
+    pool = f", {args.pool} pool" if args.pool != "flat" else ""
+    return f"{args.reader}{f' from {args.init}' if args.init else ''}{', tower frozen' if args.frozen else ''}{pool}"
 
 
 def majority_rate(y: np.ndarray, cut: int) -> float:
@@ -216,7 +239,7 @@ def main() -> None:
         x = np.stack([preprocess_image(images[i], res) for i in order])
         t0 = time.perf_counter()
         acc = probe(x, ys, classes, steps=args.steps, seed=args.seed, reader=args.reader,
-                    init=args.init, frozen=args.frozen)
+                    init=args.init, frozen=args.frozen, pool=args.pool)
         print(row(f"{res} px", acc) + f"   ({time.perf_counter() - t0:.0f} s)", flush=True)
 
 

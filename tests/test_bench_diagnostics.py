@@ -212,6 +212,43 @@ def test_findings_probe_runs_on_mimic_cxr_jpg_data_with_the_tower_frozen(tmp_pat
     assert done.returncode == 2 and "--frozen: expected --init" in done.stderr
 
 
+@pytest.mark.parametrize("pool", ["attn", "mean"])
+def test_vit_reader_pools_read_any_number_of_tokens(pool):
+    """`--pool attn/mean` heads do not grow with the token count (flat ones do): one reader's weights fit 16
+    and 64 tokens, as one VLM's attention reads 32 and 64 px; under `--frozen` only the tower is fixed."""
+    from bench.legibility_probe import ViTReader, frozen_tower_labels
+
+    shapes = {}
+    for px in (32, 64):
+        params = ViTReader((3, 5), pool=pool).init(jax.random.key(0), np.zeros((1, px, px, 3)))
+        shapes[px] = jax.tree.map(np.shape, {k: v for k, v in params["params"].items() if k != "img"})
+        labels = frozen_tower_labels(params)["params"]
+        assert set(jax.tree.leaves({k: v for k, v in labels.items() if k != "img"})) == {"train"}
+        assert set(jax.tree.leaves({k: v for k, v in labels["img"].items() if k != "head"})) == {"frozen"}
+    assert shapes[32] == shapes[64]
+    flat = [ViTReader((3,)).init(jax.random.key(0), np.zeros((1, px, px, 3)))["params"]["Dense_0"]["kernel"].shape
+            for px in (32, 64)]
+    assert flat[0][0] * 4 == flat[1][0]
+
+
+def test_findings_probe_attention_pool_and_its_one_line_error(tmp_path):
+    from harness.pretrain_encoder import EncoderClassifier, save_encoder
+    from tasks.registry import get_task
+
+    config = config_for("nano-s", 64)
+    img = EncoderClassifier(config.vision, 16).init(jax.random.key(0), np.zeros((1, 64, 64, 3)))["params"]["img"]
+    save_encoder(tmp_path / "encoder-64.npz", img)
+    get_task("mimic_cxr").write_demo(tmp_path / "mimic", num_train=12, num_eval=2, seed=0)
+    out = run("bench/findings_probe.py", "--data", str(tmp_path / "mimic"), "--steps", "2", "--resolutions",
+              "32", "--reader", "vit", "--init", str(tmp_path / "encoder-64.npz"), "--frozen", "--pool", "attn")
+    lines = out.splitlines()
+    assert lines[0].split("; ")[0].endswith(", tower frozen, attn pool")
+    assert lines[3].split()[:2] == ["32", "px"]
+    done = subprocess.run([sys.executable, "bench/findings_probe.py", "--pool", "attn"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--pool attn: expected --reader vit" in done.stderr
+
+
 def test_localisation_probe_splits_the_icdar_gap_by_token_kind(tmp_path):
     """bench/localisation_probe.py trains a checkpoint on ICDAR'15 alone, then prints the image gap of every
     target token, the loc tokens, the first corner and the text, each the mean of its tokens."""
