@@ -8,7 +8,9 @@ loss with another example's image, per task.
 For every task of the demo grid it scores the eval split's targets (teacher forcing, the trainer's loss:
 mean cross-entropy per suffix token, averaged over examples) twice: with the right images, and with the
 images rolled by one position across the split. The gap (shuffled - right, nats per token) is what the
-image tells the model about the target; 0 means the model answers from the prompt alone. A demo
+image tells the model about the target; 0 means the model answers from the prompt alone. `se` is the
+gap's standard error over the split's examples (the std of the per-example gaps over sqrt(n)): a gap of
++0.092 with se 0.004 is below a 0.1 bar, one with se 0.02 is not shown to be. A demo
 diagnostic, not a benchmark of speed: it explains demo tables in which a task's outputs are the same for
 every image.
 """
@@ -83,6 +85,13 @@ def example_losses(params, size: str, resolution: int, grid, task_name: str, spl
             np.array([ex.prefix for ex in examples]))
 
 
+def gap_se(right: np.ndarray, wrong: np.ndarray) -> float:
+    """Standard error of the mean gap: the examples are paired (one example, two images), so the spread
+    that matters is that of the per-example differences. nan for fewer than two examples."""
+    diff = np.asarray(wrong, np.float64) - np.asarray(right, np.float64)
+    return float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("nan")
+
+
 def task_losses(params, size: str, resolution: int, grid, task_name: str, split: str = "eval",
                 data_root: str | None = None) -> tuple[float, float]:
     """(mean loss with the right images, with the images rolled by one) for one task of `grid`."""
@@ -114,7 +123,7 @@ def main() -> None:
     grid = load_grid(args.grid, check_files=False)
     if not args.data_root:
         prepare_demo_data(grid)  # a demo grid's data is written when missing, as `paligemma-transfer run` does
-    print(f"{'checkpoint':<34} {'task':<14} {'right':>7} {'shuffled':>9} {'gap':>7}   (nats/token)")
+    print(f"{'checkpoint':<34} {'task':<14} {'right':>7} {'shuffled':>9} {'gap':>7} {'se':>6}   (nats/token)")
     for spec in args.checkpoints:
         name, path = parse_checkpoint(spec)
         size, resolution = name.rsplit("-", 1)
@@ -123,7 +132,7 @@ def main() -> None:
             right, wrong, prompts = example_losses(params, size, int(resolution), grid, task_name, args.split,
                                                    args.data_root, args.limit)
             print(f"{spec:<34} {task_name:<14} {right.mean():7.3f} {wrong.mean():9.3f} "
-                  f"{wrong.mean() - right.mean():+7.3f}")
+                  f"{wrong.mean() - right.mean():+7.3f} {gap_se(right, wrong):6.3f}")
             if args.prompt_words:
                 prompts = np.array([" ".join(p.split()[:args.prompt_words]) for p in prompts])
             kinds = sorted(set(prompts))

@@ -51,8 +51,9 @@ def test_image_use_prints_a_gap_per_task_and_prompt(tmp_path):
     lines = out.splitlines()[1:]
     rows = [line.split() for line in lines if not line.startswith(" ")]
     assert [r[1] for r in rows] == ["vqav2", *TEXT_TASKS]
-    for _, _, right, shuffled, gap in rows:
+    for _, _, right, shuffled, gap, se in rows:
         assert abs(float(shuffled) - float(right) - float(gap)) < 2e-3
+        assert se == "nan" or float(se) >= 0
     start = next(i for i, line in enumerate(lines) if line.split()[1] == "docvqa")
     prompts = []
     for line in lines[start + 1:]:
@@ -71,7 +72,21 @@ def test_image_use_groups_prompts_by_their_first_words(tmp_path):
     lines = out.splitlines()[1:]
     start = next(i for i, line in enumerate(lines) if line.split()[1] == "vqav2")
     assert lines[start + 1].split()[:2] == ["answer", "en"] and not lines[start + 2].startswith(" ")
-    assert lines[start + 1].split()[-1] == lines[start].split()[-1]  # one group: the task's own gap
+    assert lines[start + 1].split()[-1] == lines[start].split()[-2]  # one group: the task's own gap
+
+
+def test_image_use_gap_se_is_the_paired_standard_error():
+    """The se of the gap is scipy's standard error of the per-example differences (paired, ddof 1)."""
+    from scipy import stats
+
+    from bench.image_use import gap_se
+
+    rng = np.random.default_rng(0)
+    right = rng.normal(1.0, 0.3, 50)
+    wrong = right + rng.normal(0.1, 0.05, 50)  # correlated pairs: the paired se is far below the unpaired one
+    assert gap_se(right, wrong) == pytest.approx(stats.sem(wrong - right), rel=1e-9)
+    assert gap_se(right, wrong) < 0.5 * np.hypot(stats.sem(right), stats.sem(wrong))
+    assert np.isnan(gap_se(right[:1], wrong[:1]))
 
 
 def test_image_use_limit_scores_the_first_examples_of_a_split(tmp_path):
