@@ -4,6 +4,8 @@ loss with another example's image, per task.
     python bench/image_use.py                                  # the shipped nano checkpoints, demo eval data
     python bench/image_use.py --checkpoints random:nano-s-32 checkpoints/nano/nano-m-64.npz
     python bench/image_use.py --by-prompt                      # ... and per prompt (DocVQA's question kinds)
+    python bench/image_use.py --checkpoints checkpoints/nano/nano-s-32.npz --lift-to 64 \
+        --encoder checkpoints/nano/encoder-64.npz              # a 32 px checkpoint as the 64 px stage starts it
 
 For every task of the demo grid it scores the eval split's targets (teacher forcing, the trainer's loss:
 mean cross-entropy per suffix token, averaged over examples) twice: with the right images, and with the
@@ -29,6 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 from harness.cell import base_params, split_overrides, tokenizer_for, transfer_config  # noqa: E402
 from harness.data import TextSpec, train_row  # noqa: E402
 from harness.grid import load_grid  # noqa: E402
+from harness.pretrain import continue_at  # noqa: E402
+from harness.pretrain_encoder import load_encoder, with_encoder  # noqa: E402
 from harness.scheduler import prepare_demo_data  # noqa: E402
 from harness.train import per_example_loss  # noqa: E402
 from model.config import config_for  # noqa: E402
@@ -118,7 +122,15 @@ def main() -> None:
     parser.add_argument("--prompt-words", type=int, metavar="N",
                         help="with --by-prompt, group prompts by their first N words (e.g. 4 for VQAv2's "
                              "'answer en what shape ...' against '... what color ...')")
+    parser.add_argument("--lift-to", type=int, metavar="PX",
+                        help="score each checkpoint at PX px as a pretraining stage at PX starts from it "
+                             "(harness/pretrain.py: the position embedding resampled, --encoder's tower swapped "
+                             "in), before any step at PX: what of its image use carries across resolutions")
+    parser.add_argument("--encoder", type=Path,
+                        help="with --lift-to: the stage-0 encoder the stage swaps in (encoder-<px>.npz)")
     args = parser.parse_args()
+    if args.encoder and not args.lift_to:
+        parser.error("--encoder: expected --lift-to PX (the encoder is swapped in when a stage changes resolution)")
 
     grid = load_grid(args.grid, check_files=False)
     if not args.data_root:
@@ -128,6 +140,11 @@ def main() -> None:
         name, path = parse_checkpoint(spec)
         size, resolution = name.rsplit("-", 1)
         params = base_params(config_for(size, int(resolution)), path, 0)
+        if args.lift_to:
+            if args.encoder:
+                params = with_encoder(params, load_encoder(args.encoder))
+            params = continue_at(params, config_for(size, args.lift_to))
+            resolution, spec = args.lift_to, f"{spec}@{args.lift_to}"
         for task_name in grid.tasks:
             right, wrong, prompts = example_losses(params, size, int(resolution), grid, task_name, args.split,
                                                    args.data_root, args.limit)

@@ -89,6 +89,35 @@ def test_image_use_gap_se_is_the_paired_standard_error():
     assert np.isnan(gap_se(right[:1], wrong[:1]))
 
 
+def test_image_use_lifts_a_checkpoint_to_the_next_resolution(tmp_path):
+    """--lift-to 64 --encoder: a 32 px checkpoint scored at 64 px as the 64 px stage starts it; its rows
+    equal example_losses on harness.pretrain's own lift (continue_at after with_encoder)."""
+    from bench.image_use import example_losses
+    from harness.grid import load_grid
+    from harness.pretrain import continue_at
+    from harness.pretrain_encoder import EncoderClassifier, load_encoder, save_encoder, with_encoder
+
+    img = EncoderClassifier(config_for("nano-s", 64).vision, 16).init(
+        jax.random.key(1), np.zeros((1, 64, 64, 3)))["params"]["img"]
+    save_encoder(tmp_path / "encoder-64.npz", img)
+    ckpt = tmp_path / "nano-s-32.npz"
+    checkpoint.save_npz(str(ckpt), jax.tree.map(np.asarray, init_params(config_for("nano-s", 32), jax.random.key(0))))
+    grid_path = tiny_grid(tmp_path)
+    out = run("bench/image_use.py", "--grid", str(grid_path), "--checkpoints", str(ckpt), "--lift-to", "64",
+              "--encoder", str(tmp_path / "encoder-64.npz"))
+    rows = [line.split() for line in out.splitlines()[1:]]
+    assert {r[0] for r in rows} == {f"{ckpt}@64"}
+    _, params = checkpoint.load_npz(str(ckpt), config_for("nano-s", 32), dtype=np.float32)
+    lifted = continue_at(with_encoder(params, load_encoder(tmp_path / "encoder-64.npz")), config_for("nano-s", 64))
+    right, wrong, _ = example_losses(lifted, "nano-s", 64, load_grid(grid_path, check_files=False), "vqav2")
+    vqav2 = next(r for r in rows if r[1] == "vqav2")
+    assert float(vqav2[2]) == pytest.approx(right.mean(), abs=2e-3)
+    assert float(vqav2[4]) == pytest.approx(wrong.mean() - right.mean(), abs=2e-3)
+    done = subprocess.run([sys.executable, "bench/image_use.py", "--encoder", "x.npz"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--encoder: expected --lift-to PX" in done.stderr
+
+
 def test_image_use_limit_scores_the_first_examples_of_a_split(tmp_path):
     """--limit N: the split's first N examples (the seen-data loss on a sample of the pretraining data)."""
     from bench.image_use import example_losses
