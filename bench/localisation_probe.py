@@ -10,7 +10,9 @@ ICDAR'15's target is, per word, eight `<locNNNN>` tokens (four corners, y then x
 first corner of a word needs the image to be found (the others follow from it and the word's size), so a
 model that localises shows an image gap on the first two loc tokens of the target: `bench/image_use.py`'s
 gap (loss with another scene's image minus loss with the right one, nats per token), split here into
-every target token, the loc tokens, the first word's first corner and the text tokens. The checkpoint is
+every target token, the loc tokens, the first word's first corner and the text tokens (for PubTabNet the
+text is split again: the cells' words, which only reading gives, and the HTML markup, which the table's
+layout gives). The checkpoint is
 trained first on ICDAR'15 alone (`--steps` steps of batch 32 at the pretraining lr, scenes drawn from
 `--train-data`, the tower frozen unless `--train-tower`, as `configs/pretrain/nano.yaml`'s VLM stages
 keep it), then scored on the demo's eval split. `--loc-init sinusoidal` first replaces the loc tokens'
@@ -21,6 +23,7 @@ nearly one shared vector). A demo diagnostic for issue 12: nothing is written.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -60,21 +63,56 @@ def token_nll(model: PaliGemma):
         b["text"][:, 1:], 0.0))
 
 
-def gap_by_kind(right: np.ndarray, wrong: np.ndarray, batch: dict, loc0: int) -> dict[str, tuple]:
-    """{kind: (right, shuffled, gap, tokens)} over the loss tokens of each kind."""
+# A cell's words in PubTabNet's HTML: text between a tag's `>` and the next `<`, quotes excluded (the `">`
+# that closes `<td coords="<loc..>...">` is markup).
+CELL_TEXT = re.compile(r'(?<=>)[^<>"]+(?=<)')
+
+
+def cell_text_tokens(ids: np.ndarray, tokenizer) -> np.ndarray:
+    """[T] bool: which of a PubTabNet target's token ids spell a cell's words. A token's characters are
+    where decoding the ids before it ends and decoding through it ends; it is a word token when they
+    overlap a CELL_TEXT span of the decoded target (so a token like '%</', a word's end and a tag's start,
+    counts as a word token)."""
+    text = tokenizer.decode(ids)
+    is_word = np.zeros(len(text) + 1, bool)
+    for match in CELL_TEXT.finditer(text):
+        is_word[match.start():match.end()] = True
+    ends = [len(tokenizer.decode(ids[:k])) for k in range(len(ids) + 1)]
+    return np.array([is_word[ends[k]:max(ends[k + 1], ends[k])].any() for k in range(len(ids))], bool)
+
+
+def gap_by_kind(right: np.ndarray, wrong: np.ndarray, batch: dict, loc0: int,
+                words: np.ndarray | None = None) -> dict[str, tuple]:
+    """{kind: (right, shuffled, gap, tokens)} over the loss tokens of each kind. `words` ([B, T-1] bool,
+    PubTabNet's cell words) splits the text tokens into "cell words" and "markup"."""
     targets, mask = batch["text"][:, 1:], batch["mask_loss"][:, 1:].astype(bool)
     is_loc = (targets >= loc0) & (targets < loc0 + NUM_LOC)
     first_corner = is_loc & (np.cumsum(is_loc, axis=1) <= 2)
     kinds = {"all": mask, "loc": mask & is_loc, "first corner": mask & first_corner, "text": mask & ~is_loc}
+    if words is not None:
+        kinds.update({"cell words": mask & ~is_loc & words, "markup": mask & ~is_loc & ~words})
     return {name: (float(right[sel].mean()), float(wrong[sel].mean()), float((wrong - right)[sel].mean()),
                    int(sel.sum())) for name, sel in kinds.items() if sel.any()}
 
 
-def print_gaps(right: np.ndarray, wrong: np.ndarray, rows: list[dict], loc0: int, what: str) -> None:
-    """gap_by_kind over `rows` as a table: one line per token kind."""
+def word_mask(batch: dict, tokenizer) -> np.ndarray:
+    """cell_text_tokens of every row's loss tokens, as a [B, T-1] mask aligned with the targets."""
+    targets, mask = batch["text"][:, 1:], batch["mask_loss"][:, 1:].astype(bool)
+    out = np.zeros_like(mask)
+    for i in range(len(targets)):
+        where = np.flatnonzero(mask[i])
+        out[i, where] = cell_text_tokens(targets[i, where], tokenizer)
+    return out
+
+
+def print_gaps(right: np.ndarray, wrong: np.ndarray, rows: list[dict], loc0: int, what: str,
+               tokenizer=None) -> None:
+    """gap_by_kind over `rows` as a table: one line per token kind (with `tokenizer`: PubTabNet's cell
+    words and markup too)."""
     batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+    words = word_mask(batch, tokenizer) if tokenizer is not None else None
     print(f"{'tokens':<14} {'right':>7} {'shuffled':>9} {'gap':>7} {'count':>6}   (nats/token, {what})")
-    for name, (r, w, gap, count) in gap_by_kind(right, wrong, batch, loc0).items():
+    for name, (r, w, gap, count) in gap_by_kind(right, wrong, batch, loc0, words).items():
         print(f"{name:<14} {r:7.3f} {w:9.3f} {gap:+7.3f} {count:6d}")
 
 
@@ -94,6 +132,9 @@ def main() -> None:
     parser.add_argument("--grid", default="configs/grids/demo.yaml",
                         help="grid whose text length and eval data are used (default: the demo)")
     parser.add_argument("--num-eval", type=int, default=160, help="eval examples scored (default 160)")
+    parser.add_argument("--split", default="eval",
+                        help="the grid data's split scored (default eval; the demo's train split is 300 "
+                             "examples pretraining never saw: another seed)")
     args = parser.parse_args()
     if args.steps and not args.train_data:
         parser.error("--train-data is needed to train (or pass --steps 0)")
@@ -105,7 +146,7 @@ def main() -> None:
     prepare_demo_data(grid)
     task, config, tokenizer, spec = task_inputs(size, res, grid, args.task)
     eval_rows = [train_row(ex, ex.targets[0], tokenizer, spec) for _, ex in
-                 zip(range(args.num_eval), task.examples(Path(grid.data_root) / args.task, "eval"))]
+                 zip(range(args.num_eval), task.examples(Path(grid.data_root) / args.task, args.split))]
 
     params = base_params(config_for(size, res), path, 0)
     loc0 = tokenizer.loc_id(0)
@@ -129,7 +170,8 @@ def main() -> None:
 
     nll = token_nll(PaliGemma(config))
     right, wrong = batched(nll, params, eval_rows), batched(nll, params, rolled(eval_rows))
-    print_gaps(right, wrong, eval_rows, loc0, f"{len(eval_rows)} {args.task} eval examples")
+    print_gaps(right, wrong, eval_rows, loc0, f"{len(eval_rows)} {args.task} {args.split} examples",
+               tokenizer if args.task == "pubtabnet" else None)
 
 
 if __name__ == "__main__":

@@ -321,10 +321,45 @@ def test_localisation_probe_scores_pubtabnet_boxes_without_training(tmp_path):
     out = run("bench/localisation_probe.py", "random:nano-s-32", "--grid", grid, "--task", "pubtabnet",
               "--steps", "0", "--num-eval", "3")
     assert "trained" not in out and "pubtabnet eval examples" in out
-    assert [line[:14].strip() for line in out.splitlines()[1:]] == ["all", "loc", "first corner", "text"]
+    kinds = [line[:14].strip() for line in out.splitlines()[1:]]
+    assert kinds[:4] == ["all", "loc", "first corner", "text"] and set(kinds[4:]) <= {"cell words", "markup"}
+    assert "markup" in kinds
     refused = subprocess.run([sys.executable, "bench/localisation_probe.py", "random:nano-s-32", "--grid", grid],
                              cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert refused.returncode == 2 and "--train-data is needed" in refused.stderr
+
+
+def test_pubtabnet_cell_words_are_the_tables_cell_texts(tmp_path):
+    """cell_text_tokens picks exactly the tokens whose characters (sentencepiece's own offsets) overlap a
+    cell's text as the release JSONL lists it (`html.cells[].tokens`), found in order in the target."""
+    import json
+
+    from bench.localisation_probe import cell_text_tokens
+    from model.tokenizer import Tokenizer
+    from tasks.registry import get_task
+
+    get_task("pubtabnet").write_demo(tmp_path / "ptn", num_train=2, num_eval=20, seed=3)
+    tokenizer = Tokenizer(ROOT / "model/assets/nano_tokenizer.model")
+    examples = get_task("pubtabnet").examples(tmp_path / "ptn", "eval")
+    records = [json.loads(line) for line in (tmp_path / "ptn/PubTabNet_2.0.0.jsonl").read_text().splitlines()]
+    cells = {r["filename"]: ["".join(t for t in c["tokens"] if t not in ("<b>", "</b>"))
+                             for c in r["html"]["cells"] if c["tokens"]] for r in records}
+    straddling = 0
+    for i in range(len(examples)):
+        target = examples[i].targets[0]
+        chars = np.zeros(len(target), bool)
+        cursor = 0
+        for text in cells[examples[i].id]:
+            at = target.index(f">{text}<", cursor) + 1
+            chars[at:at + len(text)] = True
+            cursor = at + len(text)
+        proto = tokenizer._sp.encode(target, return_type="proto")
+        expected = np.array([chars[p.begin:p.end].any() for p in proto.pieces])
+        ids = np.array([p.id for p in proto.pieces])
+        assert ids.tolist() == tokenizer.encode(target)
+        np.testing.assert_array_equal(cell_text_tokens(ids, tokenizer), expected, err_msg=target)
+        straddling += sum(chars[p.begin:p.end].any() and not chars[p.begin:p.end].all() for p in proto.pieces)
+    assert straddling  # e.g. '%</': a word's last character and the closing tag's start are one token
 
 
 def test_detect_probe_scenes_box_their_shape():
