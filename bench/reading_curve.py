@@ -59,6 +59,8 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=[*TEXT_TASKS, OCR], metavar="TASK[=WEIGHT]",
                         help=f"the mixture, weight 1 unless given ('{OCR}': the OCR views; default: the text-heavy "
                              f"tasks and '{OCR}'); gaps are printed for each task but '{OCR}'")
+    parser.add_argument("--img-tower-lr-mult", type=float, default=1.0, metavar="F",
+                        help="train the image tower at F x the lr, as a stage's `img_tower_lr_mult:` (default 1)")
     parser.add_argument("--freeze", nargs="*", default=[], choices=FREEZABLE,
                         help="keep these fixed, as a pretraining stage's `freeze:` (the committed config "
                              "freezes img_tower after stage 0)")
@@ -85,7 +87,7 @@ def main() -> None:
         batches = mixture_batches(sources, tokenizer, text_len=stage.text_len, resolution=resolution,
                                   batch_size=spec.batch_size, num_steps=args.steps, seed=spec.data_seed + 100 + r)
         cfg = TrainConfig(lr=spec.lr, num_steps=args.steps, weight_decay=spec.weight_decay, seed=100 + r,
-                          **freeze_flags(args.freeze))
+                          img_tower_lr_mult=args.img_tower_lr_mult, **freeze_flags(args.freeze))
         t0 = time.perf_counter()
         params, summary = train(config, params, batches, cfg, progress=False)
         params = jax.tree.map(np.asarray, params)

@@ -59,6 +59,7 @@ class Stage:
     batch_size: int | None = None  # None: the optimizer's
     # What this stage does not train: "img_tower" (the image encoder, not its projector), "img", "llm".
     freeze: tuple[str, ...] = ()
+    img_tower_lr_mult: float = 1.0  # the image tower's lr as a fraction of the stage's (TrainConfig's)
 
     def train_size(self, task: str, default: int) -> int | None:
         """How many training examples to generate for `task` in this stage (None: the spec's data)."""
@@ -114,7 +115,8 @@ def load_spec(path: str | Path) -> PretrainSpec:
                              kind=str(s.get("kind", "vlm")),
                              num_train=_num_train(s.get("num_train")),
                              batch_size=int(s["batch_size"]) if "batch_size" in s else None,
-                             freeze=tuple(s.get("freeze", ())))
+                             freeze=tuple(s.get("freeze", ())),
+                             img_tower_lr_mult=float(s.get("img_tower_lr_mult", 1.0)))
                        for s in raw["stages"])
         for i, stage in enumerate(stages):
             if stage.kind not in KINDS:
@@ -122,6 +124,11 @@ def load_spec(path: str | Path) -> PretrainSpec:
             if not set(stage.freeze) <= set(FREEZABLE):
                 raise ValueError(f"{path}: stages[{i}].freeze: expected a list of {' / '.join(map(repr, FREEZABLE))}, "
                                  f"got {list(stage.freeze)}")
+            tower_frozen = {"img", "img_tower"} & set(stage.freeze)
+            if not 0.0 < stage.img_tower_lr_mult <= 1.0 or (stage.img_tower_lr_mult != 1.0 and tower_frozen):
+                raise ValueError(f"{path}: stages[{i}].img_tower_lr_mult: expected a number in (0, 1] on a stage "
+                                 f"that trains the tower, got {stage.img_tower_lr_mult} with freeze "
+                                 f"{list(stage.freeze)}")
             if stage.kind == ENCODER and any(s.kind == ENCODER for s in stages[i + 1:]):
                 raise ValueError(f"{path}: stages[{i}]: expected at most one stage of kind {ENCODER!r}")
         return PretrainSpec(
@@ -232,7 +239,8 @@ def pretrain_size(spec: PretrainSpec, size: str, *, max_resolution: int | None =
                                   resolution=stage.resolution, batch_size=spec.batch_size,
                                   num_steps=stage.steps, seed=spec.data_seed + i)
         cfg = TrainConfig(lr=spec.lr, num_steps=stage.steps, weight_decay=spec.weight_decay, seed=i,
-                          checkpoint_every=100, **freeze_flags(stage.freeze))
+                          checkpoint_every=100, img_tower_lr_mult=stage.img_tower_lr_mult,
+                          **freeze_flags(stage.freeze))
         workdir = spec.out / ".work" / out.stem
         t0 = time.perf_counter()
         params, summary = train(config, params, batches, cfg, workdir=workdir, progress=progress,

@@ -56,6 +56,11 @@ class TrainConfig:
     # The image tower without its projector `img/head` (a pretraining stage that keeps a pretrained encoder
     # while the projector learns to feed the language model; freeze_img freezes both, as big_vision's 'img/.*').
     freeze_img_tower: bool = False
+    # The image tower's lr as a fraction of `lr` (its projector `img/head` keeps `lr`). PaliGemma trains the
+    # encoder in every stage but protects it from the early, unaligned LLM's gradients with a slow warmup
+    # (docs/paligemma2-facts.md §1.4); a smaller tower lr is the same protection over a whole stage. 1.0:
+    # the optimizer is exactly the one without this option.
+    img_tower_lr_mult: float = 1.0
     compute_dtype: str = "float32"  # or "bfloat16" (params stay float32)
     remat: bool = False
     # "dense" materialises float32 logits for all positions; "chunked" (model/losses.py) a chunk of
@@ -89,9 +94,9 @@ def _is_kernel(path: tuple, _leaf: Any) -> bool:
     return getattr(path[-1], "key", None) == "kernel"
 
 
-def make_optimizer(params: Any, cfg: TrainConfig) -> optax.GradientTransformation:
-    trainable = optax.chain(
-        optax.clip_by_global_norm(cfg.grad_clip_norm),
+def _update_rule(cfg: TrainConfig) -> optax.GradientTransformation:
+    """Adam at cfg.lr, decoupled weight decay on kernels, the warmup-cosine schedule (no clipping)."""
+    return optax.chain(
         optax.scale_by_adam(b2=cfg.b2),
         optax.scale(cfg.lr),
         optax.add_decayed_weights(cfg.weight_decay,
@@ -99,19 +104,38 @@ def make_optimizer(params: Any, cfg: TrainConfig) -> optax.GradientTransformatio
         optax.scale_by_schedule(schedule(cfg.num_steps, cfg.warmup_fraction)),
         optax.scale(-1.0),
     )
+
+
+def make_optimizer(params: Any, cfg: TrainConfig) -> optax.GradientTransformation:
     frozen = {"img": cfg.freeze_img, "llm": cfg.freeze_llm}
     labels = {group: jax.tree_util.tree_map(lambda _, f=frozen.get(group, False): "frozen" if f else "train",  # noqa: B008
                                             subtree)
               for group, subtree in params.items()}
     if cfg.freeze_img_tower and not cfg.freeze_img and "img" in params:
         labels["img"] = img_tower_labels(params["img"])
+    elif cfg.img_tower_lr_mult != 1.0 and not cfg.freeze_img and "img" in params:
+        return _tower_lr_optimizer(labels, img_tower_labels(params["img"], tower="tower"), cfg)
+    trainable = optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), _update_rule(cfg))
     return optax.multi_transform({"train": trainable, "frozen": optax.set_to_zero()}, labels)
 
 
-def img_tower_labels(img: Any) -> Any:
-    """optax.multi_transform labels for an `img` tree under `freeze_img_tower`: 'frozen' for the tower,
-    'train' for its projector `head`."""
-    return {name: jax.tree_util.tree_map(lambda _, n=name: "train" if n == "head" else "frozen", sub)  # noqa: B008
+def _tower_lr_optimizer(labels: dict, img_labels: Any, cfg: TrainConfig) -> optax.GradientTransformation:
+    """make_optimizer with the image tower's updates (weight decay included) scaled by `img_tower_lr_mult`.
+    The gradients are clipped together, by the norm of everything trained (tower included; frozen groups
+    zeroed first so they do not count), as in the optimizer without the option."""
+    labels = {**labels, "img": img_labels}
+    zero_frozen = optax.multi_transform({"train": optax.identity(), "tower": optax.identity(),
+                                         "frozen": optax.set_to_zero()}, labels)
+    rules = {"train": _update_rule(cfg), "tower": optax.chain(_update_rule(cfg), optax.scale(cfg.img_tower_lr_mult)),
+             "frozen": optax.set_to_zero()}
+    return optax.chain(zero_frozen, optax.clip_by_global_norm(cfg.grad_clip_norm),
+                       optax.multi_transform(rules, labels))
+
+
+def img_tower_labels(img: Any, tower: str = "frozen") -> Any:
+    """optax.multi_transform labels for an `img` tree: `tower` ('frozen' under `freeze_img_tower`) for the
+    tower, 'train' for its projector `head`."""
+    return {name: jax.tree_util.tree_map(lambda _, n=name: "train" if n == "head" else tower, sub)  # noqa: B008
             for name, sub in img.items()}
 
 

@@ -99,3 +99,21 @@ def test_two_stages_at_one_resolution(tmp_path):
     assert [p.name for p in both] == ["nano-s-32.npz", "nano-s-64.npz"]
     assert written[1].stat().st_mtime_ns == stamp and not written[0].exists(), "a finished stage was redone"
     assert not any((spec.out / ".work").iterdir())
+
+
+def test_a_stage_may_train_the_tower_at_a_fraction_of_the_lr(tmp_path):
+    """`img_tower_lr_mult:` reaches the stage; a value outside (0, 1], or one on a stage that freezes the
+    tower, is a one-line error naming the file and the field."""
+    import pytest
+
+    path = tiny_spec(tmp_path)
+    spec = yaml.safe_load(path.read_text())
+    spec["stages"][1]["img_tower_lr_mult"] = 0.1
+    path.write_text(yaml.safe_dump(spec))
+    assert [s.img_tower_lr_mult for s in load_spec(path).stages] == [1.0, 0.1]
+    for bad in ({"img_tower_lr_mult": 0.0}, {"img_tower_lr_mult": 0.1, "freeze": ["img_tower"]}):
+        spec["stages"][1] = {**spec["stages"][1], **bad}
+        path.write_text(yaml.safe_dump(spec))
+        with pytest.raises(ValueError, match=r"spec\.yaml: stages\[1\]\.img_tower_lr_mult: expected a number in "
+                                             r"\(0, 1\] on a stage that trains the tower"):
+            load_spec(path)

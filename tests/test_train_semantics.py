@@ -61,6 +61,69 @@ def test_frozen_group_gets_zero_updates_and_stays_out_of_the_clip_norm():
     np.testing.assert_allclose(updates["llm"]["final_norm"]["scale"], -1.0, rtol=1e-4)
 
 
+def _tower_params():
+    params = _params()
+    params["img"]["embedding"] = {"kernel": jnp.full((3, 2), 1.0), "bias": jnp.full((2,), 0.5)}
+    return params
+
+
+def _updates(cfg, grads, steps=3):
+    """The updates of `steps` steps on the same gradients and params (params not moved: the weight decay
+    term sees the same params each step)."""
+    params = _tower_params()
+    tx = make_optimizer(params, cfg)
+    state = tx.init(params)
+    out = []
+    for _ in range(steps):
+        updates, state = tx.update(grads, state, params)
+        out.append(updates)
+    return out
+
+
+def test_img_tower_lr_mult_scales_only_the_towers_updates():
+    """img_tower_lr_mult=0.25: the tower (not its projector `head`) moves a quarter as far, weight decay
+    included; everything else moves exactly as with the plain optimizer."""
+    rng = np.random.default_rng(0)
+    grads = jax.tree_util.tree_map(lambda p: jnp.asarray(rng.normal(0, 0.1, p.shape), jnp.float32), _tower_params())
+    kw = dict(lr=0.01, num_steps=8, weight_decay=0.5)
+    plain, slow = _updates(TrainConfig(**kw), grads), _updates(TrainConfig(**kw, img_tower_lr_mult=0.25), grads)
+    for a, b in zip(plain, slow):
+        np.testing.assert_allclose(b["img"]["embedding"]["kernel"], 0.25 * a["img"]["embedding"]["kernel"], rtol=1e-5)
+        np.testing.assert_allclose(b["img"]["embedding"]["bias"], 0.25 * a["img"]["embedding"]["bias"], rtol=1e-5)
+        for group, module in (("img", "head"), ("llm", "final_norm")):
+            jax.tree_util.tree_map(np.testing.assert_array_equal, a[group][module], b[group][module])
+    assert float(jnp.abs(plain[-1]["img"]["embedding"]["kernel"]).max()) > 0
+
+
+def test_img_tower_lr_mult_clips_by_the_norm_of_everything_trained():
+    """Clipping is shared as without the option: at a multiplier of 1 the tower-lr optimizer's updates equal
+    the plain one's step for step, on gradients large enough to clip; a frozen group's gradients do not
+    count towards the norm."""
+    from harness.train import _tower_lr_optimizer, img_tower_labels
+
+    params = _tower_params()
+    rng = np.random.default_rng(1)
+    grads = [jax.tree_util.tree_map(lambda p: jnp.asarray(rng.normal(0, 3.0, p.shape), jnp.float32), params)
+             for _ in range(4)]  # global norm ~10: every step clips
+    cfg = TrainConfig(lr=0.01, num_steps=8, weight_decay=0.1)
+    labels = {g: jax.tree_util.tree_map(lambda _: "train", t) for g, t in params.items()}
+    for tx_a, tx_b in [(make_optimizer(params, cfg),
+                        _tower_lr_optimizer(labels, img_tower_labels(params["img"], tower="tower"), cfg))]:
+        sa, sb = tx_a.init(params), tx_b.init(params)
+        for g in grads:
+            ua, sa = tx_a.update(g, sa, params)
+            ub, sb = tx_b.update(g, sb, params)
+            jax.tree_util.tree_map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-9), ua, ub)
+    frozen_llm = TrainConfig(lr=0.01, num_steps=8, img_tower_lr_mult=0.5, freeze_llm=True)
+    small, huge = grads[0], {**grads[0], "llm": jax.tree_util.tree_map(lambda g: g * 1e6, grads[0]["llm"])}
+    tx = make_optimizer(params, frozen_llm)
+    state = tx.init(params)
+    u_small, _ = tx.update(small, state, params)
+    u_huge, _ = tx.update(huge, state, params)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, u_small, u_huge)
+    assert all(float(jnp.abs(u).max()) == 0.0 for u in jax.tree_util.tree_leaves(u_huge["llm"]))
+
+
 def test_loss_is_mean_over_suffix_tokens_then_over_examples():
     logits = jnp.log(jnp.array([[[0.5, 0.25, 0.25], [0.1, 0.8, 0.1], [1 / 3, 1 / 3, 1 / 3]],
                                 [[0.2, 0.2, 0.6], [0.6, 0.2, 0.2], [0.2, 0.6, 0.2]]]))
