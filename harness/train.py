@@ -94,16 +94,17 @@ def _is_kernel(path: tuple, _leaf: Any) -> bool:
     return getattr(path[-1], "key", None) == "kernel"
 
 
-def _update_rule(cfg: TrainConfig) -> optax.GradientTransformation:
-    """Adam at cfg.lr, decoupled weight decay on kernels, the warmup-cosine schedule (no clipping)."""
-    return optax.chain(
+def _update_rule(cfg: TrainConfig) -> list[optax.GradientTransformation]:
+    """Adam at cfg.lr, decoupled weight decay on kernels, the warmup-cosine schedule (no clipping); a list,
+    so that the default optimizer chains it flat after the clip (its state keeps its layout)."""
+    return [
         optax.scale_by_adam(b2=cfg.b2),
         optax.scale(cfg.lr),
         optax.add_decayed_weights(cfg.weight_decay,
                                   mask=lambda p: jax.tree_util.tree_map_with_path(_is_kernel, p)),
         optax.scale_by_schedule(schedule(cfg.num_steps, cfg.warmup_fraction)),
         optax.scale(-1.0),
-    )
+    ]
 
 
 def make_optimizer(params: Any, cfg: TrainConfig) -> optax.GradientTransformation:
@@ -115,7 +116,7 @@ def make_optimizer(params: Any, cfg: TrainConfig) -> optax.GradientTransformatio
         labels["img"] = img_tower_labels(params["img"])
     elif cfg.img_tower_lr_mult != 1.0 and not cfg.freeze_img and "img" in params:
         return _tower_lr_optimizer(labels, img_tower_labels(params["img"], tower="tower"), cfg)
-    trainable = optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), _update_rule(cfg))
+    trainable = optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), *_update_rule(cfg))
     return optax.multi_transform({"train": trainable, "frozen": optax.set_to_zero()}, labels)
 
 
@@ -126,7 +127,8 @@ def _tower_lr_optimizer(labels: dict, img_labels: Any, cfg: TrainConfig) -> opta
     labels = {**labels, "img": img_labels}
     zero_frozen = optax.multi_transform({"train": optax.identity(), "tower": optax.identity(),
                                          "frozen": optax.set_to_zero()}, labels)
-    rules = {"train": _update_rule(cfg), "tower": optax.chain(_update_rule(cfg), optax.scale(cfg.img_tower_lr_mult)),
+    rules = {"train": optax.chain(*_update_rule(cfg)),
+             "tower": optax.chain(*_update_rule(cfg), optax.scale(cfg.img_tower_lr_mult)),
              "frozen": optax.set_to_zero()}
     return optax.chain(zero_frozen, optax.clip_by_global_norm(cfg.grad_clip_norm),
                        optax.multi_transform(rules, labels))
