@@ -70,6 +70,9 @@ def main() -> None:
     except ValueError:
         parser.error(f"--tasks: expected TASK or TASK=WEIGHT with a number, got {args.tasks}")
     tasks = tuple(t for t in weights if t != OCR)
+    if args.img_tower_lr_mult != 1.0 and {"img", "img_tower"} & set(args.freeze):
+        parser.error(f"--img-tower-lr-mult {args.img_tower_lr_mult}: expected a tower that trains, got --freeze "
+                     + " ".join(args.freeze))
 
     size, resolution = Path(args.checkpoint).stem.rsplit("-", 1)
     resolution = int(resolution)

@@ -176,6 +176,10 @@ def test_reading_curve_on_named_tasks_with_the_tower_frozen(tmp_path):
     for key in tower:
         jax.tree.map(np.testing.assert_array_equal, before["img"][key], after["img"][key])
     assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before["llm"]), jax.tree.leaves(after["llm"])))
+    refused = subprocess.run([sys.executable, "bench/reading_curve.py", str(ckpt), "--freeze", "img_tower",
+                              "--img-tower-lr-mult", "0.1"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2
+    assert "--img-tower-lr-mult 0.1: expected a tower that trains, got --freeze img_tower" in refused.stderr
 
 
 @pytest.mark.parametrize("reader", ["cnn", "vit"])
