@@ -29,7 +29,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 from bench.image_use import task_losses  # noqa: E402
 from harness.data import mixture_batches  # noqa: E402
 from harness.grid import load_grid  # noqa: E402
-from harness.pretrain import FREEZABLE, OCR, Stage, freeze_flags, load_spec, pretraining_sources  # noqa: E402
+from harness.pretrain import (  # noqa: E402
+    FREEZABLE,
+    OCR,
+    Stage,
+    freeze_flags,
+    load_spec,
+    pretraining_sources,
+    trains_tower,
+)
 from harness.scheduler import prepare_demo_data  # noqa: E402
 from harness.train import TrainConfig, train  # noqa: E402
 from model import checkpoint  # noqa: E402
@@ -70,7 +78,7 @@ def main() -> None:
     except ValueError:
         parser.error(f"--tasks: expected TASK or TASK=WEIGHT with a number, got {args.tasks}")
     tasks = tuple(t for t in weights if t != OCR)
-    if args.img_tower_lr_mult != 1.0 and {"img", "img_tower"} & set(args.freeze):
+    if args.img_tower_lr_mult != 1.0 and not trains_tower(args.freeze):
         parser.error(f"--img-tower-lr-mult {args.img_tower_lr_mult}: expected a tower that trains, got --freeze "
                      + " ".join(args.freeze))
 

@@ -100,6 +100,11 @@ def freeze_flags(freeze: tuple[str, ...] | list[str]) -> dict[str, bool]:
     return {"freeze_img": "img" in freeze, "freeze_img_tower": "img_tower" in freeze, "freeze_llm": "llm" in freeze}
 
 
+def trains_tower(freeze: tuple[str, ...] | list[str]) -> bool:
+    """Whether a `freeze:` list leaves the image tower training (what `img_tower_lr_mult` scales)."""
+    return not {"img", "img_tower"} & set(freeze)
+
+
 def load_spec(path: str | Path) -> PretrainSpec:
     path = Path(path)
     try:
@@ -124,8 +129,8 @@ def load_spec(path: str | Path) -> PretrainSpec:
             if not set(stage.freeze) <= set(FREEZABLE):
                 raise ValueError(f"{path}: stages[{i}].freeze: expected a list of {' / '.join(map(repr, FREEZABLE))}, "
                                  f"got {list(stage.freeze)}")
-            tower_frozen = {"img", "img_tower"} & set(stage.freeze)
-            if not 0.0 < stage.img_tower_lr_mult <= 1.0 or (stage.img_tower_lr_mult != 1.0 and tower_frozen):
+            if not 0.0 < stage.img_tower_lr_mult <= 1.0 or (stage.img_tower_lr_mult != 1.0
+                                                             and not trains_tower(stage.freeze)):
                 raise ValueError(f"{path}: stages[{i}].img_tower_lr_mult: expected a number in (0, 1] on a stage "
                                  f"that trains the tower, got {stage.img_tower_lr_mult} with freeze "
                                  f"{list(stage.freeze)}")
