@@ -56,7 +56,8 @@ class TrainConfig:
     # The image tower without its projector `img/head` (a pretraining stage that keeps a pretrained encoder
     # while the projector learns to feed the language model; freeze_img freezes both, as big_vision's 'img/.*').
     freeze_img_tower: bool = False
-    # The image tower's lr as a fraction of `lr` (its projector `img/head` keeps `lr`). PaliGemma trains the
+    # The image tower's updates (Adam step and weight decay alike) scaled by this fraction, i.e. its lr as a
+    # fraction of `lr` with its decay scaled too (its projector `img/head` keeps `lr`). PaliGemma trains the
     # encoder in every stage but protects it from the early, unaligned LLM's gradients with a slow warmup
     # (docs/paligemma2-facts.md §1.4); a smaller tower lr is the same protection over a whole stage. 1.0:
     # the optimizer is exactly the one without this option.
