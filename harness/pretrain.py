@@ -60,6 +60,13 @@ class Stage:
     # What this stage does not train: "img_tower" (the image encoder, not its projector), "img", "llm".
     freeze: tuple[str, ...] = ()
     img_tower_lr_mult: float = 1.0  # the image tower's lr as a fraction of the stage's (TrainConfig's)
+    # The earlier VLM stage whose output this one continues (None: the VLM stage before it). A branch lets
+    # one config hold two recipes that share a trunk, e.g. a 32 px stage continuing stage 1 after the 64 px
+    # stages that also continue it.
+    start: str | None = None
+    # The stage's training and data-order seed (None: its index). Set so that a stage moved in a new config
+    # reproduces the checkpoint an older config's stage at another index wrote.
+    seed: int | None = None
 
     def train_size(self, task: str, default: int) -> int | None:
         """How many training examples to generate for `task` in this stage (None: the spec's data)."""
@@ -121,8 +128,11 @@ def load_spec(path: str | Path) -> PretrainSpec:
                              num_train=_num_train(s.get("num_train")),
                              batch_size=int(s["batch_size"]) if "batch_size" in s else None,
                              freeze=tuple(s.get("freeze", ())),
-                             img_tower_lr_mult=float(s.get("img_tower_lr_mult", 1.0)))
+                             img_tower_lr_mult=float(s.get("img_tower_lr_mult", 1.0)),
+                             start=str(s["from"]) if "from" in s else None,
+                             seed=int(s["seed"]) if "seed" in s else None)
                        for s in raw["stages"])
+        names = [s.name for s in stages]
         for i, stage in enumerate(stages):
             if stage.kind not in KINDS:
                 raise ValueError(f"{path}: stages[{i}].kind: expected one of {KINDS}, got {stage.kind!r}")
@@ -136,6 +146,12 @@ def load_spec(path: str | Path) -> PretrainSpec:
                                  f"{list(stage.freeze)}")
             if stage.kind == ENCODER and any(s.kind == ENCODER for s in stages[i + 1:]):
                 raise ValueError(f"{path}: stages[{i}]: expected at most one stage of kind {ENCODER!r}")
+            if stage.name in names[:i]:
+                raise ValueError(f"{path}: stages[{i}].name: expected a name no other stage has, got {stage.name!r}")
+            earlier = [s.name for s in stages[:i] if s.kind != ENCODER]
+            if stage.start is not None and (stage.kind == ENCODER or stage.start not in earlier):
+                raise ValueError(f"{path}: stages[{i}].from: expected the name of an earlier VLM stage "
+                                 f"({', '.join(earlier) or 'none'}), got {stage.start!r}")
         return PretrainSpec(
             sizes=tuple(raw["sizes"]), stages=stages, tokenizer=root / raw["tokenizer"],
             data_root=root / raw["data"]["root"], num_train=int(raw["data"]["num_train"]),
@@ -185,9 +201,9 @@ def pretrain_encoder_stage(spec: PretrainSpec, stage: Stage, index: int, tokeniz
     batch_size = stage.batch_size or spec.batch_size
     batches = mixture_batches(pretraining_sources(spec, stage), tokenizer, text_len=stage.text_len,
                               resolution=stage.resolution, batch_size=batch_size,
-                              num_steps=stage.steps, seed=spec.data_seed + index)
-    cfg = TrainConfig(lr=spec.lr, num_steps=stage.steps, weight_decay=spec.weight_decay, seed=index,
-                      checkpoint_every=100)
+                              num_steps=stage.steps, seed=spec.data_seed + stage_seed(stage, index))
+    cfg = TrainConfig(lr=spec.lr, num_steps=stage.steps, weight_decay=spec.weight_decay,
+                      seed=stage_seed(stage, index), checkpoint_every=100)
     workdir = spec.out / ".work" / f"encoder-{stage.resolution}"
     img, summary = train_encoder(config.vision, config.llm.vocab_size, batches, cfg, workdir=workdir,
                                  ignore=(tokenizer.pad_id, tokenizer.eos_id, tokenizer.bos_id), progress=progress,
@@ -206,6 +222,24 @@ def continue_at(params: Any, resolution_config) -> Any:
     return {**params, "img": img}
 
 
+def stage_seed(stage: Stage, index: int) -> int:
+    """A stage's seed: its own `seed:`, else its index in the config."""
+    return index if stage.seed is None else stage.seed
+
+
+def stage_sources(spec: PretrainSpec) -> dict[int, int | None]:
+    """VLM stage index -> the index of the stage it continues (its `from:`, else the VLM stage before it;
+    None for the first, which starts from stage 0's encoder or from scratch)."""
+    index = {s.name: i for i, s in enumerate(spec.stages)}
+    sources, previous = {}, None
+    for i, stage in enumerate(spec.stages):
+        if stage.kind == ENCODER:
+            continue
+        sources[i] = index[stage.start] if stage.start is not None else previous
+        previous = i
+    return sources
+
+
 def pretrain_size(spec: PretrainSpec, size: str, *, max_resolution: int | None = None,
                   progress: bool = True, mesh=None) -> list[Path]:
     """Runs the stages for one size. Resumable: a stage whose .npz exists is loaded, not rerun, and a
@@ -213,37 +247,47 @@ def pretrain_size(spec: PretrainSpec, size: str, *, max_resolution: int | None =
     trainer's (data, model) mesh (default: one device); the same sharded step as fine-tuning.
 
     A resolution's checkpoint ({size}-{resolution}.npz) is its last stage's; a stage followed by another at
-    the same resolution writes {size}-{resolution}-{stage name}.npz, and is skipped once a later stage
-    at its resolution has written its own."""
+    the same resolution writes {size}-{resolution}-{stage name}.npz. Work goes backwards from those
+    checkpoints (each resolution <= `max_resolution`, lowest first): a stage runs only when a stage that
+    is needed continues from it and its file is missing, so a stage is skipped once every stage after it
+    on its chain has written its file (a rebuild may start from shipped checkpoints copied under the stages'
+    names). Returns the files trained or loaded, each once, in the order first reached."""
     tokenizer = Tokenizer(spec.tokenizer)
-    written, params, encoder = [], None, None
-    outs = stage_outputs(spec, size)
-    for i, stage in enumerate(spec.stages):
-        if stage.kind == ENCODER:
-            encoder = pretrain_encoder_stage(spec, stage, i, tokenizer, size, progress=progress)
-            continue
-        if max_resolution is not None and stage.resolution > max_resolution:
-            break
+    outs, sources = stage_outputs(spec, size), stage_sources(spec)
+    encoder_stage = next((i for i, s in enumerate(spec.stages) if s.kind == ENCODER), None)
+    written: list[Path] = []
+    held: dict[int, Any] = {}  # the params of the stage reached last (a chain continues from it)
+
+    def params_of(i: int) -> Any:
+        if i in held:
+            return held[i]
+        stage, out = spec.stages[i], outs[i]
         config = config_for(size, stage.resolution)
-        out = outs[i]
-        if any(outs[j].exists() for j in range(i + 1, len(spec.stages))
-               if spec.stages[j].kind != ENCODER and spec.stages[j].resolution == stage.resolution):
-            continue  # a later stage at this resolution has finished: it is loaded below, this one is not needed
         if out.exists():
             _, params = checkpoint.load_npz(str(out), config, dtype=np.float32)
             print(f"{size} {stage.name} @{stage.resolution}px: {out} exists, kept (delete it to redo)")
+        else:
+            params = train_stage(i, config, None if sources[i] is None else params_of(sources[i]))
+        if out not in written:
             written.append(out)
-            continue
+        held.clear()
+        held[i] = params
+        return params
+
+    def train_stage(i: int, config, params: Any) -> Any:
+        stage, out = spec.stages[i], outs[i]
         if params is None:
             params = init_params(config, jax.random.key(0))
-            if encoder is not None:  # stage 0's encoder, at this stage's resolution
-                params = continue_at(with_encoder(params, load_encoder(encoder)), config)
-        else:
-            params = continue_at(params, config)
+            if encoder_stage is not None:  # stage 0's encoder, at this stage's resolution
+                encoder = pretrain_encoder_stage(spec, spec.stages[encoder_stage], encoder_stage, tokenizer, size,
+                                                 progress=progress)
+                params = with_encoder(params, load_encoder(encoder))
+        params = continue_at(params, config)
+        seed = stage_seed(stage, i)
         batches = mixture_batches(pretraining_sources(spec, stage), tokenizer, text_len=stage.text_len,
                                   resolution=stage.resolution, batch_size=spec.batch_size,
-                                  num_steps=stage.steps, seed=spec.data_seed + i)
-        cfg = TrainConfig(lr=spec.lr, num_steps=stage.steps, weight_decay=spec.weight_decay, seed=i,
+                                  num_steps=stage.steps, seed=spec.data_seed + seed)
+        cfg = TrainConfig(lr=spec.lr, num_steps=stage.steps, weight_decay=spec.weight_decay, seed=seed,
                           checkpoint_every=100, img_tower_lr_mult=stage.img_tower_lr_mult,
                           **freeze_flags(stage.freeze))
         workdir = spec.out / ".work" / out.stem
@@ -254,9 +298,14 @@ def pretrain_size(spec: PretrainSpec, size: str, *, max_resolution: int | None =
         # continues from the stored values, so a resumed run and an uninterrupted one agree.
         params = jax.tree.map(lambda x: x.astype(np.float32), save_bf16(out, params))
         shutil.rmtree(workdir, ignore_errors=True)
-        written.append(out)
         print(f"{size} {stage.name} @{stage.resolution}px: {stage.steps} steps in "
               f"{time.perf_counter() - t0:.0f}s, final loss {summary['final_loss']:.3f} -> {out}")
+        return params
+
+    last = {spec.stages[i].resolution: i for i in sorted(sources)}  # each resolution's last stage
+    for resolution in sorted(last):
+        if max_resolution is None or resolution <= max_resolution:
+            params_of(last[resolution])
     return written
 
 

@@ -117,3 +117,54 @@ def test_a_stage_may_train_the_tower_at_a_fraction_of_the_lr(tmp_path):
         with pytest.raises(ValueError, match=r"spec\.yaml: stages\[1\]\.img_tower_lr_mult: expected a number in "
                                              r"\(0, 1\] on a stage that trains the tower"):
             load_spec(path)
+
+
+def test_a_stage_may_branch_from_an_earlier_one_and_keep_its_seed(tmp_path):
+    """`from:` continues an earlier stage instead of the one before it, and `seed:` keeps a moved stage's
+    seed: a 32 px stage placed after a 64 px one, `from` stage 1 with the seed of its old index, writes the
+    same bytes as in the linear config it came from. Once every resolution's checkpoint exists, nothing
+    trains (the trunk's files may be missing)."""
+    for name in ("linear", "branch"):
+        (tmp_path / name).mkdir()
+    linear = tiny_spec(tmp_path / "linear")
+    raw = yaml.safe_load(linear.read_text())
+    data = raw["data"]  # both configs read the same generated data
+    s1, s2 = raw["stages"]
+    s1b = {"name": "s1b", "resolution": 32, "steps": 2, "text_len": 32, "freeze": ["img_tower"],
+           "weights": {"all": 0.0, "mimic_cxr": 1.0}}
+    raw["stages"] = [s1, s1b]
+    linear.write_text(yaml.safe_dump(raw))
+    reference = pretrain(linear, progress=False)[-1]
+
+    branch = tiny_spec(tmp_path / "branch")
+    raw = yaml.safe_load(branch.read_text())
+    raw["stages"], raw["data"] = [s1, s2, {**s1b, "from": "s1", "seed": 1}], data
+    branch.write_text(yaml.safe_dump(raw))
+    written = pretrain(branch, progress=False)
+    assert [p.name for p in written] == ["nano-s-32-s1.npz", "nano-s-32.npz", "nano-s-64.npz"]
+    assert written[1].read_bytes() == reference.read_bytes()
+
+    (_, p1), (_, p2) = (checkpoint.load_npz(str(written[i]), config_for("nano-s", r)) for i, r in ((0, 32), (2, 64)))
+    emb1, emb2 = (np.asarray(p["llm"]["embedder"]["input_embedding"]) for p in (p1, p2))
+    assert not np.array_equal(emb1, emb2) and np.abs(emb2 - emb1).max() < 0.1  # s2 continued s1, trained
+
+    written[0].unlink()
+    stamps = [p.stat().st_mtime_ns for p in written[1:]]
+    assert [p.name for p in pretrain(branch, progress=False)] == ["nano-s-32.npz", "nano-s-64.npz"]
+    assert [p.stat().st_mtime_ns for p in written[1:]] == stamps and not written[0].exists()
+
+
+def test_a_bad_from_or_a_repeated_name_is_a_one_line_error(tmp_path):
+    import pytest
+
+    path = tiny_spec(tmp_path)
+    raw = yaml.safe_load(path.read_text())
+    for stages, match in (
+            ([raw["stages"][0], {**raw["stages"][1], "from": "s2"}], r"stages\[1\]\.from: expected the name of an "
+                                                                    r"earlier VLM stage \(s1\), got 's2'"),
+            ([{**raw["stages"][0], "from": "s1"}, raw["stages"][1]], r"stages\[0\]\.from: .*\(none\), got 's1'"),
+            ([raw["stages"][0], {**raw["stages"][1], "name": "s1"}], r"stages\[1\]\.name: expected a name no "
+                                                                    r"other stage has, got 's1'")):
+        path.write_text(yaml.safe_dump({**raw, "stages": stages}))
+        with pytest.raises(ValueError, match=r"spec\.yaml: " + match):
+            load_spec(path)
