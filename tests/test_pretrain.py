@@ -168,3 +168,22 @@ def test_a_bad_from_or_a_repeated_name_is_a_one_line_error(tmp_path):
         path.write_text(yaml.safe_dump({**raw, "stages": stages}))
         with pytest.raises(ValueError, match=r"spec\.yaml: " + match):
             load_spec(path)
+
+
+def test_every_pretrain_config_loads_and_nano_mimic64_reuses_its_parents_stages():
+    """nano-mimic64.yaml's trunk is nano.yaml's stages and its 32 px stage is nano-mimic.yaml's, with the
+    seed that stage had there: what lets a rebuild start from the shipped checkpoints (its header)."""
+    import dataclasses
+
+    from harness.pretrain import stage_seed, stage_sources
+
+    specs = {p.stem: load_spec(p) for p in sorted((ROOT / "configs/pretrain").glob("*.yaml"))}
+    nano, mimic, new = specs["nano"], specs["nano-mimic"], specs["nano-mimic64"]
+    assert new.stages[:3] == nano.stages[:3]
+    assert (new.data_root, new.num_train, new.data_seed, new.lr, new.batch_size) == \
+        (nano.data_root, nano.num_train, nano.data_seed, nano.lr, nano.batch_size)
+    index = next(i for i, s in enumerate(mimic.stages) if s.name == "stage1b-mimic")
+    moved = new.stages[4]
+    assert dataclasses.replace(moved, start=None, seed=None) == mimic.stages[index]
+    assert stage_seed(moved, 4) == index and stage_sources(new)[4] == stage_sources(mimic)[index] == 1
+    assert stage_sources(new)[3] == 2 and new.stages[3].img_tower_lr_mult == 0.1
