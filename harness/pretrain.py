@@ -9,7 +9,8 @@ generators run with a different seed than any demo grid (`configs/pretrain/nano.
 never sees its eval images here. Soft-caps stay on during pretraining, as in the paper's stages 1-2.
 
 Each stage's result is the base checkpoint for that (size, resolution): `{out}/{size}-{res}.npz`,
-in bfloat16 like the released `.b16.npz` files.
+in bfloat16 like the released `.b16.npz` files. A stage continues the one before it, or the earlier stage
+its `from:` names, so one config may hold two recipes on a shared trunk (configs/pretrain/nano-mimic64.yaml).
 """
 
 from __future__ import annotations
