@@ -68,6 +68,12 @@ class Stage:
     # The stage's training and data-order seed (None: its index). Set so that a stage moved in a new config
     # reproduces the checkpoint an older config's stage at another index wrote.
     seed: int | None = None
+    # The sizes this stage runs for (None: every size). A stage skipped for a size is left out of its
+    # chain: the stage after it continues the one before it, and the outputs are named without it.
+    sizes: tuple[str, ...] | None = None
+
+    def runs_for(self, size: str) -> bool:
+        return self.sizes is None or size in self.sizes
 
     def train_size(self, task: str, default: int) -> int | None:
         """How many training examples to generate for `task` in this stage (None: the spec's data)."""
@@ -131,7 +137,8 @@ def load_spec(path: str | Path) -> PretrainSpec:
                              freeze=tuple(s.get("freeze", ())),
                              img_tower_lr_mult=float(s.get("img_tower_lr_mult", 1.0)),
                              start=str(s["from"]) if "from" in s else None,
-                             seed=int(s["seed"]) if "seed" in s else None)
+                             seed=int(s["seed"]) if "seed" in s else None,
+                             sizes=tuple(map(str, s["sizes"])) if "sizes" in s else None)
                        for s in raw["stages"])
         names = [s.name for s in stages]
         for i, stage in enumerate(stages):
@@ -153,6 +160,14 @@ def load_spec(path: str | Path) -> PretrainSpec:
             if stage.start is not None and (stage.kind == ENCODER or stage.start not in earlier):
                 raise ValueError(f"{path}: stages[{i}].from: expected the name of an earlier VLM stage "
                                  f"({', '.join(earlier) or 'none'}), got {stage.start!r}")
+            if stage.sizes is not None and (stage.kind == ENCODER or not set(stage.sizes) <= set(raw["sizes"])):
+                raise ValueError(f"{path}: stages[{i}].sizes: expected a list of the config's sizes "
+                                 f"{list(raw['sizes'])} on a VLM stage, got {list(stage.sizes)}")
+            start = next((s for s in stages if s.name == stage.start), None)
+            runs_for = set(stage.sizes or raw["sizes"])
+            if start is not None and start.sizes is not None and not runs_for <= set(start.sizes):
+                raise ValueError(f"{path}: stages[{i}].from: {start.name!r} runs for {list(start.sizes)} only, "
+                                 f"expected it to run for every size this stage does")
         return PretrainSpec(
             sizes=tuple(raw["sizes"]), stages=stages, tokenizer=root / raw["tokenizer"],
             data_root=root / raw["data"]["root"], num_train=int(raw["data"]["num_train"]),
@@ -228,13 +243,14 @@ def stage_seed(stage: Stage, index: int) -> int:
     return index if stage.seed is None else stage.seed
 
 
-def stage_sources(spec: PretrainSpec) -> dict[int, int | None]:
+def stage_sources(spec: PretrainSpec, size: str) -> dict[int, int | None]:
     """VLM stage index -> the index of the stage it continues (its `from:`, else the VLM stage before it;
-    None for the first, which starts from stage 0's encoder or from scratch)."""
+    None for the first, which starts from stage 0's encoder or from scratch); stages that do not run for
+    `size` are left out."""
     index = {s.name: i for i, s in enumerate(spec.stages)}
     sources, previous = {}, None
     for i, stage in enumerate(spec.stages):
-        if stage.kind == ENCODER:
+        if stage.kind == ENCODER or not stage.runs_for(size):
             continue
         sources[i] = index[stage.start] if stage.start is not None else previous
         previous = i
@@ -254,7 +270,7 @@ def pretrain_size(spec: PretrainSpec, size: str, *, max_resolution: int | None =
     on its chain has written its file (a rebuild may start from shipped checkpoints copied under the stages'
     names). Returns the files trained or loaded, each once, in the order first reached."""
     tokenizer = Tokenizer(spec.tokenizer)
-    outs, sources = stage_outputs(spec, size), stage_sources(spec)
+    outs, sources = stage_outputs(spec, size), stage_sources(spec, size)
     encoder_stage = next((i for i, s in enumerate(spec.stages) if s.kind == ENCODER), None)
     written: list[Path] = []
     held: dict[int, Any] = {}  # the params of the stage reached last (a chain continues from it)
@@ -313,7 +329,7 @@ def pretrain_size(spec: PretrainSpec, size: str, *, max_resolution: int | None =
 def stage_outputs(spec: PretrainSpec, size: str) -> dict[int, Path]:
     """Stage index -> the .npz a VLM stage writes: {size}-{resolution}.npz for a resolution's last stage,
     {size}-{resolution}-{stage name}.npz for one that another stage at its resolution follows."""
-    vlm = [(i, s) for i, s in enumerate(spec.stages) if s.kind != ENCODER]
+    vlm = [(i, s) for i, s in enumerate(spec.stages) if s.kind != ENCODER and s.runs_for(size)]
     outs = {}
     for k, (i, stage) in enumerate(vlm):
         last = all(later.resolution != stage.resolution for _, later in vlm[k + 1:])

@@ -185,5 +185,37 @@ def test_every_pretrain_config_loads_and_nano_mimic64_reuses_its_parents_stages(
     index = next(i for i, s in enumerate(mimic.stages) if s.name == "stage1b-mimic")
     moved = new.stages[4]
     assert dataclasses.replace(moved, start=None, seed=None) == mimic.stages[index]
-    assert stage_seed(moved, 4) == index and stage_sources(new)[4] == stage_sources(mimic)[index] == 1
-    assert stage_sources(new)[3] == 2 and new.stages[3].img_tower_lr_mult == 0.1
+    assert stage_seed(moved, 4) == index
+    assert stage_sources(new, "nano-s")[4] == stage_sources(mimic, "nano-s")[index] == 1
+    assert stage_sources(new, "nano-s")[3] == 2 and new.stages[3].img_tower_lr_mult == 0.1
+
+
+def test_a_stage_may_run_for_some_sizes_only(tmp_path):
+    """`sizes:` on a stage: for the other sizes it is out of the chain and out of the file names, and the
+    indices (the default seeds) of the stages after it do not move."""
+    import pytest
+
+    from harness.pretrain import stage_outputs, stage_sources
+
+    path = tiny_spec(tmp_path)
+    raw = yaml.safe_load(path.read_text())
+    raw["sizes"] = ["nano-s", "nano-m"]
+    s1, s2 = raw["stages"]
+    raw["stages"] = [s1, {**s1, "name": "s1c", "sizes": ["nano-m"]}, s2]
+    path.write_text(yaml.safe_dump(raw))
+    spec = load_spec(path)
+    assert stage_sources(spec, "nano-m") == {0: None, 1: 0, 2: 1}
+    assert stage_sources(spec, "nano-s") == {0: None, 2: 0}
+    assert {i: p.name for i, p in stage_outputs(spec, "nano-m").items()} == \
+        {0: "nano-m-32-s1.npz", 1: "nano-m-32.npz", 2: "nano-m-64.npz"}
+    assert {i: p.name for i, p in stage_outputs(spec, "nano-s").items()} == {0: "nano-s-32.npz", 2: "nano-s-64.npz"}
+    assert [p.name for p in pretrain(path, sizes=("nano-s",), max_resolution=32, progress=False)] == ["nano-s-32.npz"]
+
+    for stages, match in (
+            ([s1, {**s1, "name": "s1c", "sizes": ["nano-l"]}], r"stages\[1\]\.sizes: expected a list of the "
+                                                             r"config's sizes \['nano-s', 'nano-m'\]"),
+            ([{**s1, "sizes": ["nano-m"]}, {**s2, "from": "s1"}], r"stages\[1\]\.from: 's1' runs for \['nano-m'\] "
+                                                                 r"only, expected it to run for every size")):
+        path.write_text(yaml.safe_dump({**raw, "stages": stages}))
+        with pytest.raises(ValueError, match=r"spec\.yaml: " + match):
+            load_spec(path)
