@@ -242,3 +242,21 @@ def test_best_lr_highest_then_smaller_lr_on_ties_missing_never_wins():
     assert best["a", "s"].scores == ((1e-6, 0.8), (3e-6, 0.8), (1e-5, 0.7))
     assert best["b", "s"].lr == 1e-5
     assert best["c", "s"].lr == 1e-6 and best["c", "s"].headline == "accuracy"
+
+
+def test_demo_seeds_mimic64_is_demo_seeds_on_other_checkpoints(monkeypatch):
+    """Its cells are demo-seeds' with the base checkpoint swapped, so its table differs from demo-seeds'
+    only by the weights (configs/pretrain/nano-mimic64.yaml's)."""
+    import dataclasses
+
+    monkeypatch.chdir(REPO)
+    seeds, other = (load_grid(REPO / "configs" / "grids" / f"{n}.yaml", check_files=False)
+                    for n in ("demo-seeds", "demo-seeds-mimic64"))
+    cells = seeds.final_cells(seeds.fixed_lrs())
+    swapped = [dataclasses.replace(c, checkpoint=c.checkpoint.replace("checkpoints/nano/", "checkpoints/nano-mimic64/"))
+               for c in cells]
+    def config(cell):  # the checkpoint's content hash differs with its weights, by design
+        return {k: v for k, v in cell.config().items() if k != "checkpoint_sha256"}
+
+    assert [config(c) for c in other.final_cells(other.fixed_lrs())] == [config(c) for c in swapped]
+    assert all(c.checkpoint.startswith("checkpoints/nano-mimic64/") for c in swapped) and len(cells) == 84
