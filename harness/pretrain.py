@@ -214,12 +214,12 @@ def pretrain_encoder_stage(spec: PretrainSpec, stage: Stage, index: int, tokeniz
         print(f"{stage.name} @{stage.resolution}px: {out} exists, kept (delete it to redo)")
         return out
     config = config_for(size, stage.resolution)
-    batch_size = stage.batch_size or spec.batch_size
+    batch_size, seed = stage.batch_size or spec.batch_size, stage_seed(stage, index)
     batches = mixture_batches(pretraining_sources(spec, stage), tokenizer, text_len=stage.text_len,
                               resolution=stage.resolution, batch_size=batch_size,
-                              num_steps=stage.steps, seed=spec.data_seed + stage_seed(stage, index))
-    cfg = TrainConfig(lr=spec.lr, num_steps=stage.steps, weight_decay=spec.weight_decay,
-                      seed=stage_seed(stage, index), checkpoint_every=100)
+                              num_steps=stage.steps, seed=spec.data_seed + seed)
+    cfg = TrainConfig(lr=spec.lr, num_steps=stage.steps, weight_decay=spec.weight_decay, seed=seed,
+                      checkpoint_every=100)
     workdir = spec.out / ".work" / f"encoder-{stage.resolution}"
     img, summary = train_encoder(config.vision, config.llm.vocab_size, batches, cfg, workdir=workdir,
                                  ignore=(tokenizer.pad_id, tokenizer.eos_id, tokenizer.bos_id), progress=progress,
@@ -328,7 +328,8 @@ def pretrain_size(spec: PretrainSpec, size: str, *, max_resolution: int | None =
 
 def stage_outputs(spec: PretrainSpec, size: str) -> dict[int, Path]:
     """Stage index -> the .npz a VLM stage writes: {size}-{resolution}.npz for a resolution's last stage,
-    {size}-{resolution}-{stage name}.npz for one that another stage at its resolution follows."""
+    {size}-{resolution}-{stage name}.npz for one that another stage at its resolution follows. Stages that
+    do not run for `size` have no file and do not count as followers."""
     vlm = [(i, s) for i, s in enumerate(spec.stages) if s.kind != ENCODER and s.runs_for(size)]
     outs = {}
     for k, (i, stage) in enumerate(vlm):

@@ -255,6 +255,7 @@ def test_demo_seeds_mimic64_is_demo_seeds_on_other_checkpoints(monkeypatch):
     cells = seeds.final_cells(seeds.fixed_lrs())
     swapped = [dataclasses.replace(c, checkpoint=c.checkpoint.replace("checkpoints/nano/", "checkpoints/nano-mimic64/"))
                for c in cells]
+
     def config(cell):  # the checkpoint's content hash differs with its weights, by design
         return {k: v for k, v in cell.config().items() if k != "checkpoint_sha256"}
 
