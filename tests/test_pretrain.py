@@ -175,7 +175,7 @@ def test_every_pretrain_config_loads_and_nano_mimic64_reuses_its_parents_stages(
     seed that stage had there: what lets a rebuild start from the shipped checkpoints (its header)."""
     import dataclasses
 
-    from harness.pretrain import stage_seed, stage_sources
+    from harness.pretrain import stage_outputs, stage_seed, stage_sources
 
     specs = {p.stem: load_spec(p) for p in sorted((ROOT / "configs/pretrain").glob("*.yaml"))}
     nano, mimic, new = specs["nano"], specs["nano-mimic"], specs["nano-mimic64"]
@@ -188,6 +188,14 @@ def test_every_pretrain_config_loads_and_nano_mimic64_reuses_its_parents_stages(
     assert stage_seed(moved, 4) == index
     assert stage_sources(new, "nano-s")[4] == stage_sources(mimic, "nano-s")[index] == 1
     assert stage_sources(new, "nano-s")[3] == 2 and new.stages[3].img_tower_lr_mult == 0.1
+    # The 64 px checkpoint is stage 2c's, continuing stage 2b; stage 2b's file keeps its name.
+    assert stage_sources(new, "nano-s")[6] == 3 and new.stages[6].resolution == 64
+    outputs = {i: p.name for i, p in stage_outputs(new, "nano-s").items()}
+    assert outputs[6] == "nano-s-64.npz" and outputs[3] == "nano-s-64-stage2b-mimic64.npz"
+    # For nano-m alone, stage 2d continues stage 2c and writes the 64 px checkpoint.
+    assert stage_sources(new, "nano-m")[7] == 6 and 7 not in stage_sources(new, "nano-s")
+    outputs = {i: p.name for i, p in stage_outputs(new, "nano-m").items()}
+    assert outputs[7] == "nano-m-64.npz" and outputs[6] == "nano-m-64-stage2c-reread64.npz"
 
 
 def test_a_stage_may_run_for_some_sizes_only(tmp_path):
