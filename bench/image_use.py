@@ -1,7 +1,7 @@
 """How much a model's predictions depend on the image: the loss with each example's own image against the
 loss with another example's image, per task.
 
-    python bench/image_use.py                                  # the shipped nano checkpoints, demo eval data
+    python bench/image_use.py                                  # the demo grid's checkpoints, its eval data
     python bench/image_use.py --checkpoints random:nano-s-32 checkpoints/nano/nano-m-64.npz
     python bench/image_use.py --by-prompt                      # ... and per prompt (DocVQA's question kinds)
     python bench/image_use.py --checkpoints checkpoints/nano/nano-s-32.npz --lift-to 64 \
@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 
 from harness.cell import base_params, split_overrides, tokenizer_for, transfer_config  # noqa: E402
 from harness.data import TextSpec, train_row  # noqa: E402
-from harness.grid import load_grid  # noqa: E402
+from harness.grid import RANDOM_INIT, load_grid  # noqa: E402
 from harness.pretrain import continue_at  # noqa: E402
 from harness.pretrain_encoder import load_encoder, with_encoder  # noqa: E402
 from harness.scheduler import prepare_demo_data  # noqa: E402
@@ -108,9 +108,8 @@ def main() -> None:
     parser.add_argument("--grid", default="configs/grids/demo.yaml",
                         help="grid whose tasks, data_root and text lengths are used (default: the demo)")
     parser.add_argument("--checkpoints", nargs="+",
-                        default=[f"checkpoints/nano/{c}.npz"
-                                 for c in ("nano-s-32", "nano-s-64", "nano-m-32", "nano-m-64")],
-                        help="checkpoint files named <size>-<resolution>.npz, or random:<size>-<resolution>")
+                        help="checkpoint files named <size>-<resolution>.npz, or random:<size>-<resolution> "
+                             "(default: the grid's base checkpoints, every size at every resolution)")
     parser.add_argument("--split", default="eval")
     parser.add_argument("--data-root", help="the tasks' data folders (default: the grid's data_root)")
     parser.add_argument("--limit", type=int, metavar="N",
@@ -135,6 +134,9 @@ def main() -> None:
     grid = load_grid(args.grid, check_files=False)
     if not args.data_root:
         prepare_demo_data(grid)  # a demo grid's data is written when missing, as `paligemma-transfer run` does
+    if not args.checkpoints:
+        args.checkpoints = [f"random:{size}-{res}" if grid.checkpoints == RANDOM_INIT else grid.checkpoint(size, res)
+                            for size in grid.sizes for res in grid.resolutions]
     print(f"{'checkpoint':<34} {'task':<14} {'right':>7} {'shuffled':>9} {'gap':>7} {'se':>6}   (nats/token)")
     for spec in args.checkpoints:
         name, path = parse_checkpoint(spec)

@@ -23,10 +23,10 @@ ROOT = Path(__file__).resolve().parents[1]
 TEXT_TASKS = ["docvqa", "icdar15", "pubtabnet"]
 
 
-def tiny_grid(tmp_path: Path) -> Path:
+def tiny_grid(tmp_path: Path, **fields) -> Path:
     grid = yaml.safe_load((ROOT / "configs/grids/demo.yaml").read_text())
     grid.update(name="tiny", demo={"num_train": 4, "num_eval": 3, "seed": 0}, tasks=["vqav2", *TEXT_TASKS],
-                data_root=str(tmp_path / "data"))
+                data_root=str(tmp_path / "data"), **fields)
     keep = ("all", "default", "vqav2", *TEXT_TASKS, *grid["sizes"])
     grid["overrides"] = {k: v for k, v in grid["overrides"].items() if k in keep}
     grid["lrs"] = {k: {t: v for t, v in lrs.items() if t in keep} if isinstance(lrs, dict) else lrs
@@ -44,12 +44,15 @@ def run(*args: str) -> str:
 
 def test_image_use_prints_a_gap_per_task_and_prompt(tmp_path):
     """One gap per task; with --by-prompt, under each task's row one row per distinct prompt (DocVQA's
-    question kinds), whose example-weighted mean is the task's gap. (One run checks both: each run of
-    the script costs a JAX start and a compile per task.)"""
-    out = run("bench/image_use.py", "--grid", str(tiny_grid(tmp_path)), "--checkpoints", "random:nano-s-32",
-              "--by-prompt")
+    question kinds), whose example-weighted mean is the task's gap. Without --checkpoints, the grid's
+    base checkpoints are scored. (One run checks all three: each run of the script costs a JAX start and
+    a compile per task.)"""
+    grid = tiny_grid(tmp_path, sizes=["nano-s"], resolutions=[32], checkpoints="random",
+                     protocol={"final": {"seeds": 1, "split": "eval", "resolutions": [32]}})
+    out = run("bench/image_use.py", "--grid", str(grid), "--by-prompt")
     lines = out.splitlines()[1:]
     rows = [line.split() for line in lines if not line.startswith(" ")]
+    assert [r[0] for r in rows] == ["random:nano-s-32"] * 4
     assert [r[1] for r in rows] == ["vqav2", *TEXT_TASKS]
     for _, _, right, shuffled, gap, se in rows:
         assert abs(float(shuffled) - float(right) - float(gap)) < 2e-3

@@ -119,7 +119,7 @@ def test_demo_grid_starts_from_the_shipped_nano_checkpoints(monkeypatch):
     for size in grid.sizes:
         for res in grid.resolutions:
             path = grid.checkpoint(size, res)
-            assert path == f"checkpoints/nano/{size}-{res}.npz"
+            assert path == f"checkpoints/nano-mimic64/{size}-{res}.npz"
             flat = checkpoint.read_npz(path)  # bfloat16 like the released files; shapes checked on load
             assert {v.dtype for v in flat.values()} == {np.dtype(ml_dtypes.bfloat16)}
             checkpoint.load_npz(path, f"{size}-{res}")
@@ -244,20 +244,20 @@ def test_best_lr_highest_then_smaller_lr_on_ties_missing_never_wins():
     assert best["c", "s"].lr == 1e-6 and best["c", "s"].headline == "accuracy"
 
 
-def test_demo_seeds_mimic64_is_demo_seeds_on_other_checkpoints(monkeypatch):
+def test_demo_seeds_nano_is_demo_seeds_on_the_earlier_checkpoints(monkeypatch):
     """Its cells are demo-seeds' with the base checkpoint swapped, so its table differs from demo-seeds'
-    only by the weights (configs/pretrain/nano-mimic64.yaml's)."""
+    only by the weights (configs/pretrain/nano.yaml's, which the demo grids used until stop 27)."""
     import dataclasses
 
     monkeypatch.chdir(REPO)
     seeds, other = (load_grid(REPO / "configs" / "grids" / f"{n}.yaml", check_files=False)
-                    for n in ("demo-seeds", "demo-seeds-mimic64"))
+                    for n in ("demo-seeds", "demo-seeds-nano"))
     cells = seeds.final_cells(seeds.fixed_lrs())
-    swapped = [dataclasses.replace(c, checkpoint=c.checkpoint.replace("checkpoints/nano/", "checkpoints/nano-mimic64/"))
+    swapped = [dataclasses.replace(c, checkpoint=c.checkpoint.replace("checkpoints/nano-mimic64/", "checkpoints/nano/"))
                for c in cells]
 
     def config(cell):  # the checkpoint's content hash differs with its weights, by design
         return {k: v for k, v in cell.config().items() if k != "checkpoint_sha256"}
 
     assert [config(c) for c in other.final_cells(other.fixed_lrs())] == [config(c) for c in swapped]
-    assert all(c.checkpoint.startswith("checkpoints/nano-mimic64/") for c in swapped) and len(cells) == 84
+    assert all(c.checkpoint.startswith("checkpoints/nano/") for c in swapped) and len(cells) == 84
