@@ -245,19 +245,22 @@ def test_best_lr_highest_then_smaller_lr_on_ties_missing_never_wins():
 
 
 def test_demo_seeds_nano_is_demo_seeds_on_the_earlier_checkpoints(monkeypatch):
-    """Its cells are demo-seeds' with the base checkpoint swapped, so its table differs from demo-seeds'
-    only by the weights (configs/pretrain/nano.yaml's, which the demo grids used until stop 27)."""
+    """Its cells are demo-seeds' with the base checkpoint and the lrs swapped for the earlier ones
+    (configs/pretrain/nano.yaml's weights, which the demo grids used until stop 27, and the lrs the sweep
+    picked on them, which demo-full keeps), so its table reproduces the README's table of stops 23-26."""
     import dataclasses
 
     monkeypatch.chdir(REPO)
-    seeds, other = (load_grid(REPO / "configs" / "grids" / f"{n}.yaml", check_files=False)
-                    for n in ("demo-seeds", "demo-seeds-nano"))
-    cells = seeds.final_cells(seeds.fixed_lrs())
+    seeds, other, full = (load_grid(REPO / "configs" / "grids" / f"{n}.yaml", check_files=False)
+                          for n in ("demo-seeds", "demo-seeds-nano", "demo-full"))
+    earlier = other.fixed_lrs()
+    assert earlier == {k: v for k, v in full.fixed_lrs().items() if k[1] in other.sizes} != seeds.fixed_lrs()
+    cells = seeds.final_cells(earlier)
     swapped = [dataclasses.replace(c, checkpoint=c.checkpoint.replace("checkpoints/nano-mimic64/", "checkpoints/nano/"))
                for c in cells]
 
     def config(cell):  # the checkpoint's content hash differs with its weights, by design
         return {k: v for k, v in cell.config().items() if k != "checkpoint_sha256"}
 
-    assert [config(c) for c in other.final_cells(other.fixed_lrs())] == [config(c) for c in swapped]
+    assert [config(c) for c in other.final_cells(earlier)] == [config(c) for c in swapped]
     assert all(c.checkpoint.startswith("checkpoints/nano/") for c in swapped) and len(cells) == 84
