@@ -82,6 +82,8 @@ def main() -> None:
         parser.error(f"--img-tower-lr-mult {args.img_tower_lr_mult}: expected a tower that trains, got --freeze "
                      + " ".join(args.freeze))
 
+    if args.save:  # made now: a missing folder must not cost the run its params at the end
+        Path(args.save).parent.mkdir(parents=True, exist_ok=True)
     size, resolution = Path(args.checkpoint).stem.rsplit("-", 1)
     resolution = int(resolution)
     spec, grid = load_spec(args.pretrain), load_grid(args.grid, check_files=False)

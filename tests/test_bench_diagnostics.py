@@ -151,7 +151,7 @@ def tiny_pretraining(tmp_path: Path) -> tuple[Path, Path]:
 def test_reading_curve_continues_and_measures(tmp_path):
     config = config_for("nano-s", 32)
     ckpt, _ = tiny_pretraining(tmp_path)
-    saved = tmp_path / "after.npz"
+    saved = tmp_path / "new" / "after.npz"  # --save makes its folder
     out = run("bench/reading_curve.py", str(ckpt), "--rounds", "1", "--steps", "1", "--grid",
               str(tiny_grid(tmp_path)), "--pretrain", str(tmp_path / "spec.yaml"), "--save", str(saved))
     lines = out.splitlines()
