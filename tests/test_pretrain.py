@@ -188,14 +188,19 @@ def test_every_pretrain_config_loads_and_nano_mimic64_reuses_its_parents_stages(
     assert stage_seed(moved, 4) == index
     assert stage_sources(new, "nano-s")[4] == stage_sources(mimic, "nano-s")[index] == 1
     assert stage_sources(new, "nano-s")[3] == 2 and new.stages[3].img_tower_lr_mult == 0.1
-    # The 64 px checkpoint is stage 2c's, continuing stage 2b; stage 2b's file keeps its name.
+    # 64 px: 2b -> 2c (-> 2d for nano-m alone) -> 2e, whose file is the checkpoint; the others keep names.
     assert stage_sources(new, "nano-s")[6] == 3 and new.stages[6].resolution == 64
-    outputs = {i: p.name for i, p in stage_outputs(new, "nano-s").items()}
-    assert outputs[6] == "nano-s-64.npz" and outputs[3] == "nano-s-64-stage2b-mimic64.npz"
-    # For nano-m alone, stage 2d continues stage 2c and writes the 64 px checkpoint.
+    assert stage_sources(new, "nano-s")[8] == 6 and stage_sources(new, "nano-m")[8] == 7
     assert stage_sources(new, "nano-m")[7] == 6 and 7 not in stage_sources(new, "nano-s")
+    outputs = {i: p.name for i, p in stage_outputs(new, "nano-s").items()}
+    assert (outputs[3], outputs[6], outputs[8]) == \
+        ("nano-s-64-stage2b-mimic64.npz", "nano-s-64-stage2c-reread64.npz", "nano-s-64.npz")
+    # 32 px for nano-m: 1b -> 1c -> 1d, a branch back from the 64 px stages listed before it.
+    assert stage_sources(new, "nano-m")[9] == 5 and 9 not in stage_sources(new, "nano-s")
     outputs = {i: p.name for i, p in stage_outputs(new, "nano-m").items()}
-    assert outputs[7] == "nano-m-64.npz" and outputs[6] == "nano-m-64-stage2c-reread64.npz"
+    assert (outputs[7], outputs[8]) == ("nano-m-64-stage2d-mimic64.npz", "nano-m-64.npz")
+    assert (outputs[5], outputs[9]) == ("nano-m-32-stage1c-mimic.npz", "nano-m-32.npz")
+    assert outputs[4] == "nano-m-32-stage1b-mimic.npz" and stage_outputs(new, "nano-s")[4].name == "nano-s-32.npz"
 
 
 def test_a_stage_may_run_for_some_sizes_only(tmp_path):
