@@ -110,7 +110,7 @@ def _cmd_tables(args: argparse.Namespace) -> int:
 
 
 def _cmd_tasks(args: argparse.Namespace) -> int:
-    from harness.tabular import markdown_rows
+    from results.tabular import markdown_rows
     from harness.task_listing import recipe_table, task_rows
 
     if args.recipes:

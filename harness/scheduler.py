@@ -36,7 +36,7 @@ from harness import multihost
 from harness.grid import Cell, Grid
 from harness.locks import CellLock
 from harness.provenance import device_info, provenance
-from harness.tabular import fixed_width
+from results.tabular import fixed_width
 from results.lr_choice import LrChoice, format_lr, select_best_lrs
 from results.store import (
     SCHEMA_VERSION,

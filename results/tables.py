@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.tabular import latex, markdown
+from results.tabular import latex, markdown
 from model.config import FAMILIES
 from results import plots
 from results.compare import tasks_won, versus
@@ -180,7 +180,7 @@ def sensitivity_csv(sens: list) -> pd.DataFrame:
 
 # --- rendering ------------------------------------------------------------------------------------
 
-# markdown() and latex() are the project's one table writer, harness/tabular.py.
+# markdown() and latex() are the project's one table writer, results/tabular.py.
 
 
 def _final_cells_of(workdir: Path) -> tuple[pd.DataFrame, list[str], list[Record], pd.DataFrame, dict]:

@@ -1,10 +1,10 @@
-"""The one table writer (harness/tabular.py: tabulate and pandas' Styler) reproduces, byte for byte, every
+"""The one table writer (results/tabular.py: tabulate and pandas' Styler) reproduces, byte for byte, every
 table the hand-written renderers wrote (tests/golden/tables, made from a fake-runner grid before the move)."""
 
 import pandas as pd
 import pytest
 
-from harness.tabular import fixed_width, latex, markdown, markdown_rows
+from results.tabular import fixed_width, latex, markdown, markdown_rows
 from tests.helpers.golden_tables import GOLDEN, render
 
 

@@ -50,7 +50,7 @@ def render(root: Path, demo: bool = False) -> dict[str, str]:
     from results.tables import write_tables
 
     try:
-        from harness.tabular import markdown_rows as _markdown
+        from results.tabular import markdown_rows as _markdown
     except ImportError:  # the code before the table writer moved, which made the golden files
         from harness.cli import _markdown
 
