@@ -220,9 +220,13 @@ class Block(nn.Module):
 
         y = RMSNorm(c.norm_eps, name="pre_ffw_norm")(x)
         y = FeedForward(c, self.dtype, name="mlp")(y)
+        # The MLP branch drops before its post-norm, the attention branch after: big_vision's order
+        # (models/ppp/gemma.py Block.__call__, lines 409-418 at 0127fb6), which the checkpoints were
+        # tuned with. Only visible with dropout > 0.
+        y = nn.Dropout(self.dropout)(y, deterministic=self.deterministic)
         if c.post_norms:
             y = RMSNorm(c.norm_eps, name="post_ffw_norm")(y)
-        x = x + nn.Dropout(self.dropout)(y, deterministic=self.deterministic)
+        x = x + y
         return (x, None), kv if self.return_kv else None
 
 
