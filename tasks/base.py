@@ -67,11 +67,21 @@ class Recipe:
     freeze_img: bool = False
     freeze_llm: bool = False
     pad_to_square: bool = False  # pad with white to a square before resizing (tables, molecules)
-    # Transfer soft-caps. big_vision's public transfer code turns only the final-logit cap off
-    # (`final_logits_softcap=0.0`, "better for transfer"); the paper says both are off in stage 3.
-    # We follow the public code by default; a recipe may switch the attention cap off too.
+    # Resize with an antialiasing filter. big_vision's VQAv2 and DocVQA configs pass `antialias=True`,
+    # its COCO captions config a plain `resize(res)` (docs/paligemma2-facts.md §2.1-§2.3).
+    antialias: bool = True
+    # Transfer soft-caps (facts §0.5). The paper: neither cap in stage 3 [P2 §3], our default.
+    # big_vision's public transfer code turns only the final-logit cap off (`final_logits_softcap=0.0`,
+    # "better for transfer"): `.replace(attn_logits_softcap=True)`, or the grid override of that name.
     final_logits_softcap: bool = False
-    attn_logits_softcap: bool = True
+    attn_logits_softcap: bool = False
+    # How this point's lr is chosen (docs/fidelity.yaml). `lr_grid` is the paper's list, with its chosen
+    # lr in it. `sweep_resolution`: the resolution (of this recipe's family) whose sweep picks the lr;
+    # None is the grid's `protocol.sweep.resolution` (the paper's §4.1: sweep at 224 px, reuse at 448).
+    # `sweep_per_point`: the paper re-swept at every (size, resolution) (MIMIC-CXR, App. B); then
+    # `sweep_resolution` is the point's own resolution.
+    sweep_resolution: int | None = None
+    sweep_per_point: bool = False
 
     def __post_init__(self) -> None:
         if (self.epochs is None) == (self.steps is None):
@@ -81,6 +91,13 @@ class Recipe:
 
     def replace(self, **changes: Any) -> Recipe:
         return dataclasses.replace(self, **changes)
+
+    @property
+    def softcap_policy(self) -> str:
+        """Which soft-cap choice this recipe makes, for records: "paper" (both caps off), "big_vision"
+        (the public transfer code: attention cap on, final cap off) or "custom"."""
+        caps = (self.attn_logits_softcap, self.final_logits_softcap)
+        return {(False, False): "paper", (True, False): "big_vision"}.get(caps, "custom")
 
     def num_steps(self, num_train_examples: int) -> int:
         if self.steps is not None:

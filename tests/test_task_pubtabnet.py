@@ -45,9 +45,16 @@ def test_demo_builds_and_reads_back_in_the_official_format(task, demo):
         assert target.startswith("<thead><tr><td") and target.endswith("</tbody>")
         assert ex.reference["html"].startswith("<html><body><table><thead>")
         assert ex.reference["complex"] == any("span" in t for t in r["html"]["structure"]["tokens"])
-    # Roles on demo-sized data: minival = val[:1000] is all of val; test reads val too.
+    # Roles on demo-sized data: minival is the last of the 6 train tables; eval and test read val.
     sizes = {role: len(task.examples(demo, role)) for role in ("train", "minival", "eval", "test")}
-    assert sizes == {"train": 6, "minival": 4, "eval": 4, "test": 4}
+    assert sizes == {"train": 5, "minival": 1, "eval": 4, "test": 4}
+
+
+def test_minival_is_carved_from_train_and_shares_no_table_with_eval(task, demo):
+    ids = {role: {ex.id for ex in task.examples(demo, role)} for role in ("train", "minival", "eval")}
+    assert ids["minival"] and not ids["minival"] & ids["eval"] and not ids["minival"] & ids["train"]
+    raw = {r["filename"]: r["split"] for r in _lines(demo)}
+    assert {raw[i] for i in ids["minival"]} == {"train"} and {raw[i] for i in ids["eval"]} == {"val"}
 
 
 def test_ground_truth_scores_perfect(task, demo):
@@ -157,12 +164,42 @@ def test_overlapping_boxes_drop_training_tables_only(task, tmp_path):
     overlap[2] = dict(overlap[2], bbox=[20, 30, 60, 70])  # intersects the first box
     _write_tiny(tmp_path, [dict(TABLE, split="train", filename="a.png", cells=overlap),
                            dict(TABLE, split="train", filename="b.png"),
+                           dict(TABLE, split="train", filename="c.png"),
                            dict(TABLE, cells=overlap)])
     assert [ex.id for ex in task.examples(tmp_path, "train")] == ["b.png"]
+    assert [ex.id for ex in task.examples(tmp_path, "minival")] == ["c.png"]
     assert len(task.examples(tmp_path, "eval")) == 1
     _write_tiny(tmp_path, [dict(TABLE, split="train", filename="a.png", cells=overlap), TABLE])
-    with pytest.raises(DataError, match=r"every train table has overlapping cell boxes"):
+    with pytest.raises(DataError, match=r"every train table is dropped \(1 overlapping cell boxes\)"):
         task.examples(tmp_path, "eval", data_dir=tmp_path / "_tfds2")
+
+
+def test_invalid_tables_are_dropped_and_counted(task, tmp_path, capsys):
+    unclosed = STRUCTURE[:-1]  # </tbody> missing
+    _write_tiny(tmp_path, [dict(TABLE, split="train", filename="a.png", cells=CELLS[:3]),  # 4 slots, 3 cells
+                           dict(TABLE, split="train", filename="b.png"),
+                           dict(TABLE, split="train", filename="c.png"),
+                           dict(TABLE, filename="v.png", structure=unclosed),
+                           TABLE])
+    builder = task.prepare(tmp_path, tmp_path / "_tfds")
+    assert builder.info.metadata["dropped"] == {"train": {"invalid structure": 1}, "val": {"invalid structure": 1}}
+    assert "pubtabnet: dropped 1 of 3 train tables (1 invalid structure); 1 of 2 val tables" in capsys.readouterr().err
+    assert [ex.id for ex in task.examples(tmp_path, "train", tmp_path / "_tfds")] == ["b.png"]
+    assert [ex.id for ex in task.examples(tmp_path, "eval", tmp_path / "_tfds")] == [TABLE["filename"]]
+    # Read back from the prepared folder, the counts are still there.
+    assert task.prepare(tmp_path, tmp_path / "_tfds").info.metadata["dropped"]["val"] == {"invalid structure": 1}
+
+
+def test_structure_problems():
+    from tasks.pubtabnet import structure_problem
+
+    def ann(structure, cells=CELLS):
+        return {"html": {"structure": {"tokens": structure}, "cells": cells}}
+
+    assert structure_problem(ann(STRUCTURE)) is None
+    assert "4 cells but html.cells has 3" in structure_problem(ann(STRUCTURE, CELLS[:3]))
+    assert "leaves <tbody> open" in structure_problem(ann(STRUCTURE[:-1]))
+    assert "closes </tr>" in structure_problem(ann(["<tr>", "<td>", "</td>", "</tr>", "</tr>"], CELLS[:1]))
 
 
 def test_missing_manual_dir_shows_the_download_instructions(task, tmp_path):
@@ -183,7 +220,7 @@ def test_malformed_jsonl_line_names_file_and_line(task, tmp_path):
 
 def test_bad_records_name_file_line_and_field(task, tmp_path):
     _write_tiny(tmp_path, [dict(TABLE, cells=CELLS[:3])])
-    with pytest.raises(DataError, match=r"jsonl:1: html.structure has 4 cells but html.cells has 3"):
+    with pytest.raises(DataError, match=r"jsonl: every val table is dropped \(1 invalid structure\)"):
         task.examples(tmp_path, "eval")
     _write_tiny(tmp_path, [dict(TABLE, cells=[dict(CELLS[0], bbox=[1, 2])] + CELLS[1:])])
     with pytest.raises(DataError, match=r"jsonl:1.html.cells\[0\]: bbox should be \[x0, y0, x1, y1\]"):
@@ -205,7 +242,7 @@ def test_recipe_is_the_appendix_b_table_recipe(task):
     r = recipes[0]
     assert (r.steps, r.batch_size, r.lr, r.label_smoothing) == (15_000, 256, 1e-4, 0.0)
     assert (r.max_decode_len, r.text_len, r.pad_to_square, r.decode) == (4096, 4104, True, "greedy")
-    assert 1e-4 in r.lr_grid
-    assert task.recipe("nano-s", 32) == r
+    assert 1e-4 in r.lr_grid and (r.sweep_resolution, r.sweep_per_point) == (896, False)
+    assert task.recipe("nano-s", 32) == r.replace(sweep_resolution=128)
     with pytest.raises(KeyError, match="resolution 300 is not in the paligemma2 family"):
         task.recipe("3b", 300)
