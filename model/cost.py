@@ -32,6 +32,7 @@ the end of this file; docs/memory-plan.md has the rule, the tables and the check
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -211,7 +212,7 @@ def _si(x: float, giga: str = "G") -> str:
 #   tpu-v5e    16 GB HBM2   Cloud TPU v5e system architecture (cloud.google.com/tpu/docs/v5e)
 #   tpu-v5p    95 GB HBM2e  Cloud TPU v5p system architecture (cloud.google.com/tpu/docs/v5p)
 #   tpu-v4     32 GB HBM2   Cloud TPU v4 system architecture (cloud.google.com/tpu/docs/v4)
-# On a real device harness/placement.py prefers the allocator's own limit (device.memory_stats()
+# On a real device harness/run/placement.py prefers the allocator's own limit (device.memory_stats()
 # ["bytes_limit"]), which also reflects JAX's GPU preallocation fraction (XLA_PYTHON_CLIENT_MEM_FRACTION).
 DEVICE_MEMORY_GIB: dict[str, float] = {
     "h200": 141, "h100": 80, "a100-80g": 80, "a100-40g": 40, "tpu-v5e": 16, "tpu-v5p": 95, "tpu-v4": 32,
@@ -255,7 +256,7 @@ class Activations:
 
 def activations(config: PaliGemmaConfig, text_len: int, *, remat: bool = False,
                 compute_dtype: str = "float32", model_parallel: int = 1, num_images: int = 1) -> Activations:
-    """What the train step (model/paligemma.py under harness/train.py) keeps per example.
+    """What the train step (model/paligemma.py under harness/cell/train.py) keeps per example.
 
     Each scanned layer runs under jax.checkpoint: remat=False saves its matmul outputs
     (dots_saveable; the einsums accumulate in float32, so these are float32 whatever the compute
@@ -307,10 +308,35 @@ def device_bytes(device: str) -> int:
     return int(DEVICE_MEMORY_GIB[device] * 2**30)
 
 
+@functools.lru_cache(maxsize=64)
+def _param_shapes(config: PaliGemmaConfig) -> tuple:
+    from model.paligemma import param_shapes
+
+    return param_shapes(config)
+
+
+def param_shard_elements(config: PaliGemmaConfig, data: int, model: int) -> dict[str, int]:
+    """{parameter path: elements one device holds} under model/sharding.py's rules on a (data, model)
+    mesh: each dim divided by the mesh axes its PartitionSpec entry names, a dim the rules leave whole
+    counted whole (replicated). The same rules place the params, grads and Adam's mu and nu in training."""
+    from model.sharding import DATA, MODEL, param_specs, shard_shape
+
+    mesh_shape = {DATA: data, MODEL: model}
+    return {path: math.prod(shard_shape(shape, spec, mesh_shape))
+            for path, (shape, spec) in param_specs(_param_shapes(config), mesh_shape).items()}
+
+
+@functools.lru_cache(maxsize=1024)
+def sharded_param_count(config: PaliGemmaConfig, data: int, model: int) -> int:
+    """Parameters per device on a (data, model) mesh under the partition rules (param_shard_elements)."""
+    return sum(param_shard_elements(config, data, model).values())
+
+
 @dataclass(frozen=True)
 class MemoryPlan:
-    """Bytes per device of one training step on a (data, model) mesh: params, grads and Adam state
-    sharded over all devices (FSDP over data, heads / MLP hidden over model), the batch over data."""
+    """Bytes per device of one training step on a (data, model) mesh: params, grads and Adam state as
+    model/sharding.py's rules place them (FSDP over data, heads / MLP hidden / vocabulary over model, what
+    no dim of which divides the mesh kept whole), the batch over data."""
 
     config: str
     device: str
@@ -359,11 +385,13 @@ def memory_plan(config: PaliGemmaConfig, text_len: int, batch_size: int, device:
     capacity = device_bytes(device) if capacity_bytes is None else capacity_bytes
     data = num_devices // model_parallel
     params = param_count(config)
-    shard = -(-params // num_devices)
+    shard = sharded_param_count(config, data, model_parallel)
     l, v = config.llm, config.vision
     llm_layer = (llm_param_count(config) - l.vocab_size * l.width - l.width) // l.depth
     vit_layer = 4 * v.width + 4 * (v.width * v.width + v.width) + 2 * v.width * v.mlp_dim + v.mlp_dim + v.width
-    largest = max(max(llm_layer, vit_layer) // model_parallel, l.vocab_size * l.width)
+    # The embedder's vocabulary is split over 'model' where it divides; FSDP gathers the rest over 'data'.
+    embedder = l.vocab_size * l.width // (model_parallel if l.vocab_size % model_parallel == 0 else 1)
+    largest = max(max(llm_layer, vit_layer) // model_parallel, embedder)
     gathered = (_dtype_bytes(compute_dtype) + GRAD_BYTES) * largest if data > 1 else 0
     per_example = activation_bytes_per_example(config, text_len, remat=remat, compute_dtype=compute_dtype,
                                                model_parallel=model_parallel)

@@ -6,10 +6,16 @@ optional `model` axis splits attention heads and the MLP hidden dimension, for m
 layer or activations do not fit one device. Rules are keyed on big_vision's parameter names (facts
 §1.5), which this project's modules mirror; axes are counted from the end so the same rule holds
 with or without the leading scan (layer) axis.
+
+On a TPU pod `jax.make_mesh` orders chips by the physical torus, so one host's chips are spread along
+`data` (host 0 of a v5e-256 holds batch rows 0, 1, 16, 17 on a (256, 1) mesh): `process_rows` gives
+the rows in whatever order the mesh has and `global_batch` assembles them. Devices that span several
+slices (multi-slice over DCN) get a hybrid mesh with `data` outermost across slices.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -17,12 +23,16 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 DATA, MODEL = "data", "model"
 
 # (path regex, axis split over 'model'), first match wins. Shapes without the scan axis:
 MODEL_AXIS_RULES: tuple[tuple[str, int], ...] = (
+    # (V, D): vocabulary, so the tied logits matmul splits its V output over 'model' (as MaxText's
+    # vocab axis) instead of all-reducing partial logits of a width-split table.
+    (r"embedder/input_embedding$", -2),
     (r"attn/q_einsum/w$", -3),                # (N, D, H): query heads
     (r"attn/qkv_einsum/w$", -3),              # (3, N, D, H): heads, when kv_heads == heads
     (r"attn/kv_einsum/w$", -3),               # (2, K, D, H): kv heads
@@ -39,23 +49,52 @@ MODEL_AXIS_RULES: tuple[tuple[str, int], ...] = (
 
 
 def make_mesh(model_parallel: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A (data, model) mesh over `devices` (default: all), with `model_parallel` devices per model group."""
+    """A (data, model) mesh over `devices` (default: all), with `model_parallel` devices per model group.
+
+    One slice: `jax.make_mesh`, which lays the axes along the physical torus. Devices of several TPU
+    slices (their `slice_index` differs): a hybrid mesh, each slice holding a contiguous block of `data`
+    and whole model groups, so only the data axis' collectives cross the slower DCN.
+    """
     devices = list(jax.devices() if devices is None else devices)
     if model_parallel < 1 or len(devices) % model_parallel:
         raise ValueError(f"model_parallel={model_parallel} must be >= 1 and divide the "
                          f"{len(devices)} devices")
     shape = (len(devices) // model_parallel, model_parallel)
+    slices = num_slices(devices)
+    if slices > 1:
+        return hybrid_mesh(model_parallel, devices, slices)
     return jax.make_mesh(shape, (DATA, MODEL), axis_types=(AxisType.Auto, AxisType.Auto), devices=devices)
+
+
+def num_slices(devices: Sequence[jax.Device]) -> int:
+    """How many TPU slices `devices` span (their distinct `slice_index`; 1 on GPUs and CPUs)."""
+    return len({getattr(d, "slice_index", 0) for d in devices})
+
+
+def hybrid_mesh(model_parallel: int, devices: Sequence[jax.Device], slices: int) -> Mesh:
+    """A (data, model) mesh over `slices` slices: (data / slices, model) inside each slice over ICI, times
+    (slices, 1) over DCN (jax.experimental.mesh_utils.create_hybrid_device_mesh)."""
+    per_slice = len(devices) // slices
+    if per_slice * slices != len(devices) or per_slice % model_parallel:
+        raise ValueError(f"{len(devices)} devices over {slices} slices: each slice must hold the same number "
+                         f"of devices, a multiple of model_parallel={model_parallel}")
+    grid = mesh_utils.create_hybrid_device_mesh((per_slice // model_parallel, model_parallel), (slices, 1),
+                                                devices, allow_split_physical_axes=True)
+    return Mesh(grid, (DATA, MODEL), axis_types=(AxisType.Auto, AxisType.Auto))
 
 
 def partition_spec(path: str, shape: Sequence[int], mesh_shape: Mapping[str, int],
                    rules: Sequence[tuple[str, int]] = MODEL_AXIS_RULES) -> PartitionSpec:
     """Where one parameter lives: its rule's axis over 'model', its largest other divisible axis over 'data'.
 
-    An axis that does not divide by the mesh size stays whole (e.g. 4 kv heads on 8 model devices),
-    so any config runs on any mesh, at worst with more replication.
+    An axis that does not divide by the mesh size stays whole (e.g. 4 kv heads on 8 model devices), so
+    any config runs on any mesh, at worst with more replication. A parameter the model axis leaves whole
+    (no rule, or its axis does not divide) may put both axes on one dim, ('data', 'model'), where that
+    dim divides by their product: norms and biases on a 2 x 4 mesh are then split 8 ways, not 2.
+    When no dim divides by 'data' (SigLIP's 1152 / 4304 on 256 data devices) the parameter stays whole
+    over it; the memory plan (model/cost.py) counts that replication, so `auto` moves to a model axis.
     """
-    spec: list[str | None] = [None] * len(shape)
+    spec: list[str | tuple[str, ...] | None] = [None] * len(shape)
     model_size, data_size = mesh_shape.get(MODEL, 1), mesh_shape.get(DATA, 1)
     if model_size > 1:
         for pattern, axis in rules:
@@ -65,9 +104,25 @@ def partition_spec(path: str, shape: Sequence[int], mesh_shape: Mapping[str, int
                 break
     if data_size > 1:
         free = [i for i in range(len(shape)) if spec[i] is None and shape[i] % data_size == 0]
+        if MODEL not in spec and model_size > 1:
+            both = [i for i in free if shape[i] % (data_size * model_size) == 0]
+            if both:
+                spec[max(both, key=lambda i: shape[i])] = (DATA, MODEL)
+                return PartitionSpec(*spec)
         if free:
             spec[max(free, key=lambda i: shape[i])] = DATA
     return PartitionSpec(*spec)
+
+
+def shard_shape(shape: Sequence[int], spec: PartitionSpec, mesh_shape: Mapping[str, int]) -> tuple[int, ...]:
+    """The shape of one device's piece of an array of `shape` laid out by `spec` on a mesh of `mesh_shape`
+    (each dim divided by the product of the mesh axes its entry names; None keeps it whole)."""
+    out = []
+    for i, dim in enumerate(shape):
+        entry = spec[i] if i < len(spec) else None
+        names = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+        out.append(dim // math.prod(mesh_shape[n] for n in names))
+    return tuple(out)
 
 
 def _path_str(path: tuple) -> str:
@@ -86,6 +141,15 @@ def param_shardings(params, mesh: Mesh, rules: Sequence[tuple[str, int]] = MODEL
     return jax.tree_util.tree_map_with_path(
         lambda path, x: NamedSharding(mesh, partition_spec(_path_str(path), x.shape, mesh_shape, rules)),
         params)
+
+
+def param_specs(params, mesh_shape: Mapping[str, int], rules: Sequence[tuple[str, int]] = MODEL_AXIS_RULES
+                ) -> dict[str, tuple[tuple[int, ...], PartitionSpec]]:
+    """{'/'-joined path: (shape, PartitionSpec)} of every leaf of `params` on a mesh of `mesh_shape` sizes:
+    what param_shardings places, as plain data (no devices needed; the memory plan reads it)."""
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    return {_path_str(path): (tuple(x.shape), partition_spec(_path_str(path), x.shape, mesh_shape, rules))
+            for path, x in leaves}
 
 
 def shard_params(params, mesh: Mesh, rules: Sequence[tuple[str, int]] = MODEL_AXIS_RULES):
@@ -133,7 +197,7 @@ def mesh_from_axes(data: int | None = None, model: int | None = None,
 def check_batch(batch_size: int, mesh: Mesh, *, where: str = "", fix: str = "") -> int:
     """The global batch size, if it splits evenly over the mesh's 'data' axis; else a one-line error.
 
-    One check for every caller: the grid (`harness.mesh.resolve_mesh`, once per cell) passes what it was
+    One check for every caller: the grid (`harness.cell.mesh.resolve_mesh`, once per cell) passes what it was
     asked for as `where` and the grid field to change as `fix`; the trainer checks each step's batch.
     """
     data = mesh.shape[DATA]
@@ -198,34 +262,56 @@ def place(tree, shardings):
     return jax.tree.map(one, tree, shardings)
 
 
-def process_rows(sharding: NamedSharding, global_rows: int) -> slice:
-    """The rows of a batch this process feeds: those its devices hold under `sharding`.
+def process_rows(sharding: NamedSharding, global_rows: int,
+                 process_index: int | None = None) -> slice | np.ndarray:
+    """The rows of a batch this process feeds: those its devices hold under `sharding`, in ascending order.
 
-    On one process, all of them. On a multi-host mesh the 'data' axis is split between hosts, so each
-    loads only its slice of every global batch; jax.make_array_from_process_local_data then assembles
-    the global array without any host seeing the whole batch.
+    On one process, all of them (slice(0, B)). On a multi-host mesh the 'data' axis is split between
+    hosts; on a TPU pod the mesh follows the torus, so a host's rows need not be one range (host 0 of a
+    v5e-256 on a (256, 1) mesh: 0, 1, 16, 17). Returns a slice when they are contiguous, else the sorted
+    int array of them: callers index with either (`batch[rows]`). `global_batch` then assembles the
+    global array from each host's rows in this order, without any host seeing the whole batch.
+    `process_index` (default: this one) lets a planner ask about any host of a mesh.
     """
-    index_map = sharding.addressable_devices_indices_map((global_rows,))
-    spans = sorted({(idx[0].start or 0, global_rows if idx[0].stop is None else idx[0].stop)
-                    for idx in index_map.values()})
-    start, stop = spans[0][0], spans[-1][1]
-    covered = sum(b - a for a, b in spans)
-    if covered != stop - start:
-        raise ValueError(f"this process's devices hold non-contiguous rows {spans} of the batch")
-    return slice(start, stop)
+    process_index = jax.process_index() if process_index is None else process_index
+    shape = (global_rows,)
+    rows: set[int] = set()
+    for device, index in sharding.devices_indices_map(shape).items():
+        if device.process_index == process_index:
+            rows.update(range(*index[0].indices(global_rows)))
+    if not rows:
+        raise ValueError(f"process {process_index} holds no device of this mesh")
+    ordered = np.fromiter(sorted(rows), dtype=np.int64, count=len(rows))
+    if ordered[-1] - ordered[0] + 1 == len(ordered):
+        return slice(int(ordered[0]), int(ordered[-1]) + 1)
+    return ordered
+
+
+def global_batch(local: Any, sharding: NamedSharding, global_rows: int) -> Any:
+    """This process's rows (`batch[process_rows(...)]`, a host array or a dict of them) -> global arrays
+    of `global_rows` rows laid out by `sharding`.
+
+    jax.make_array_from_process_local_data maps the shards a process holds, sorted by their first global
+    row, onto consecutive blocks of the local rows; `process_rows` lists rows in that same ascending
+    order, so any row order a mesh gives (contiguous or spread along the torus) assembles correctly.
+    Call it with the same `global_rows` on every process, once per step.
+    """
+    def one(value):
+        value = np.asarray(value)
+        return jax.make_array_from_process_local_data(sharding, value, (global_rows,) + value.shape[1:])
+    return {k: one(v) for k, v in local.items()} if isinstance(local, Mapping) else one(local)
 
 
 def put_batch(batch: Mapping[str, Any], sharding: NamedSharding, global_rows: int | None = None) -> dict:
     """A batch of host arrays -> global arrays under `sharding` (its leading axis over 'data').
 
-    `batch` holds this process's rows (`process_rows`); on one process that is the whole batch.
+    `batch` holds this process's rows (`process_rows`); on one process that is the whole batch. Without
+    `global_rows` the global size is inferred (each process holding an equal share).
     """
-    out = {}
-    for key, value in batch.items():
-        value = np.asarray(value)
-        shape = None if global_rows is None else (global_rows,) + value.shape[1:]
-        out[key] = jax.make_array_from_process_local_data(sharding, value, shape)
-    return out
+    if global_rows is not None:
+        return global_batch(batch, sharding, global_rows)
+    return {key: jax.make_array_from_process_local_data(sharding, np.asarray(value))
+            for key, value in batch.items()}
 
 
 def initialize_distributed() -> bool:

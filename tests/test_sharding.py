@@ -37,8 +37,23 @@ def test_model_axis_takes_heads_and_mlp_hidden():
     assert partition_spec(f"{vit}/out/kernel", (4, 4, 32, 128), MESH_2x2) == P(None, MODEL, None, DATA)
     # Unscanned (no layer axis): the same rule, counted from the end.
     assert partition_spec("llm/layers/mlp/linear", (512, 128), MESH_2x2) == P(MODEL, DATA)
-    # Heads not divisible by the model axis: replicated over 'model', still FSDP over 'data'.
-    assert partition_spec(kv, (3, 2, 1, 128, 32), MESH_2x2) == P(None, None, None, DATA, None)
+    # Heads not divisible by the model axis: the largest dim dividing both axes takes them together.
+    assert partition_spec(kv, (3, 2, 1, 128, 32), MESH_2x2) == P(None, None, None, (DATA, MODEL), None)
+    assert partition_spec(kv, (3, 2, 1, 6, 10), MESH_2x2) == P(None, None, None, None, DATA)  # none divides 4
+    # The vocabulary goes over 'model' (the logits' V axis), the width over 'data'.
+    assert partition_spec("llm/embedder/input_embedding", (4096, 128), MESH_2x2) == P(MODEL, DATA)
+    assert partition_spec("llm/final_norm/scale", (128,), MESH_2x2) == P((DATA, MODEL))
+
+
+def test_an_axis_no_dim_divides_stays_whole_and_shard_shape_counts_it():
+    """SigLIP So400m on 256 data devices: 1152 = 2^7 x 9 and 4304 = 2^4 x 269 do not divide by 256."""
+    mesh = {DATA: 256, MODEL: 1}
+    dense0 = "img/Transformer/encoderblock/MlpBlock_0/Dense_0/kernel"
+    assert partition_spec(dense0, (27, 1152, 4304), mesh) == P(None, None, None)
+    assert sharding.shard_shape((27, 1152, 4304), P(None, None, None), mesh) == (27, 1152, 4304)
+    assert partition_spec(dense0, (27, 1152, 4304), {DATA: 128, MODEL: 2}) == P(None, DATA, MODEL)
+    assert sharding.shard_shape((27, 1152, 4304), P(None, DATA, MODEL), {DATA: 128, MODEL: 2}) == (27, 9, 2152)
+    assert sharding.shard_shape((8, 6), P((DATA, MODEL)), {DATA: 2, MODEL: 4}) == (1, 6)
 
 
 def test_make_mesh_checks_the_model_axis():
@@ -87,7 +102,7 @@ SCRIPT = textwrap.dedent("""
         emb = jax.device_put(np.ones((4096, 128), np.float32), emb_sharding)
         x = np.arange(8 * 128, dtype=np.float32).reshape(8, 128) / 1000
         matmul = jax.jit(lambda x, w: x @ w.T, out_shardings=batch_sharding(mesh),
-                         in_shardings=(batch_sharding(mesh), param_shardings(emb, mesh)))
+                         in_shardings=(batch_sharding(mesh), emb_sharding))
         y = matmul(jax.device_put(x, batch_sharding(mesh)), emb)
         out[name + "/matmul"] = {
             "close": bool(np.allclose(np.asarray(y), x @ np.ones((128, 4096)), rtol=1e-5)),
@@ -135,7 +150,7 @@ def test_jitted_matmul_runs_sharded(four_devices):
 TRAIN_SCRIPT = textwrap.dedent("""
     import json
     import jax, numpy as np
-    from harness.train import TrainConfig, train
+    from harness.cell.train import TrainConfig, train
     from model.paligemma import init_params
     from model.sharding import make_mesh
     from model.testing import tiny_config
