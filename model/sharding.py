@@ -63,7 +63,14 @@ def make_mesh(model_parallel: int = 1, devices: Sequence[jax.Device] | None = No
     slices = num_slices(devices)
     if slices > 1:
         return hybrid_mesh(model_parallel, devices, slices)
-    return jax.make_mesh(shape, (DATA, MODEL), axis_types=(AxisType.Auto, AxisType.Auto), devices=devices)
+    try:
+        return jax.make_mesh(shape, (DATA, MODEL), axis_types=(AxisType.Auto, AxisType.Auto), devices=devices)
+    except NotImplementedError:
+        # jax.make_mesh splits a physical torus axis only on v5e: on a v4 / v5p 4x4x4 a model axis of 2
+        # is no product of physical axis sizes. Splitting one (as MaxText allows) keeps model groups on
+        # neighbouring chips.
+        grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+        return Mesh(grid, (DATA, MODEL), axis_types=(AxisType.Auto, AxisType.Auto))
 
 
 def num_slices(devices: Sequence[jax.Device]) -> int:
