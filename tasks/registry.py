@@ -26,6 +26,9 @@ BUILTIN: dict[str, str] = {
     "chemdraw": "tasks.chemdraw:ChemDraw",
     "mimic_cxr": "tasks.mimic_cxr:MimicCxr",
     "icdar15": "tasks.icdar15:Icdar15",
+    "totaltext": "tasks.totaltext:TotalText",
+    "hiertext": "tasks.hiertext:HierText",
+    "textocr": "tasks.textocr:TextOcr",
 }
 
 
