@@ -1,9 +1,10 @@
 """One grid against a baseline grid, cell by cell: does starting from a pretrained checkpoint help?
 
-Issue 4 asks whether fine-tuning the nano family beats fine-tuning random init with the same steps. Both
-workdirs' final-phase cells (mean over seeds of the headline metric x100, results.tables.final_cells) are
-matched on (task, size, resolution). A task *wins* when the mean of its per-cell differences over the
-cells both grids have is positive; the per-cell counts are shown beside it so a narrow win is visible.
+Typically: does fine-tuning the nano family beat fine-tuning random init with the same steps
+(`run --random-init`)? Both workdirs' final-phase cells (mean over seeds of the headline metric x100,
+results.tables.final_cells) are matched on (task, size, resolution). A task *wins* when the mean of
+its per-cell differences over the cells both grids have is positive; the per-cell counts are shown
+beside it so a narrow win is visible.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """PNG plots of the results (matplotlib, Agg: no display needed): Fig. 3 and Fig. 5 of the paper, in style.
 
 - gains_scatter: per task, the resolution gain (x) against the size gain (y), each point labelled
-  with its task and sensitivity label, and the diagonal where both gains are equal.
+  with its task and sensitivity label, and the diagonal where both gains are equal. Error bars (2 se)
+  only where both cells have two seeds or more; the title says which (one seed: no error bars).
 - lr_sweep_curves: one panel per task, headline metric x100 against lr (log axis), a line per size,
-  the protocol's pick starred.
+  the protocol's pick starred. results/tables.py draws it only for a grid with a sweep.
 - versus_bars: per task, score minus a baseline's per size-resolution cell.
 A demo grid's plots say "[demo scale]" in their title and in the PNG's Title/Description metadata.
 """
@@ -11,6 +12,7 @@ A demo grid's plots say "[demo scale]" in their title and in the PNG's Title/Des
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -40,6 +42,30 @@ def _save(fig, path: str | Path, title: str, demo: bool) -> Path:
     return Path(path)
 
 
+def _points(size: float | str) -> float:
+    """A matplotlib font size (points, or a name such as "large") in points."""
+    from matplotlib.font_manager import FontProperties
+
+    return FontProperties(size=size).get_size_in_points()
+
+
+def _wrapped(fig, text: str, fontsize: float) -> str:
+    """`text` broken into lines that fit the figure's width (about 0.55 em per character; a title that
+    runs past the edge is cut off in the PNG)."""
+    width_pt = 0.92 * fig.get_figwidth() * 72
+    return textwrap.fill(text, width=max(20, int(width_pt / (0.55 * fontsize))), break_on_hyphens=False)
+
+
+def _error_bar_note(points: list[Sensitivity]) -> str:
+    """What the error bars are, as the title says it: none at all with one seed."""
+    gains = [g for s in points for g in (s.resolution, s.size)]
+    if not gains or not any(g.has_interval for g in gains):
+        return "one seed: no error bars" if gains else ""
+    if all(g.has_interval for g in gains):
+        return "error bars: 2 se"
+    return "error bars: 2 se; none where a cell has one seed"
+
+
 def _no_data(ax, text: str) -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
     ax.set_axis_off()
@@ -53,8 +79,11 @@ def gains_scatter(sens: list[Sensitivity], path: str | Path, demo: bool = False)
     else:
         xs = [s.resolution.value for s in points]
         ys = [s.size.value for s in points]
-        ax.errorbar(xs, ys, xerr=[2 * s.resolution.se for s in points], yerr=[2 * s.size.se for s in points],
-                    fmt="o", capsize=3)
+        if any(g.has_interval for s in points for g in (s.resolution, s.size)):
+            ax.errorbar(xs, ys, xerr=[2 * s.resolution.se for s in points], yerr=[2 * s.size.se for s in points],
+                        fmt="o", capsize=3)
+        else:
+            ax.plot(xs, ys, "o")
         ends = [(g.value - 2 * g.se, g.value + 2 * g.se) for s in points for g in (s.resolution, s.size)]
         lo, hi = min(0.0, *(a for a, _ in ends)), max(0.0, *(b for _, b in ends))
         pad = 0.1 * (hi - lo) or 1.0
@@ -67,8 +96,10 @@ def gains_scatter(sens: list[Sensitivity], path: str | Path, demo: bool = False)
         ax.legend(loc="lower right", fontsize=8)
     ax.set_xlabel("gain from the next resolution (points x100)")
     ax.set_ylabel("gain from the next model size (points x100)")
-    title = "Resolution vs size sensitivity (error bars: 2 se)"
-    ax.set_title((DEMO_TAG if demo else "") + title)
+    note = _error_bar_note(points)
+    title = "Resolution vs size sensitivity" + (f" ({note})" if note else "")
+    size = plt.rcParams["axes.titlesize"]
+    ax.set_title(_wrapped(fig, (DEMO_TAG if demo else "") + title, _points(size)))
     return _save(fig, path, title, demo)
 
 
@@ -129,7 +160,7 @@ def lr_sweep_curves(sweep: pd.DataFrame, chosen: Mapping, path: str | Path, demo
     for ax in list(axes.flat)[len(tasks):] if tasks else []:
         ax.set_axis_off()
     title = "Learning-rate sweep (star: the protocol's pick)"
-    fig.suptitle((DEMO_TAG if demo else "") + title)
+    fig.suptitle(_wrapped(fig, (DEMO_TAG if demo else "") + title, _points(plt.rcParams["figure.titlesize"])))
     return _save(fig, path, title, demo)
 
 
@@ -154,5 +185,5 @@ def versus_bars(tidy: pd.DataFrame, baseline: str, path: str | Path, sizes: list
         ax.legend(fontsize=8, ncol=len(cells))
     ax.set_ylabel("score - baseline (points x100)")
     title = f"Against {baseline}"
-    ax.set_title((DEMO_TAG if demo else "") + title)
+    ax.set_title(_wrapped(fig, (DEMO_TAG if demo else "") + title, _points(plt.rcParams["axes.titlesize"])))
     return _save(fig, path, title, demo)

@@ -55,10 +55,12 @@ def markdown(df: pd.DataFrame, index_name: str | None = None, bold: Iterable[tup
 
 
 def markdown_rows(rows: Sequence[Mapping[str, Any]]) -> str:
-    """Dicts sharing the first one's keys as a Markdown table; "(none)" for no rows."""
+    """Dicts sharing the first one's keys as a Markdown table; "(none)" for no rows. Each value prints as
+    itself (an object frame: a column mixing ints and None would otherwise turn into floats and `nan`)."""
     if not rows:
         return "(none)"
-    return markdown(pd.DataFrame([{c: r.get(c, "") for c in rows[0]} for r in rows], columns=list(rows[0])))
+    return markdown(pd.DataFrame([{c: r.get(c, "") for c in rows[0]} for r in rows], columns=list(rows[0]),
+                                 dtype=object))
 
 
 def fixed_width(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

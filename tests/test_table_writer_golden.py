@@ -37,9 +37,9 @@ def test_edge_cases_keep_the_old_forms():
 
 def test_demo_grid_outputs_are_the_old_ones_plus_the_demo_scale_labels(tmp_path):
     """The same grid with `demo: true`: Markdown and the plan are byte-identical to the old renderers'; each
-    CSV gains one comment line and each LaTeX caption one leading sentence (tests/test_outputs_say_demo_scale.py),
-    nothing else."""
-    from results.tables import DEMO_DETAIL, DEMO_LINE
+    CSV gains a last column `scale` ("demo scale" in every row) and each LaTeX caption one leading sentence
+    (tests/test_outputs_say_demo_scale.py), nothing else."""
+    from results.tables import DEMO_DETAIL
     from tests.helpers.golden_tables import GOLDEN_DEMO
 
     rendered = render(tmp_path / "run", demo=True)
@@ -47,7 +47,8 @@ def test_demo_grid_outputs_are_the_old_ones_plus_the_demo_scale_labels(tmp_path)
     assert set(rendered) == set(golden)
     for name, old in golden.items():
         if name.endswith(".csv"):
-            old = f"# {DEMO_LINE}\n" + old
+            header, *rows = old.splitlines()
+            old = "".join(line + "\n" for line in [header + ",scale", *(row + ",demo scale" for row in rows)])
         elif name.endswith(".tex"):
             old = old.replace(r"\caption{", r"\caption{Demo scale (" + DEMO_DETAIL.replace("%", r"\%") + "). ", 1)
         assert rendered[name] == old, name

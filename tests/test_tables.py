@@ -1,10 +1,16 @@
-"""Tables from hand-written records: exact Markdown cells, mean ± std, lr pick, sensitivity labels."""
+"""Tables from hand-written records: exact Markdown cells, mean ± std, lr pick, sensitivity labels; the grid's
+records and no other; files any reader opens as they are."""
 
 from __future__ import annotations
 
 import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
 
+import pandas as pd
 import pytest
+from PIL import Image
 
 from results.store import Record, RecordError, load_records, write_record
 from results.tables import DEMO_BANNER, write_tables
@@ -117,7 +123,7 @@ def test_demo_banner_and_newest_record_wins(tmp_path):
 
 def test_no_records_does_not_crash(tmp_path):
     md = write_tables(tmp_path)
-    assert "0 records." in md and (tmp_path / "tables" / "lr_sweep.png").is_file()
+    assert "0 records." in md and (tmp_path / "tables" / "sensitivity.png").is_file()
 
 
 def test_corrupt_record_names_the_file(workdir):
@@ -158,3 +164,174 @@ def test_a_fall_beyond_its_noise_is_marked_a_drop():
     row = sensitivity_table(sens, ["nano-s", "nano-m"], [32, 64]).loc["mimic_cxr"]
     assert list(row)[2:] == ["-5.0 (2se 2.0, a drop)", "-1.0 (2se 2.0, within noise)", "neither"]
     assert Gain(-5.0, 1.0, seeds=3).drop and not Gain(-5.0, 1.0, seeds=1).drop
+
+
+# --- the grid's records, and no other --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cell:
+    """What a grid's cell tells the tables (harness' Cell has these fields)."""
+
+    task: str
+    size: str
+    resolution: int
+    lr: float
+    seed: int
+    phase: str
+    tag: str = "a"
+
+    @property
+    def cell_id(self) -> str:
+        return rec(self.task, self.size, self.resolution, 0.0, seed=self.seed, lr=self.lr, phase=self.phase,
+                   tag=self.tag).cell_id
+
+
+@pytest.mark.parametrize("config_a,config_b", [
+    ({"checkpoint": "ck-3b-224.npz", "checkpoint_fingerprint": "v1"},
+     {"checkpoint": "ck-3b-224.npz", "checkpoint_fingerprint": "v2"}),  # base checkpoint replaced, then put back
+    ({"overrides": {"steps": 6}}, {"overrides": {"steps": 12}}),  # override steps: 6 -> 12 -> 6
+])
+def test_a_reverted_configuration_shows_the_grids_records_not_the_newer_ones(tmp_path, config_a, config_b):
+    """Two configurations of one (task, size, res, lr, seed) with different ids; the grid is back on the
+    older one, whose records exist (so `run` reran nothing). The tables show the grid's numbers and list
+    the newer configuration's records apart."""
+    def write(tag, score, created, config):
+        for seed, off in enumerate(OFFSETS):
+            r = rec("vqav2", "3b", 224, score + off, seed=seed, tag=tag, created=created)
+            write_record(tmp_path, Record(**{**r.to_json(), "config": config}))
+            yield r.cell_id
+
+    grid = list(write("a", 0.50, "2025-01-01T00:00:00+00:00", config_a))
+    other = list(write("b", 0.70, "2025-02-01T00:00:00+00:00", config_b))
+    md = write_tables(tmp_path, cell_ids=grid)
+    assert "| vqav2 | accuracy | 50.0 ± 0.2 |" in md and "70.0" not in md.split("## Other records")[0]
+    assert "superseded" not in md and "3 records: the grid's 3 cells, 0 of them without a record yet." in md
+    assert "3 other record(s) in this workdir are not cells of this grid" in md
+    listed = md.split("## Other records (not in the tables)")[1]
+    assert all(f"| {cell_id} | final | vqav2 | 3b | 224 |" in listed for cell_id in other)
+    table13 = pd.read_csv(tmp_path / "tables" / "table13.csv")
+    assert table13["mean"].tolist() == pytest.approx([50.0]) and table13["n"].tolist() == [3]
+    others = pd.read_csv(tmp_path / "tables" / "other_records.csv")
+    assert sorted(others["cell_id"]) == sorted(other) and others["score"].tolist() == pytest.approx([69.8, 70.0, 70.2])
+    # Without ids (a workdir whose grid is unknown) the old rule applies: the newest record wins.
+    assert "| vqav2 | accuracy | 70.0 ± 0.2 |" in write_tables(tmp_path, tmp_path / "all")
+    assert not (tmp_path / "all" / "other_records.csv").exists()
+
+
+def test_a_grid_cell_without_a_record_is_shown_missing(workdir):
+    cells = [Cell(task, size, res, 1e-6, seed, "final") for task, (_, by_cell) in FINAL.items()
+             for size, res in by_cell for seed in range(3)]
+    cells += [Cell("vqav2", "10b", 448, 1e-6, seed, "final") for seed in range(3)]  # not run yet
+    cells += [Cell("textvqa", "3b", 224, 1e-6, 0, "final")]  # a task none of whose cells has run
+    cells += [Cell("vqav2", size, 224, lr, 0, "sweep") for size, lr in SWEEP]
+    cells += [Cell("vqav2", "10b", 224, 1e-5, 0, "sweep")]  # its sweep is not complete: no pick yet
+    md = write_tables(workdir, cell_ids=cells)
+    assert "No record yet (– in the tables): textvqa-3b-224-final-lr1e-06-s0-a, " in md
+    assert "| vqav2 | accuracy | 83.0 ± 0.2 | 84.3 ± 0.2 | 83.1 ± 0.2 | – |" in md
+    assert "| textvqa | – | – | – | – | – |" in md
+    assert "| vqav2 10b | accuracy | 84.3 | 84.0 | – | – |" in md  # no bold, no pick: as the scheduler
+    assert "| vqav2 3b | accuracy | 80.0 | **82.7** | 82.7 | 3e-06 |" in md
+    assert "pubtabnet" in md.split("## Other records")[1] and "| pubtabnet |" not in md.split("## Other")[0]
+    table13 = pd.read_csv(workdir / "tables" / "table13.csv").set_index(["task", "size", "resolution"])
+    assert table13.loc[("vqav2", "10b", 448), "n"] == 0 and pd.isna(table13.loc[("vqav2", "10b", 448), "mean"])
+    assert table13.loc[("textvqa", "3b", 224), "n"] == 0
+
+
+CSV_COLUMNS = {
+    "table13.csv": ["task", "size", "resolution", "mean", "std", "n", "metric"],
+    "lr_sweep.csv": ["task", "size", "lr", "metric", "score", "best"],
+    "sensitivity.csv": ["task", "metric", "base", "res_gain", "res_se", "size_gain", "size_se", "base_std", "seeds",
+                        "label"],
+    "versus.csv": ["task", "size", "resolution", "metric", "score", "baseline", "diff"],
+    "other_records.csv": ["cell_id", "phase", "task", "size", "resolution", "lr", "seed", "split", "metric",
+                          "score", "created"],
+}
+
+
+@pytest.mark.parametrize("demo", [False, True])
+def test_every_csv_reads_with_plain_read_csv(tmp_path, demo):
+    """pandas.read_csv with no options: the header is the first line, every row has its columns."""
+    for task, (headline, cells) in FINAL.items():
+        for (size, res), mean in cells.items():
+            for seed, off in enumerate(OFFSETS):
+                write_record(tmp_path / "w", rec(task, size, res, mean + off, seed=seed, headline=headline, demo=demo))
+                write_record(tmp_path / "b", rec(task, size, res, mean, seed=seed, headline=headline, demo=demo))
+    for (size, lr), score in SWEEP.items():
+        write_record(tmp_path / "w", rec("vqav2", size, 224, score, lr=lr, phase="sweep", demo=demo))
+    write_record(tmp_path / "w", rec("vqav2", "3b", 224, 0.1, tag="old", demo=demo))  # not the grid's
+    ids = [p.stem for p in (tmp_path / "w" / "records").glob("*.json") if not p.stem.endswith("-old")]
+    write_tables(tmp_path / "w", tmp_path / "out", baseline=tmp_path / "b", cell_ids=ids)
+    written = sorted(p.name for p in (tmp_path / "out").glob("*.csv"))
+    assert written == sorted(CSV_COLUMNS)
+    for name in written:
+        frame = pd.read_csv(tmp_path / "out" / name)
+        assert list(frame.columns) == CSV_COLUMNS[name] + (["scale"] if demo else []), name
+        assert len(frame) > 0 and not frame[CSV_COLUMNS[name][0]].isna().any(), name
+        if demo:
+            assert set(frame["scale"]) == {"demo scale"}, name
+    assert pd.read_csv(tmp_path / "out" / "other_records.csv")["cell_id"].tolist() == [
+        "vqav2-3b-224-final-lr1e-06-s0-old"]
+
+
+def test_one_seed_plot_promises_no_error_bars_and_no_sweep_writes_no_sweep_plot(tmp_path):
+    for task, (headline, cells) in FINAL.items():
+        for (size, res), mean in cells.items():
+            write_record(tmp_path, rec(task, size, res, mean, headline=headline))
+    out = tmp_path / "tables"
+    (out).mkdir()
+    (out / "lr_sweep.png").write_bytes(b"an old grid's plot")
+    md = write_tables(tmp_path)
+    title = Image.open(out / "sensitivity.png").text["Title"]
+    assert title == "Resolution vs size sensitivity (one seed: no error bars)"
+    assert not (out / "lr_sweep.png").exists() and "Plots beside this file: sensitivity.png." in md
+    for seed, off in enumerate(OFFSETS[1:], 1):  # three seeds of every cell
+        for task, (headline, cells) in FINAL.items():
+            for (size, res), mean in cells.items():
+                write_record(tmp_path, rec(task, size, res, mean + off, seed=seed, headline=headline))
+    write_tables(tmp_path)
+    assert Image.open(out / "sensitivity.png").text["Title"] == "Resolution vs size sensitivity (error bars: 2 se)"
+
+
+def test_plot_titles_fit_the_figure(tmp_path, monkeypatch):
+    """A one-panel sweep plot is 4.2 inches wide: its demo title is wrapped, not cut off at the edges."""
+    from results import plots
+
+    figures = []
+    monkeypatch.setattr(plots.plt, "close", figures.append)
+    sweep = pd.DataFrame([{"task": "vqav2", "size": "3b", "lr": lr, "metric": "accuracy", "score": s,
+                           "best": False} for (_, lr), s in SWEEP.items() if _ == "3b"])
+    plots.lr_sweep_curves(sweep, {}, tmp_path / "lr_sweep.png", demo=True)
+    plots.gains_scatter([], tmp_path / "sensitivity.png", demo=True)
+    plots.versus_bars(pd.DataFrame(columns=["task", "size", "resolution", "diff"]), "a-baseline-workdir-name",
+                      tmp_path / "versus.png", [], demo=True)
+    for fig in figures:
+        renderer = fig.canvas.get_renderer()
+        titles = [fig._suptitle] if fig._suptitle is not None else [ax.title for ax in fig.axes]
+        for title in titles:
+            box, frame = title.get_window_extent(renderer), fig.bbox
+            assert title.get_text() and frame.x0 <= box.x0 and box.x1 <= frame.x1 and box.y1 <= frame.y1, (
+                title.get_text())
+
+
+def test_a_read_only_workdir_is_tabled_elsewhere(workdir, monkeypatch, capsys):
+    """A finished workdir on a read-only mount: the tables go to a temp folder named on stderr (or --out)."""
+    from results import tables
+
+    def read_only(folder):
+        raise PermissionError(13, "Permission denied", str(folder))
+
+    for path in [workdir, *workdir.rglob("*")]:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    if os.geteuid() == 0:  # root writes through file modes: make the probe fail as a read-only mount would
+        monkeypatch.setattr(tables, "_check_writable", read_only)
+    try:
+        md = write_tables(workdir)
+    finally:
+        for path in [workdir, *workdir.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+    err = capsys.readouterr().err
+    assert "| vqav2 | accuracy | 83.0 ± 0.2 |" in md and f"cannot write {workdir / 'tables'}" in err
+    folder = Path(err.split("tables written to ")[1].split(" instead")[0])
+    assert (folder / "tables.md").read_text() == md and (folder / "table13.csv").is_file()
+    assert workdir not in folder.parents
