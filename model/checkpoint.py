@@ -11,7 +11,10 @@ from __future__ import annotations
 import dataclasses
 import glob
 import json
+import math
 import os
+import struct
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -131,6 +134,109 @@ def save_npz(path: str, params: Params) -> None:
     """Writes params in the released big_vision layout: flat '/'-joined keys, stacked layers,
     bfloat16 as 2-byte void (what np.savez makes of it)."""
     np.savez(path, **{k: np.asarray(v) for k, v in flatten(params).items()})
+
+
+# ----------------------------------------------------------------------------------------------
+# .npz read per host: each process reads only the slices its devices hold
+
+@dataclass(frozen=True)
+class NpzMember:
+    """One array of an uncompressed .npz: where its bytes start in the file, and what they are."""
+
+    path: str
+    offset: int
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    fortran_order: bool
+
+
+def npz_members(path: str) -> dict[str, NpzMember]:
+    """The arrays of an .npz written by np.savez (zip entries STORED, not deflated), without reading them.
+
+    np.load(mmap_mode='r') does not map members of a zip, so this reads each entry's local header (30
+    bytes + name + extra field, zip64 included) and its .npy header to find where the raw array begins.
+    """
+    members = {}
+    with zipfile.ZipFile(path) as archive, open(path, "rb") as f:
+        for info in archive.infolist():
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise CheckpointError(f"{path}: member {info.filename!r} is compressed; a sharded load reads "
+                                      f"arrays in place and needs np.savez's uncompressed layout")
+            f.seek(info.header_offset)
+            local = f.read(30)
+            if local[:4] != b"PK\x03\x04":
+                raise CheckpointError(f"{path}: member {info.filename!r} has no local zip header")
+            name_len, extra_len = struct.unpack("<HH", local[26:30])
+            f.seek(info.header_offset + 30 + name_len + extra_len)
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read_header(f)
+            key = info.filename.removesuffix(".npy").removeprefix("params/")
+            members[key] = NpzMember(path, f.tell(), tuple(shape), np.dtype(dtype), bool(fortran))
+    return members
+
+
+def read_member(member: NpzMember, index: tuple = (), dtype: Any = None, chunk_bytes: int = 64 << 20) -> np.ndarray:
+    """member[index] (a tuple of step-1 slices, as jax.make_array_from_callback passes) cast to `dtype`.
+
+    Reads leading-axis chunks of at most `chunk_bytes` through a memory map that is closed after each
+    one, so the host holds the result and one chunk, never the whole array, whichever axes `index` cuts.
+    """
+    shape, ndim = member.shape, len(member.shape)
+    index = tuple(index) + (slice(None),) * (ndim - len(index))
+
+    def cast(x) -> np.ndarray:
+        x = _bf16(np.asarray(x))
+        return x if dtype is None else x.astype(dtype)
+
+    if ndim == 0 or member.fortran_order:
+        whole = np.memmap(member.path, dtype=member.dtype, mode="r", offset=member.offset, shape=shape,
+                          order="F" if member.fortran_order else "C")
+        out = cast(whole[index] if ndim else whole)
+        del whole
+        return out
+    start, stop, _ = index[0].indices(shape[0])
+    rest = index[1:]
+    row_bytes = math.prod(shape[1:]) * member.dtype.itemsize
+    per_chunk = max(1, chunk_bytes // max(1, row_bytes))
+    parts = []
+    for a in range(start, stop, per_chunk):
+        b = min(stop, a + per_chunk)
+        chunk = np.memmap(member.path, dtype=member.dtype, mode="r", offset=member.offset + a * row_bytes,
+                          shape=(b - a,) + shape[1:])
+        parts.append(cast(chunk[(slice(None),) + rest]))
+        del chunk
+    if not parts:
+        return cast(np.empty((0,) + shape[1:], member.dtype)[(slice(None),) + rest])
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def load_sharded(path: str, config: str | PaliGemmaConfig, shardings: Any, dtype: Any = np.float32) -> Params:
+    """Base params placed by `shardings` (a tree like model.sharding.param_shardings(...)), each process
+    reading from disk only the slices its own devices hold.
+
+    For an .npz every host maps the members in place (read_member), so a host's memory grows by its
+    share of the model (plus one chunk), not by the whole file: a 28B checkpoint no longer needs ~221 GB
+    on every host. A Hugging Face directory is converted whole on each host (its per-layer tensors are
+    stacked and transposed on the way) and then placed.
+    """
+    config = _as_config(config)
+    if os.path.isdir(path):
+        _, params = load_hf(path, dtype)
+        check_against(flatten(params), config, path)
+        from model.sharding import place
+
+        return place(params, shardings)
+    members = npz_members(path)
+    check_against(members, config, path)
+    targets = flatten(shardings)
+
+    def one(key: str) -> jax.Array:
+        member = members[key]
+        return jax.make_array_from_callback(member.shape, targets[key],
+                                            lambda index: read_member(member, index, dtype))
+    return unflatten({key: one(key) for key in members})
 
 
 # ----------------------------------------------------------------------------------------------
