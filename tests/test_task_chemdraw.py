@@ -159,6 +159,29 @@ def test_recipe_is_the_appendix_b_molecule_recipe(task):
     r = recipes[0]
     assert (r.steps, r.batch_size, r.lr, r.label_smoothing) == (30_000, 256, 1e-4, 0.1)
     assert (r.max_decode_len, r.text_len, r.pad_to_square, r.decode) == (256, 264, True, "greedy")
-    assert task.recipe("nano-l", 128) == r
+    assert task.recipe("nano-l", 128) == r.replace(sweep_resolution=64)
+    assert (r.lr_grid, r.sweep_resolution) == ((1e-4,), 448)  # one lr in the paper, tuned at 448 px
     with pytest.raises(KeyError, match="unknown model size '2b'"):
         task.recipe("2b", 224)
+
+
+def test_training_molecules_are_redrawn_per_seed(tmp_path):
+    """Each (seed, step, row) draws the molecule afresh (Indigo or RDKit, MolScribe-style augmentation);
+    the same seed draws the same pixels, so a resumed run sees what the interrupted one would have."""
+    from tasks.chemdraw import ChemDraw
+    from tasks.chemdraw_drawing import render
+    from tasks.registry import get_task
+
+    task = get_task("chemdraw")
+    assert isinstance(task, ChemDraw)
+    task.write_demo(tmp_path / "raw", num_train=3, num_eval=2, seed=0)
+    ex = task.examples(tmp_path / "raw", "train", tmp_path / "prep")[0]
+    epoch0, again, epoch1 = (task.train_image(ex, s) for s in ((0, 0, 5), (0, 0, 5), (0, 1, 5)))
+    assert epoch0.dtype == np.uint8 and epoch0.ndim == 3 and epoch0.shape[2] == 3
+    np.testing.assert_array_equal(epoch0, again)
+    assert epoch0.shape != epoch1.shape or not np.array_equal(epoch0, epoch1)
+    drawings = [render("CC(=O)Nc1ccc(O)cc1", (7, step)) for step in range(8)]
+    assert len({d.tobytes() for d in drawings}) == 8
+    assert render("not a molecule", (0,)) is None
+    benchmark = task.examples(tmp_path / "raw", "eval", tmp_path / "prep")[0]
+    assert task.train_image(benchmark, (0, 0, 0)) is None  # an image file is never redrawn
