@@ -67,9 +67,9 @@ def _matmul_peak_gflops(seconds: float = 2.0, n: int = 2048) -> float:
 def _cmd_run(args: argparse.Namespace) -> int:
     import time
 
-    from harness import multihost
-    from harness.grid import load_grid
-    from harness.scheduler import run_grid
+    from harness.run import multihost
+    from harness.run.grid import load_grid
+    from harness.run.scheduler import run_grid
     from model.sharding import initialize_distributed
     from results.tables import write_tables
 
@@ -83,7 +83,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.log is not None:
         from dataclasses import replace
 
-        from harness.experiment_log import check_names
+        from harness.cell.experiment_log import check_names
 
         grid = replace(grid, logging=check_names([n for n in args.log if n != "none"]))
     workdir = Path(args.workdir or Path("runs") / grid.name)
@@ -110,8 +110,8 @@ def _cmd_tables(args: argparse.Namespace) -> int:
 
 
 def _cmd_tasks(args: argparse.Namespace) -> int:
-    from results.tabular import markdown_rows
     from harness.task_listing import recipe_table, task_rows
+    from results.tabular import markdown_rows
 
     if args.recipes:
         rows = recipe_table(args.task)
@@ -168,7 +168,7 @@ def _cost_plan(args: argparse.Namespace, text_len) -> int:
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    from harness.pretrain import load_spec, make_tokenizer, pretrain
+    from harness.pretrain.stages import load_spec, make_tokenizer, pretrain
 
     if args.tokenizer:
         from model.config import NANO_SP_VOCAB

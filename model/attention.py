@@ -8,7 +8,7 @@ the dense path, used to test this path on the CPU).
 
 cuDNN's kernel has no tanh soft-cap on the logits, so Gemma 2's attention soft-cap (50) rules the
 fused path out: it applies only when the recipe turns that cap off (`Recipe.attn_logits_softcap =
-False`, which `harness.cell.transfer_config` turns into `LLMConfig.attn_logits_softcap = None`).
+False`, which `harness.cell.run_cell.transfer_config` turns into `LLMConfig.attn_logits_softcap = None`).
 SigLIP has no soft-cap, so its attention can always be fused.
 
 `impl` is "dense", "fused", or None (per backend: fused on GPU where allowed, dense elsewhere, as on

@@ -160,7 +160,7 @@ def generate(config: PaliGemmaConfig, params: Params, images: Any, tokens: Any, 
     mask_input 0; images [B, H, W, 3] in [-1, 1]. beam_size 1 is greedy (where an eos_id outside the
     vocabulary never stops it early). Pass params already on the device (jax arrays) when calling
     repeatedly, or they are copied over on every call. `mesh` (default: this process's first device)
-    is where decoding runs; params already placed on it by the partition rules (as harness/train.py
+    is where decoding runs; params already placed on it by the partition rules (as harness/cell/train.py
     returns them) stay where they are. On a multi-host mesh every process passes the same prompts.
     """
     tokens = np.asarray(tokens, np.int32)

@@ -8,7 +8,7 @@ size: for 3b-224 at batch 32 and 64 text positions each is 2.1 GB, several of th
 the backward pass (which recomputes that chunk's logits: one more [chunk, D] x [D, V] product per
 chunk, +1/3 of the logits' FLOPs, 1.6% of a 3b-224 step's; see docs/efficiency.md).
 
-The per-token loss is the trainer's (harness/train.py, docs/paligemma2-facts.md §0.9): smoothed cross-entropy
+The per-token loss is the trainer's (harness/cell/train.py, docs/paligemma2-facts.md §0.9): smoothed cross-entropy
 with 1 - ls on the target and ls / (V - 1) on every other class, on soft-capped float32 logits.
 """
 

@@ -73,7 +73,7 @@ def test_references_and_parsed_predictions_are_json(plugin, demo):
 
 
 def test_the_guides_demo_grid_expands(plugin, tmp_path):
-    from harness.grid import load_grid
+    from harness.run.grid import load_grid
 
     (tmp_path / "find_square.yaml").write_text(_grid())
     grid = load_grid(tmp_path / "find_square.yaml", check_files=False)

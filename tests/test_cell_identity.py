@@ -8,9 +8,9 @@ import os
 
 import pytest
 
-from harness import fingerprint as fp
-from harness import grid as grid_module
-from harness.grid import load_grid
+from harness.run import fingerprint as fp
+from harness.run import grid as grid_module
+from harness.run.grid import load_grid
 
 GRID = """\
 name: ident
@@ -98,8 +98,8 @@ def test_fingerprint_is_cached_by_path_size_and_mtime(tmp_path, monkeypatch):
 
 
 def test_tables_warn_when_records_mix_plugin_or_project_versions(tmp_path, capsys):
-    from harness.grid import load_grid
-    from harness.scheduler import run_grid
+    from harness.run.grid import load_grid
+    from harness.run.scheduler import run_grid
     from results.store import load_records, record_path, write_record
     from results.tables import version_mix, write_tables
 

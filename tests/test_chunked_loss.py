@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from harness.train import TrainConfig, build_model, make_loss_fn
+from harness.cell.train import TrainConfig, build_model, make_loss_fn
 from model.losses import chunked_token_losses, default_chunk, masked_mean, token_losses
 from model.paligemma import init_params
 from model.testing import random_inputs, tiny_config
@@ -79,7 +79,7 @@ def test_train_step_loss_dense_equals_chunked():
 @pytest.mark.slow
 def test_train_step_runs_with_each_loss_impl():
     """make_train_step itself with both settings: the same loss after one step from the same state."""
-    from harness.train import make_optimizer, make_train_step
+    from harness.cell.train import make_optimizer, make_train_step
 
     config = tiny_config()
     params = init_params(config, jax.random.key(0))

@@ -5,7 +5,15 @@ import random
 import numpy as np
 import pytest
 
-from harness.data import Source, TextSpec, eval_batches, mixture_batches, pad_to_square, preprocess_image, train_batches
+from harness.cell.data import (
+    Source,
+    TextSpec,
+    eval_batches,
+    mixture_batches,
+    pad_to_square,
+    preprocess_image,
+    train_batches,
+)
 from model.tokenizer import Tokenizer
 from model.train_tokenizer import train_tokenizer
 from tasks.base import Example

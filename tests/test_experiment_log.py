@@ -11,9 +11,9 @@ import jax
 import numpy as np
 import pytest
 
-from harness.experiment_log import check_names, open_log
-from harness.grid import GridError, load_grid
-from harness.train import TrainConfig, schedule, train
+from harness.cell.experiment_log import check_names, open_log
+from harness.cell.train import TrainConfig, schedule, train
+from harness.run.grid import GridError, load_grid
 from model.paligemma import init_params
 from model.testing import tiny_config
 

@@ -15,9 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from harness import train as train_module
-from harness.data import TextSpec, train_batches
-from harness.train import TrainConfig, train
+from harness.cell import train as train_module
+from harness.cell.data import TextSpec, train_batches
+from harness.cell.train import TrainConfig, train
 from model.config import get_config
 from model.paligemma import init_params
 from model.tokenizer import Tokenizer

@@ -19,10 +19,12 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from harness import scheduler  # noqa: E402 - after the sys.path line above
 from harness.cli import main  # noqa: E402 - after the sys.path line above
-from harness.grid import GridError, load_grid  # noqa: E402 - after the sys.path line above
-from harness.scheduler import OUTCOME, RunError, cell_dir, prepare_demo_data, run_grid  # noqa: E402 - after the sys.path line above
+from harness.run import scheduler  # noqa: E402 - after the sys.path line above
+from harness.run.demo_data import prepare_demo_data  # noqa: E402 - after the sys.path line above
+from harness.run.grid import GridError, load_grid  # noqa: E402 - after the sys.path line above
+from harness.run.scheduler import RunError, run_grid  # noqa: E402
+from harness.run.workdir import OUTCOME, cell_dir  # noqa: E402
 from results.store import has_record, load_records, record_path  # noqa: E402 - after the sys.path line above
 
 GRID = """\
@@ -113,8 +115,8 @@ def test_sigkill_while_writing_a_record_resumes_without_running_again(tmp_path):
     grid = make_grid(tmp_path)
     workdir = tmp_path / "w"
     script = ("import os, signal, sys\n"
-              "from harness import scheduler\n"
-              "from harness.grid import load_grid\n"
+              "from harness.run import scheduler\n"
+              "from harness.run.grid import load_grid\n"
               "def dying(workdir, record):\n"
               "    path = scheduler.record_path(workdir, record.cell_id)\n"
               "    path.parent.mkdir(parents=True, exist_ok=True)\n"

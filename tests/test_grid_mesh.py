@@ -11,8 +11,8 @@ from pathlib import Path
 import jax
 import pytest
 
-from harness.grid import GridError, load_grid
-from harness.mesh import resolve_mesh
+from harness.cell.mesh import resolve_mesh
+from harness.run.grid import GridError, load_grid
 from model.config import get_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,8 +82,8 @@ def test_resolve_mesh_checks_devices_and_batch():
 CELL_SCRIPT = textwrap.dedent("""
     import json, sys
     from pathlib import Path
-    from harness.grid import load_grid
-    from harness.scheduler import run_grid
+    from harness.run.grid import load_grid
+    from harness.run.scheduler import run_grid
     records = run_grid(load_grid(sys.argv[1]), Path(sys.argv[2]), progress=False)
     print(json.dumps([r.__dict__ for r in records], default=str))
 """)

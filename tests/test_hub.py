@@ -18,7 +18,7 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 huggingface_hub = pytest.importorskip("huggingface_hub")
 
-from harness.grid import GridError, load_grid  # noqa: E402
+from harness.run.grid import GridError, load_grid  # noqa: E402
 from model import checkpoint, hub  # noqa: E402
 from model.config import config_for  # noqa: E402
 from model.testing import random_hf_model  # noqa: E402

@@ -14,19 +14,18 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # grids name the runner tests.helpers.fake_runner:run
     sys.path.insert(0, str(REPO))
 
-from harness.cli import main  # noqa: E402
-from harness.grid import load_grid  # noqa: E402
-from harness.placement import (  # noqa: E402
+from harness.cell.memory_check import (  # noqa: E402
     CHECK_ENV,
     CellDoesNotFit,
     Devices,
     check_cell,
-    cluster_accelerators,
     local_devices,
     plan_device_name,
-    ray_request,
 )
-from harness.scheduler import RunError, run_grid  # noqa: E402
+from harness.cli import main  # noqa: E402
+from harness.run.grid import load_grid  # noqa: E402
+from harness.run.placement import cluster_accelerators, ray_request  # noqa: E402
+from harness.run.scheduler import RunError, run_grid  # noqa: E402
 from model.config import get_config  # noqa: E402
 from model.cost import (  # noqa: E402
     activations,
@@ -133,7 +132,7 @@ def test_device_kinds_map_to_plan_devices(kind, name):
 def test_cpu_devices_share_the_host_memory():
     import jax
 
-    from harness.placement import host_memory_bytes
+    from harness.cell.memory_check import host_memory_bytes
 
     d = local_devices()
     assert d.name == "cpu" and d.count == len(jax.devices())
@@ -244,7 +243,7 @@ PLAN_OVER_XLA = (0.75, 1.25)
     pytest.param("nano-l-128", 32, 16, True, "bfloat16", marks=pytest.mark.slow),
 ])
 def test_plan_agrees_with_xla_memory_analysis(name, text_len, batch, remat, dtype):
-    from harness.xla_memory import train_step_memory
+    from harness.cell.xla_memory import train_step_memory
 
     config = get_config(name)
     xla = train_step_memory(config, text_len=text_len, batch_size=batch, remat=remat, compute_dtype=dtype)
@@ -260,8 +259,8 @@ def test_plan_agrees_with_xla_memory_analysis(name, text_len, batch, remat, dtyp
 
 FOUR_DEVICES = """
 import json
-from harness.grid import load_grid
-from harness.placement import check_cell, host_memory_bytes, local_devices
+from harness.run.grid import load_grid
+from harness.cell.memory_check import check_cell, host_memory_bytes, local_devices
 d = local_devices()
 grid = load_grid("configs/grids/demo.yaml", check_files=False)
 cell = grid.final_cells(grid.fixed_lrs())[0]

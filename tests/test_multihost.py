@@ -21,7 +21,7 @@ SCRIPT = textwrap.dedent("""
     import json, sys
     import jax, numpy as np
     from model.sharding import batch_sharding, initialize_distributed, local_mesh, make_mesh, process_rows
-    from harness.train import TrainConfig, train
+    from harness.cell.train import TrainConfig, train
 
     assert initialize_distributed()
     from jax.experimental import multihost_utils

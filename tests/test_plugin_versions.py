@@ -50,8 +50,8 @@ def test_a_changed_parse_without_a_bump_is_caught(monkeypatch):
 
 
 def test_the_version_is_in_the_cell_id(tmp_path, monkeypatch):
-    from harness import grid as grid_module
-    from harness.grid import load_grid
+    from harness.run import grid as grid_module
+    from harness.run.grid import load_grid
     from tasks.vqav2 import VQAv2
 
     path = tmp_path / "g.yaml"

@@ -1,4 +1,4 @@
-"""Stage 0 (harness/pretrain_encoder.py): the encoder alone learns to tell images apart by the tokens of
+"""Stage 0 (harness/pretrain/encoder.py): the encoder alone learns to tell images apart by the tokens of
 their text, resumes bit-identically after an interruption, and hands its tower to the VLM stages."""
 
 from pathlib import Path
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import yaml
 
-from harness.pretrain import load_spec, pretrain
-from harness.pretrain_encoder import (
+from harness.cell.train import TrainConfig
+from harness.pretrain.encoder import (
     EncoderClassifier,
     bag_of_tokens,
     load_encoder,
@@ -18,7 +18,7 @@ from harness.pretrain_encoder import (
     train_encoder,
     with_encoder,
 )
-from harness.train import TrainConfig
+from harness.pretrain.stages import load_spec, pretrain
 from model import checkpoint
 from model.config import VisionConfig, config_for
 from model.paligemma import init_params

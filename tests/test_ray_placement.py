@@ -24,8 +24,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from harness.grid import load_grid  # noqa: E402
-from harness.scheduler import cell_dir, run_grid  # noqa: E402
+from harness.run.grid import load_grid  # noqa: E402
+from harness.run.scheduler import run_grid  # noqa: E402
+from harness.run.workdir import cell_dir  # noqa: E402
 from results.store import load_records  # noqa: E402
 
 # Workers are forked by the raylet, which inherits the driver's environment at ray.init: this is how
@@ -154,7 +155,7 @@ def test_real_cell_killed_after_a_checkpoint_resumes_from_orbax(local_ray, tmp_p
 
 
 def test_a_cell_that_cannot_fit_fails_in_its_worker_in_one_line(local_ray, tmp_path):
-    from harness.scheduler import RunError
+    from harness.run.scheduler import RunError
 
     path = _grid(tmp_path, "fake", "overrides:\n  vqav2: {steps: 5, batch_size: 16777216, text_len: 32}\n")
     workdir = tmp_path / "w"

@@ -29,7 +29,7 @@ def test_python_api_example_runs(tmp_path, monkeypatch):
 def test_plugin_example_is_one_file_and_one_registration_and_runs_a_cell(tmp_path, monkeypatch):
     from dataclasses import dataclass
 
-    from harness.cell import run_cell
+    from harness.cell.run_cell import run_cell
     from tasks import registry
 
     (tmp_path / "count_shapes.py").write_text(_block("<!-- plugin-example -->"))

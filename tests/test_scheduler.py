@@ -23,9 +23,11 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # grids name the runner tests.helpers.fake_runner:run
     sys.path.insert(0, str(REPO))
 
-from harness.grid import load_grid  # noqa: E402
-from harness.locks import UNREADABLE_GRACE_S, CellLock  # noqa: E402
-from harness.scheduler import RunError, cell_dir, execute_cell, make_record, prepare_demo_data, run_grid  # noqa: E402
+from harness.run.demo_data import prepare_demo_data  # noqa: E402
+from harness.run.grid import load_grid  # noqa: E402
+from harness.run.locks import UNREADABLE_GRACE_S, CellLock  # noqa: E402
+from harness.run.scheduler import RunError, execute_cell, make_record, run_grid  # noqa: E402
+from harness.run.workdir import cell_dir  # noqa: E402
 from results.store import has_record, load_records, predictions_path, write_record  # noqa: E402
 from results.tables import write_tables  # noqa: E402
 from tests.helpers import fake_runner  # noqa: E402
@@ -44,7 +46,7 @@ checkpoints: random
 runner: tests.helpers.fake_runner:RUNNER
 """
 
-SCRIPT = ("import sys; from harness.grid import load_grid; from harness.scheduler import run_grid; "
+SCRIPT = ("import sys; from harness.run.grid import load_grid; from harness.run.scheduler import run_grid; "
           "run_grid(load_grid(sys.argv[1]), sys.argv[2], progress=False)")
 
 

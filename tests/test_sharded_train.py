@@ -27,7 +27,7 @@ SCRIPT = textwrap.dedent("""
     import json, sys, tempfile, time
     from pathlib import Path
     import jax, numpy as np
-    from harness.train import TrainConfig, train
+    from harness.cell.train import TrainConfig, train
     from model.decode import generate
     from model.paligemma import init_params
     from model.sharding import make_mesh

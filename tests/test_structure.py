@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.evaluate import write_jsonl
+from harness.cell.evaluate import write_jsonl
 from results import store
 from results.store import atomic_write_text, jsonable
 
@@ -24,6 +24,25 @@ def test_no_import_circles():
                       for b in graph.find_modules_directly_imported_by(a)
                       if graph.chain_exists(importer=b, imported=a)})
     assert circles == []
+
+
+def _imports(graph, importer_prefix: str, imported_prefix: str) -> list[tuple[str, str]]:
+    return sorted((a, b) for a in graph.modules if a == importer_prefix or a.startswith(importer_prefix + ".")
+                  for b in graph.find_modules_directly_imported_by(a)
+                  if b == imported_prefix or b.startswith(imported_prefix + "."))
+
+
+@pytest.mark.parametrize("importer, imported", [
+    ("results", "harness"),  # results/ reads records; it never reaches up into the harness
+    ("model", "harness"), ("model", "tasks"), ("model", "results"), ("metrics", "harness"),
+    ("tasks", "harness"), ("tasks", "results"),
+    ("harness.cell", "harness.run"),  # the scheduler calls a cell; a cell never calls back
+    ("harness.cell", "harness.pretrain"), ("harness.run", "harness.pretrain"),
+])
+def test_imports_point_down_the_layers(importer, imported):
+    grimp = pytest.importorskip("grimp")
+    graph = grimp.build_graph(*PACKAGES, include_external_packages=False)
+    assert _imports(graph, importer, imported) == []
 
 
 def _fsynced(monkeypatch) -> list[str]:
@@ -64,6 +83,6 @@ def test_one_json_default():
     with pytest.raises(TypeError, match="object is not JSON-serialisable"):
         jsonable(object())
     assert not hasattr(store, "_jsonable")
-    import harness.evaluate
+    import harness.cell.evaluate
 
-    assert not hasattr(harness.evaluate, "_jsonable")
+    assert not hasattr(harness.cell.evaluate, "_jsonable")

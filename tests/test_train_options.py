@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from harness.train import TrainConfig, build_model, cast_params, make_loss_fn, train
+from harness.cell.train import TrainConfig, build_model, cast_params, make_loss_fn, train
 from model.paligemma import PaliGemma, init_params
 from model.remat import POLICIES, policy_name
 from model.testing import random_inputs, tiny_config

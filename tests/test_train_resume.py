@@ -17,8 +17,8 @@ SCRIPT = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     import numpy as np
-    from harness.data import TextSpec, train_batches
-    from harness.train import TrainConfig, train
+    from harness.cell.data import TextSpec, train_batches
+    from harness.cell.train import TrainConfig, train
     from model import checkpoint
     from model.config import get_config
     from model.paligemma import init_params

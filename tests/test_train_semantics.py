@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from harness.train import TrainConfig, make_optimizer, per_example_loss, schedule
+from harness.cell.train import TrainConfig, make_optimizer, per_example_loss, schedule
 
 
 def _params():
@@ -99,7 +99,7 @@ def test_img_tower_lr_mult_clips_by_the_norm_of_everything_trained():
     """Clipping is shared as without the option: at a multiplier of 1 the tower-lr optimizer's updates equal
     the plain one's step for step, on gradients large enough to clip; a frozen group's gradients do not
     count towards the norm."""
-    from harness.train import _tower_lr_optimizer, img_tower_labels
+    from harness.cell.train import _tower_lr_optimizer, img_tower_labels
 
     params = _tower_params()
     rng = np.random.default_rng(1)

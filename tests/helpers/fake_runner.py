@@ -1,4 +1,4 @@
-"""A fast stand-in for harness.cell:run_cell, named in test grids as `tests.helpers.fake_runner:run`.
+"""A fast stand-in for harness.cell.run_cell:run_cell, named in test grids as `tests.helpers.fake_runner:run`.
 
 It "trains" STEPS steps, sleeping a little and saving its step in cell_dir/progress.json after each,
 resumes from that file when called again, appends "start <id> <from_step> <pid>" and "done <id>" to
@@ -80,7 +80,7 @@ def run_predictions_enospc(cell: Any, cell_dir: Path) -> dict:
     FAKE_RUNNER_ENOSPC is set."""
     import errno
 
-    from harness import evaluate
+    from harness.cell import evaluate
 
     if os.environ.get("FAKE_RUNNER_ENOSPC"):
         real_fdopen = os.fdopen

@@ -35,7 +35,7 @@ GRID = textwrap.dedent("""
 
 def _plan(grid, workdir: Path) -> str:
     """The dry-run plan, with cell ids numbered (ids hash the cell's config, which may gain fields)."""
-    from harness.scheduler import format_plan, plan_rows
+    from harness.run.plan import format_plan, plan_rows
 
     rows = [dataclasses.replace(r, cell_id=f"cell{i:02d}" if r.cell_id != "-" else "-")
             for i, r in enumerate(plan_rows(grid, workdir))]
@@ -44,8 +44,8 @@ def _plan(grid, workdir: Path) -> str:
 
 def render(root: Path, demo: bool = False) -> dict[str, str]:
     """Run the grid (and its random-init twin, the baseline) under `root`; return {name: text}."""
-    from harness.grid import load_grid
-    from harness.scheduler import run_grid
+    from harness.run.grid import load_grid
+    from harness.run.scheduler import run_grid
     from harness.task_listing import recipe_table, task_rows
     from results.tables import write_tables
 

@@ -2,7 +2,7 @@
 
 Each first writes its process id to cell_dir/worker.pid, so a test can SIGKILL the Ray worker that runs
 the cell, then runs the cell: `fake` with tests/helpers/fake_runner.py (progress.json resume), `real`
-with harness.cell.run_cell (orbax checkpoint resume).
+with harness.cell.run_cell.run_cell (orbax checkpoint resume).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def fake(cell: Any, cell_dir: Path) -> dict:
 
 
 def real(cell: Any, cell_dir: Path) -> dict:
-    from harness.cell import run_cell
+    from harness.cell.run_cell import run_cell
 
     _mark(cell_dir)
     return run_cell(cell, cell_dir, progress=False)

@@ -17,6 +17,7 @@ import hashlib
 import importlib.util
 import json
 import math
+import numbers
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -26,14 +27,15 @@ from typing import Any
 
 import yaml
 
-from harness.experiment_log import DEFAULT as DEFAULT_LOGGING
-from harness.experiment_log import check_names
+from harness.cell.experiment_log import DEFAULT as DEFAULT_LOGGING
+from harness.cell.experiment_log import check_names
+from harness.cell.recipe import AUTO_MESH, HARNESS_KEYS, MeshRequest, effective, recipe_fields, tokenizer_path
 from model import hub
 from model.config import config_for, family_of
 from results.lr_choice import format_lr
 from tasks.registry import available
 
-DEFAULT_RUNNER = "harness.cell:run_cell"
+DEFAULT_RUNNER = "harness.cell.run_cell:run_cell"
 RANDOM_INIT = "random"
 FIELDS = ("name", "demo", "tasks", "sizes", "resolutions", "lrs", "protocol", "data_root",
           "checkpoints", "overrides", "runner", "keep_checkpoints", "logging", "mesh")
@@ -46,12 +48,7 @@ ALL_TASKS = "all"  # the overrides key that applies to every task
 # predictions, its fine-tuned params (cells/<id>/params.npz), or also its last training checkpoint.
 KEEP_CHECKPOINTS = ("none", "params", "all")
 DEFAULT_KEEP = "none"
-AUTO_MESH = "auto"
 MESH_KEYS = ("model_parallel", "data", "model")
-# A mesh request: None (no `mesh:`; as "auto"), "auto" (the memory plan picks model_parallel), or a
-# dict of MESH_KEYS, e.g. {"model_parallel": 4}. Resolved per cell at run time against the devices the
-# run has (harness/mesh.py).
-MeshRequest = str | dict[str, int] | None
 
 
 class GridError(ValueError):
@@ -94,9 +91,9 @@ class Cell:
     keep_checkpoints: str = DEFAULT_KEEP
     # What else changes the result (see `identity`): sorted (key, JSON text) pairs, hashed.
     identity: tuple[tuple[str, str], ...] = ()
-    # The experiment-log writers (harness/experiment_log.py); not hashed either.
+    # The experiment-log writers (harness/cell/experiment_log.py); not hashed either.
     logging: tuple[str, ...] = DEFAULT_LOGGING
-    # Where it runs (harness/mesh.py): the result does not depend on it (up to float reassociation),
+    # Where it runs (harness/cell/mesh.py): the result does not depend on it (up to float reassociation),
     # so it is neither hashed nor compared; each record says which mesh its cell ran on.
     mesh: MeshRequest = field(default=None, compare=False)
 
@@ -226,23 +223,14 @@ def demo_identity(task: str, demo_data: DemoData | None) -> dict[str, int] | Non
 def identity(task: str, size: str, resolution: int, lr: float, checkpoint: str,
              overrides: tuple[tuple[str, Any], ...], demo_data: DemoData | None) -> tuple[tuple[str, str], ...]:
     """Everything besides the grid's own fields that changes a cell's result, as hashed (key, JSON) pairs:
-    the plugin's version, the effective recipe after overrides, the content fingerprints of the base
-    checkpoint and the tokenizer, the project's version and the demo data's identity."""
-    from harness.fingerprint import MISSING, fingerprint
-    from harness.recipes import recipe_fields, tokenizer_path
+    the plugin's version, the effective recipe (harness/cell/recipe.py, as the run computes it), the content
+    fingerprints of the base checkpoint and the tokenizer, the project's version and the demo data's
+    identity. `load_grid` has already checked that the overrides make a valid recipe."""
+    from harness.run.fingerprint import MISSING, fingerprint
 
     plugin = _task(task)
-    fields = recipe_fields()
-    recipe = plugin.recipe(size, resolution).replace(lr=lr)
-    own = {k: v for k, v in overrides if k in fields}
-    if "steps" in own:
-        own.setdefault("epochs", None)
-    if own.get("epochs") is not None:
-        own.setdefault("steps", None)
-    try:
-        recipe = recipe.replace(**own)
-    except (TypeError, ValueError):
-        pass  # the runner reports a bad combination at cell start; the overrides are hashed anyway
+    known = recipe_fields() | HARNESS_KEYS  # a custom runner's own keys are hashed as overrides only
+    recipe = effective(plugin, size, resolution, lr, {k: v for k, v in overrides if k in known}).recipe
     tokenizer = tokenizer_path(size, dict(overrides))
     values = {"task_version": plugin.version, "recipe": dataclasses.asdict(recipe),
               "checkpoint_sha256": fingerprint(checkpoint),
@@ -422,7 +410,7 @@ def _overrides(value: Any, tasks: Sequence[str], where: _Where) -> dict[str, tup
 def _check_override_keys(value: Mapping, where: _Where) -> None:
     """Every override key must be a Recipe field or an option the default runner reads, so a typo
     (`checkpoint_evry`) fails when the grid is loaded (and in --dry-run), not when a cell starts."""
-    from harness.recipes import HARNESS_KEYS, recipe_fields
+    from harness.cell.recipe import HARNESS_KEYS, recipe_fields
 
     allowed = sorted(recipe_fields() | HARNESS_KEYS)
     for scope, entries in value.items():
@@ -432,6 +420,47 @@ def _check_override_keys(value: Mapping, where: _Where) -> None:
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise where.error(("overrides", scope, key), f"unknown override{hint}; expected a recipe "
                                   f"field or harness option: {', '.join(allowed)}")
+
+
+# Recipe fields a grid may override, with the type and least value each must have.
+_RECIPE_RANGES: dict[str, tuple[type, float]] = {
+    "batch_size": (int, 1), "steps": (int, 1), "epochs": (float, 0), "text_len": (int, 2),
+    "max_decode_len": (int, 1), "beam_size": (int, 1), "weight_decay": (float, 0),
+    "label_smoothing": (float, 0), "dropout": (float, 0)}
+
+
+def _override_field(key: str, task: str, raw: Mapping) -> tuple:
+    """Where an override's value was written: the task's own entry, else `all`."""
+    own = raw.get(task) or {}
+    return ("overrides", task, key) if key in own else ("overrides", ALL_TASKS, key)
+
+
+def _check_recipes(tasks: Sequence[str], sizes: Sequence[str], resolutions: Sequence[int],
+                   lrs: Mapping[tuple[str, str], tuple[float, ...]],
+                   overrides: Mapping[str, tuple[tuple[str, Any], ...]], raw: Mapping, where: _Where) -> None:
+    """Every cell's effective recipe (harness/cell/recipe.py) is built now, so a bad value (`steps: -6`,
+    `batch_size: 0`, `text_len: long`) fails at load, naming its line, not at cell start or in the table."""
+    for task in tasks:
+        values = dict(overrides[task])
+        for key, (kind, least) in _RECIPE_RANGES.items():
+            value = values.get(key)
+            if value is None:
+                continue
+            ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+            if ok and kind is int:
+                ok = float(value).is_integer()
+            if not ok or value < least or (key == "epochs" and value <= 0):
+                what = "an integer" if kind is int else "a number"
+                bound = f">= {least}" if key != "epochs" else "> 0"
+                raise where.error(_override_field(key, task, raw), f"{value!r} is not {what} {bound}")
+        known = {k: v for k, v in values.items() if k in recipe_fields() | HARNESS_KEYS}
+        for size in sizes:
+            for res in resolutions:
+                try:
+                    effective(_task(task), size, res, lrs[task, size][0], known)
+                except (TypeError, ValueError) as e:
+                    raise where.error(("overrides", task if raw.get(task) else ALL_TASKS),
+                                      f"the recipe of {task} at {size}/{res} px is refused: {e}") from None
 
 
 def _mesh_request(value: Any, where: _Where, field: tuple) -> MeshRequest:
@@ -636,6 +665,7 @@ def load_grid(path: str | Path, *, check_files: bool = True) -> Grid:
     if runner == DEFAULT_RUNNER:  # a custom runner may read keys of its own
         _check_override_keys(raw_overrides, where)
     _check_mesh_batches(mesh, overrides, sizes, sorted(used_res), where, data.get("mesh"))
+    _check_recipes(tasks, sizes, sorted(used_res), lrs, overrides, raw_overrides, where)
     return Grid(
         name=name, demo=demo, demo_data=demo_data, tasks=tasks, sizes=sizes, resolutions=resolutions,
         lrs=lrs, protocol=protocol,

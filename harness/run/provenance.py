@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @functools.cache
@@ -37,7 +37,7 @@ def device_info() -> dict[str, Any]:
 
 
 def provenance(device: dict[str, Any] | None = None) -> dict[str, Any]:
-    from harness.grid import project_version
+    from harness.run.grid import project_version
 
     commit, dirty = git_state()
     return {"project_version": project_version(), "git_commit": commit, "git_dirty": dirty,

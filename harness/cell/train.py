@@ -7,7 +7,7 @@ Loss: next-token cross-entropy on suffix tokens, averaged per example, then over
 puts 1 - ls on the target and ls / (V - 1) on every other class.
 
 The run is resumable: orbax checkpoints (params, optimizer state, step) every `checkpoint_every` steps, and
-the data pipeline is indexed by step (harness/data.py), so a killed run continues where it stopped.
+the data pipeline is indexed by step (harness/cell/data.py), so a killed run continues where it stopped.
 
 Sharding (docs/scale.md): params and optimizer state live on a (data, model) mesh as model/sharding.py's
 rules say, each batch is split over 'data', and the step is jitted with those shardings as its in/out
@@ -306,7 +306,7 @@ def train(config: PaliGemmaConfig, params: Any, batches: Sequence[dict], cfg: Tr
 
     With `workdir`, a per-step CSV log goes to workdir/train_log.csv and, when cfg.checkpoint_every > 0,
     checkpoints to workdir/ckpt; an existing checkpoint is resumed from (an unreadable one is moved aside).
-    `metrics_log` (an harness.experiment_log.ExperimentLog) gets train/loss, train/lr, train/grad_norm and
+    `metrics_log` (an harness.cell.experiment_log.ExperimentLog) gets train/loss, train/lr, train/grad_norm and
     train/examples_per_s at every step. `mesh` (default: this process's first device) is where the state
     lives; the returned params stay sharded on it. On a multi-host mesh `batches[step]` holds this
     process's rows of the global batch (sharding.process_rows), and only process 0 writes the CSV log.

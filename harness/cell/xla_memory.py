@@ -1,6 +1,6 @@
 """XLA's own account of a train step's memory, to hold model/cost.py's plan against.
 
-The real step (harness/train.py's make_train_step, params and Adam state donated) is lowered on
+The real step (harness/cell/train.py's make_train_step, params and Adam state donated) is lowered on
 abstract shapes and compiled for the default device, never run, so a 3B step can be measured on a
 device too small to execute it. XLA's buffer assignment reports arguments (params, Adam state, the
 batch), outputs (aliased to the donated arguments) and temporaries (gradients, activations, workspace);
@@ -32,7 +32,7 @@ class XlaMemory:
 def train_step_memory(config: PaliGemmaConfig, *, text_len: int, batch_size: int, remat: bool = False,
                       compute_dtype: str = "float32") -> XlaMemory:
     """Compile one training step of `config` for the default device and read its memory analysis."""
-    from harness.train import TrainConfig, build_model, make_optimizer, make_train_step
+    from harness.cell.train import TrainConfig, build_model, make_optimizer, make_train_step
     from model.paligemma import param_shapes
 
     cfg = TrainConfig(lr=1e-3, num_steps=10, remat=remat, compute_dtype=compute_dtype)

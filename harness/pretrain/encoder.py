@@ -31,7 +31,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from harness.train import TrainConfig, make_optimizer, open_checkpoints
+from harness.cell.train import TrainConfig, make_optimizer, open_checkpoints
 from model import checkpoint
 from model.config import VisionConfig
 from model.siglip import SigLIP

@@ -14,26 +14,19 @@ from typing import Any
 import jax
 import numpy as np
 
-from harness.data import TextSpec, train_batches
-from harness.evaluate import predict, score_rows, write_jsonl
-from harness.experiment_log import DEFAULT as DEFAULT_LOGS
-from harness.experiment_log import open_log
-from harness.mesh import resolve_mesh
-from harness.recipes import EFFICIENCY_KEYS, HARNESS_KEYS, NANO_TOKENIZER, split_overrides  # noqa: F401
-from harness.train import TrainConfig, train
+from harness.cell.data import TextSpec, train_batches
+from harness.cell.evaluate import predict, score_rows, write_jsonl
+from harness.cell.experiment_log import DEFAULT as DEFAULT_LOGS
+from harness.cell.experiment_log import open_log
+from harness.cell.memory_check import check_cell
+from harness.cell.mesh import resolve_mesh
+from harness.cell.recipe import NANO_TOKENIZER, effective
+from harness.cell.train import TrainConfig, train
 from model import checkpoint, hub, sharding
-from model.config import PaliGemmaConfig, config_for
+from model.config import PaliGemmaConfig
 from model.paligemma import init_params
 from model.tokenizer import Tokenizer
-from tasks.base import Recipe
 from tasks.registry import get_task
-
-
-def transfer_config(config: PaliGemmaConfig, recipe: Recipe) -> PaliGemmaConfig:
-    """Apply the recipe's soft-cap policy (see tasks/base.py Recipe) to the family config."""
-    return config.with_llm(
-        final_logits_softcap=config.llm.final_logits_softcap if recipe.final_logits_softcap else None,
-        attn_logits_softcap=config.llm.attn_logits_softcap if recipe.attn_logits_softcap else None)
 
 
 def tokenizer_for(config: PaliGemmaConfig, options: Mapping[str, Any], checkpoint_path: str = "") -> Tokenizer:
@@ -77,23 +70,21 @@ def base_params(config: PaliGemmaConfig, checkpoint_path: str, seed: int, mesh=N
 
 def run_cell(cell: Any, cell_dir: Path, *, progress: bool | None = None) -> dict:
     task = get_task(cell.task)
-    recipe_overrides, options = split_overrides(dict(cell.overrides))
-    recipe = task.recipe(cell.size, cell.resolution).replace(lr=cell.lr, **recipe_overrides)
-    config = transfer_config(config_for(cell.size, cell.resolution), recipe)
+    eff = effective(task, cell.size, cell.resolution, cell.lr, dict(cell.overrides))
+    recipe, options, config = eff.recipe, eff.options, eff.model_config
     tokenizer = tokenizer_for(config, options, cell.checkpoint)
     spec = TextSpec(text_len=recipe.text_len, square_pad=recipe.pad_to_square,
                     resolution=cell.resolution)
 
     cache = getattr(cell, "data_cache", "") or None  # the scheduler sets it to WORKDIR/prepared
     train_examples = task.examples(cell.data_dir, "train", cache_dir=cache)
-    num_steps = recipe.num_steps(len(train_examples))
+    num_steps = eff.num_steps(len(train_examples))
     cfg = TrainConfig(
         lr=recipe.lr, num_steps=num_steps, weight_decay=recipe.weight_decay,
         label_smoothing=recipe.label_smoothing, dropout=recipe.dropout,
         freeze_img=recipe.freeze_img, freeze_llm=recipe.freeze_llm,
-        compute_dtype=options.get("compute_dtype", "float32"), remat=options.get("remat", False),
-        **{k: options[k] for k in EFFICIENCY_KEYS if k in options},
-        checkpoint_every=options.get("checkpoint_every", max(1, num_steps // 4)), seed=cell.seed)
+        compute_dtype=eff.compute_dtype, remat=eff.remat, **eff.efficiency(),
+        checkpoint_every=eff.checkpoint_every(num_steps), seed=cell.seed)
     mesh = resolve_mesh(getattr(cell, "mesh", None), config, text_len=recipe.text_len,
                         batch_size=recipe.batch_size, remat=cfg.remat, compute_dtype=cfg.compute_dtype)
     # Each process of a multi-host job loads only its rows of every global batch.
@@ -132,3 +123,8 @@ def run_cell(cell: Any, cell_dir: Path, *, progress: bool | None = None) -> dict
     return {"metrics": scores.metrics, "headline": task.headline, "steps": summary["steps"],
             "num_eval_examples": scores.num_examples, "num_unparsable": scores.num_unparsable,
             "train": summary, "mesh": sharding.mesh_info(mesh)}
+
+
+# The scheduler calls a runner's `check(cell)` before running it (harness/run/scheduler.py); the default
+# runner's is its memory plan against the devices present.
+run_cell.check = check_cell

@@ -15,8 +15,8 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from harness.data import TextSpec, eval_batches
-from harness.train import progress_kwargs
+from harness.cell.data import TextSpec, eval_batches
+from harness.cell.train import progress_kwargs
 from model.config import PaliGemmaConfig
 from model.decode import generate
 from results.store import atomic_write_text, jsonable

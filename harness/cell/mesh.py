@@ -4,7 +4,7 @@
 that fits, and puts the other devices on 'data'; on a CPU, which has no memory figures, that is 1 (pure
 FSDP). `{model_parallel: M}` gives data = devices / M; `{data: D, model: M}` must cover the devices
 exactly. The mesh changes where the
-numbers are computed, not what they are, so it is not part of a cell's identity (harness/grid.py).
+numbers are computed, not what they are, so it is not part of a cell's identity (harness/run/grid.py).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 import jax
 from jax.sharding import Mesh
 
-from harness.grid import AUTO_MESH, MeshRequest
+from harness.cell.recipe import AUTO_MESH, MeshRequest
 from model import sharding
 from model.config import PaliGemmaConfig
 

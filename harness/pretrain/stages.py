@@ -27,9 +27,9 @@ import jax
 import numpy as np
 import yaml
 
-from harness.data import Source, mixture_batches
-from harness.pretrain_encoder import load_encoder, save_bf16, save_encoder, train_encoder, with_encoder
-from harness.train import TrainConfig, train
+from harness.cell.data import Source, mixture_batches
+from harness.cell.train import TrainConfig, train
+from harness.pretrain.encoder import load_encoder, save_bf16, save_encoder, train_encoder, with_encoder
 from model import checkpoint
 from model.config import config_for
 from model.paligemma import init_params
@@ -42,7 +42,7 @@ ALL = "all"
 OCR = "ocr"  # the weight key of the OCR mixture: every task's `ocr_examples`, shared equally
 
 
-ENCODER = "encoder"  # a stage of this kind trains the image encoder alone (harness/pretrain_encoder.py)
+ENCODER = "encoder"  # a stage of this kind trains the image encoder alone (harness/pretrain/encoder.py)
 KINDS = ("vlm", ENCODER)
 FREEZABLE = ("img_tower", "img", "llm")  # what a stage's `freeze:` may name (TrainConfig's flags)
 
@@ -207,7 +207,7 @@ def pretraining_sources(spec: PretrainSpec, stage: Stage) -> list[Source]:
 
 def pretrain_encoder_stage(spec: PretrainSpec, stage: Stage, index: int, tokenizer: Tokenizer, size: str, *,
                            progress: bool = True) -> Path:
-    """Stage 0: the image encoder alone (harness/pretrain_encoder.py), shared by every size, written once
+    """Stage 0: the image encoder alone (harness/pretrain/encoder.py), shared by every size, written once
     to {out}/encoder-{resolution}.npz and kept (resumable under {out}/.work like the VLM stages)."""
     out = spec.out / f"encoder-{stage.resolution}.npz"
     if out.exists():

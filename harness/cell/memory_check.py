@@ -1,10 +1,10 @@
-"""Where a cell can run: its memory plan against the devices present, and what it asks Ray for.
+"""The default runner's memory check: a cell's memory plan against the devices present.
 
-The scheduler calls `check_cell` before a cell's runner compiles anything, so a cell that cannot fit
-fails in a millisecond with one line (the cell, the bytes it needs per device, the devices there are)
-instead of after minutes of compiling and an out-of-memory error. It is pure arithmetic
-(model/cost.py's plan); the devices come from jax. With the Ray backend, `ray_request` turns the plan
-into the accelerators a cell's task requests (docs/memory-plan.md).
+`run_cell.check` is `check_cell`, which the scheduler calls before the runner compiles anything, so a
+cell that cannot fit fails in a millisecond with one line (the cell, the bytes it needs per device, the
+devices there are) instead of after minutes of compiling and an out-of-memory error. It is pure
+arithmetic (model/cost.py's plan over the cell's effective recipe, harness/cell/recipe.py); the devices
+come from jax. A custom runner brings its own check, or none (docs/memory-plan.md).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from model.cost import (
     USABLE_FRACTION,
     MemoryPlan,
     mesh_plans,
-    smallest_mesh,
 )
 
 # Set to 0 to skip the check (e.g. when the plan is known to err high for a device).
@@ -130,19 +129,14 @@ def _model_parallel(cell: Any, overrides: dict) -> int | None:
 
 
 def cell_shape(cell: Any) -> CellShape:
-    """The effective recipe of `cell`, as harness/cell.py's run_cell computes it."""
-    from harness.cell import split_overrides, transfer_config
-    from model.config import config_for
-    from tasks.registry import get_task
+    """What the memory plan needs of `cell`: its effective recipe (harness/cell/recipe.py), as it runs."""
+    from harness.cell.recipe import effective
 
     overrides = dict(cell.overrides)
     model_parallel = _model_parallel(cell, overrides)
-    recipe_overrides, options = split_overrides(overrides)
-    recipe = get_task(cell.task).recipe(cell.size, cell.resolution).replace(**recipe_overrides)
-    config = transfer_config(config_for(cell.size, cell.resolution), recipe)
-    return CellShape(config=config, batch_size=recipe.batch_size, text_len=recipe.text_len,
-                     remat=bool(options.get("remat", False)),
-                     compute_dtype=options.get("compute_dtype", "float32"), model_parallel=model_parallel)
+    eff = effective(cell.task, cell.size, cell.resolution, cell.lr, overrides)
+    return CellShape(config=eff.model_config, batch_size=eff.recipe.batch_size, text_len=eff.recipe.text_len,
+                     remat=eff.remat, compute_dtype=eff.compute_dtype, model_parallel=model_parallel)
 
 
 def _plans(shape: CellShape, devices: Devices) -> list[MemoryPlan]:
@@ -179,44 +173,3 @@ def check_cell(cell: Any, devices: Devices | None = None) -> MemoryPlan | None:
     raise CellDoesNotFit(
         f"{cell.cell_id}: needs {best.bytes_per_device / 2**30:.1f} GiB per device ({what}, best mesh "
         f"{best.mesh}) but has {devices.describe()}; use more devices, a smaller batch_size, or remat: true")
-
-
-# -- Ray -------------------------------------------------------------------------------------------
-def cluster_accelerators(nodes: list[Mapping[str, Any]]) -> tuple[str | None, str | None, int]:
-    """(resource 'GPU' / 'TPU' or None, plan device name or None, most of it on one node) from
-    ray.nodes() entries (their 'Resources' and 'Alive')."""
-    alive = [n.get("Resources", {}) for n in nodes if n.get("Alive", True)]
-    for key in ("TPU", "GPU"):
-        per_node = [int(r.get(key, 0)) for r in alive]
-        if max(per_node, default=0) > 0:
-            kinds = {k.split(":", 1)[1] for r in alive for k in r if k.startswith("accelerator_type:")}
-            names = {plan_device_name(k) for k in kinds} - {None, "cpu"}
-            return key, (names.pop() if len(names) == 1 else None), max(per_node)
-    return None, None, 0
-
-
-def ray_request(cell: Any, nodes: list[Mapping[str, Any]], num_cpus: float) -> dict[str, Any]:
-    """Ray options for the cell's task: as many GPUs (num_gpus) or TPU chips (resources={'TPU': n}) as the
-    smallest fitting mesh on the cluster's accelerator needs, or `num_cpus` CPUs on a CPU-only cluster.
-
-    One task runs on one node, so a plan needing more accelerators than the largest node has is
-    refused (CellDoesNotFit). When the accelerator type is unknown (no accelerator_type label Ray
-    knows) the task asks for one and the worker's own check_cell, which sees its real devices,
-    decides.
-    """
-    resource, name, per_node = cluster_accelerators(nodes)
-    if resource is None:
-        return {"num_cpus": num_cpus}
-    count = 1
-    if name is not None and os.environ.get(CHECK_ENV, "1") != "0":
-        shape = cell_shape(cell)
-        plan = smallest_mesh(shape.config, shape.text_len, shape.batch_size, name, max_devices=per_node,
-                             remat=shape.remat, compute_dtype=shape.compute_dtype)
-        if plan is None:
-            raise CellDoesNotFit(
-                f"{cell.cell_id}: {shape.config.name} at batch {shape.batch_size}, text_len {shape.text_len} "
-                f"fits no mesh of at most {per_node} x {name} (the most on one Ray node)")
-        count = plan.num_devices
-    if resource == "GPU":
-        return {"num_cpus": num_cpus, "num_gpus": count}
-    return {"num_cpus": num_cpus, "resources": {"TPU": count}}

@@ -9,7 +9,7 @@ name in the grid file (`logging: [csv, tensorboard]`) or on the command line (`r
     wandb        a Weights & Biases run per cell (the [wandb] extra); its id is the cell id, so a resumed
                  cell continues its run. WANDB_PROJECT, WANDB_MODE=offline etc. are wandb's own settings.
 
-train_log.csv (harness/train.py) is written whatever is chosen. Names are "train/loss", "train/lr",
+train_log.csv (harness/cell/train.py) is written whatever is chosen. Names are "train/loss", "train/lr",
 "train/grad_norm", "train/examples_per_s" and "eval/<metric>"; the eval metrics are logged at the last
 training step.
 """

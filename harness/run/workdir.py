@@ -1,0 +1,104 @@
+"""A grid's workdir: the one place that knows its layout.
+
+    grid.yaml                  the grid file this workdir was last run with (copied atomically)
+    cells/<cell_id>/           the runner's own state (checkpoints, progress, outcome.json, error.txt)
+                               and the cell's lock
+    predictions/<cell_id>.jsonl
+    records/<cell_id>.json     written last: a record on disk means the cell is done
+    best_lr.json               the lr picked per (task, size), and the sweep it was picked from
+    tables/                    tables and plots of the grid's records (results/tables.py)
+
+Records and predictions are read and written through results/store.py, which holds their two folder
+names; everything else is named here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.run.grid import Grid
+from results.lr_choice import LrChoice, select_best_lrs
+from results.store import atomic_write_text, has_record, predictions_path, read_record, record_path
+
+BEST_LR_RULE = ("per (task, size), the sweep lr with the highest headline metric on the sweep split; "
+                "ties go to the smaller lr; a missing metric never wins (docs/paligemma2-facts.md §3.2)")
+OUTCOME = "outcome.json"  # cells/<id>/: the runner's result, kept until its record is written
+PARAMS_FILE = "params.npz"  # cells/<id>/: the fine-tuned params (keep_checkpoints params or all)
+TRAINING_STATE = "ckpt"  # cells/<id>/: the runner's resumable checkpoint (params + optimizer state)
+ERROR_FILE = "error.txt"  # cells/<id>/: the traceback of the cell's last failure
+
+
+@dataclass(frozen=True)
+class Workdir:
+    """Paths of one workdir; creates nothing."""
+
+    root: Path
+
+    def __init__(self, root: str | Path):
+        object.__setattr__(self, "root", Path(root))
+
+    @property
+    def grid_file(self) -> Path:
+        return self.root / "grid.yaml"
+
+    @property
+    def best_lr_file(self) -> Path:
+        return self.root / "best_lr.json"
+
+    @property
+    def tables(self) -> Path:
+        return self.root / "tables"
+
+    @property
+    def cells(self) -> Path:
+        return self.root / "cells"
+
+    def cell(self, cell_id: str) -> Path:
+        return self.cells / cell_id
+
+    def lock(self, cell_id: str) -> Path:
+        return self.cell(cell_id) / "lock"
+
+    def error(self, cell_id: str) -> Path:
+        return self.cell(cell_id) / ERROR_FILE
+
+    def outcome(self, cell_id: str) -> Path:
+        return self.cell(cell_id) / OUTCOME
+
+    def record(self, cell_id: str) -> Path:
+        return record_path(self.root, cell_id)
+
+    def predictions(self, cell_id: str) -> Path:
+        return predictions_path(self.root, cell_id)
+
+    def done(self, cell_id: str) -> bool:
+        return has_record(self.root, cell_id)
+
+
+def cell_dir(workdir: str | Path, cell_id: str) -> Path:
+    return Workdir(workdir).cell(cell_id)
+
+
+def best_lrs(grid: Grid, workdir: str | Path) -> tuple[dict[tuple[str, str], float], dict[tuple[str, str], LrChoice]]:
+    """(lr per (task, size) known so far, the sweep choices), from the grid's own sweep records.
+
+    A swept pair's lr is known once every one of its sweep cells has a record.
+    """
+    wd = Workdir(workdir)
+    sweep = grid.sweep_cells()
+    complete = {(c.task, c.size) for c in sweep} - {(c.task, c.size) for c in sweep if not wd.done(c.cell_id)}
+    records = [read_record(wd.record(c.cell_id)) for c in sweep if (c.task, c.size) in complete]
+    choices = select_best_lrs(records)
+    return {**grid.fixed_lrs(), **{pair: ch.lr for pair, ch in choices.items()}}, choices
+
+
+def write_best_lrs(workdir: str | Path, grid: Grid, choices: Mapping[tuple[str, str], LrChoice]) -> None:
+    data = {"rule": BEST_LR_RULE,
+            "swept": [{"task": c.task, "size": c.size, "lr": c.lr, "headline": c.headline,
+                       "sweep": [{"lr": lr, "score": s} for lr, s in c.scores]}
+                      for c in choices.values()],
+            "fixed": [{"task": t, "size": s, "lr": lr} for (t, s), lr in grid.fixed_lrs().items()]}
+    atomic_write_text(Workdir(workdir).best_lr_file, json.dumps(data, indent=2) + "\n")
