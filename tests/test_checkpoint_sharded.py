@@ -69,3 +69,14 @@ def test_sharded_load_equals_the_plain_load_on_eight_devices(tmp_path):
     out = run_on_fake_devices(script, 8, timeout=600)
     assert out["devices"] == 8 and out["8x1"] and out["4x2"], out
     assert out["8x1/split"] > 10 and out["4x2/split"] > 10
+
+
+@pytest.mark.slow
+def test_two_hosts_each_hold_about_half_of_what_one_whole_load_holds():
+    """bench/checkpoint_rss.py at ~230 MB: each of 2 processes loading its half onto a (2, 1) mesh grows
+    by about half of what one process loading the whole file grows by (1 GB measured: 0.48)."""
+    from bench.checkpoint_rss import measure
+
+    out = measure(230, timeout=600)
+    assert out["growth_ratio"] < 0.7, out
+    assert out["peak_ratio"] < 1.0, out
