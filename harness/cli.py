@@ -70,6 +70,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from harness.run import multihost
     from harness.run.grid import load_grid
     from harness.run.scheduler import run_grid
+    from harness.run.workdir import read_grid_cells
     from model.sharding import initialize_distributed
     from results.tables import write_tables
 
@@ -94,7 +95,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     run_grid(grid, workdir, backend=args.backend, dry_run=args.dry_run, progress=not args.quiet,
              cache_dir=args.cache_dir)
     if not args.dry_run and multihost.is_primary():
-        print(write_tables(workdir))
+        print(write_tables(workdir, cell_ids=read_grid_cells(workdir)))
         elapsed = time.perf_counter() - start
         print(f"\ntables and plots written to {workdir / 'tables'}", file=sys.stderr)
         print(f"{grid.name}: {elapsed:.0f} s ({elapsed / 60:.1f} min); this machine's 2048² float32 jnp.dot "
@@ -103,9 +104,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_tables(args: argparse.Namespace) -> int:
+    """The tables of the grid last run in the workdir (its grid_cells.json); a workdir without one (from an
+    older version) is tabled from every record, newest first, and says so."""
+    from harness.run.workdir import read_grid_cells
     from results.tables import write_tables
 
-    print(write_tables(Path(args.workdir), Path(args.out) if args.out else None, baseline=args.baseline))
+    workdir = Path(args.workdir)
+    baseline = Path(args.baseline) if args.baseline else None
+    print(write_tables(workdir, Path(args.out) if args.out else None, baseline=baseline,
+                       cell_ids=read_grid_cells(workdir),
+                       baseline_cell_ids=read_grid_cells(baseline) if baseline else None))
     return 0
 
 

@@ -39,6 +39,7 @@ from harness.run.workdir import (  # noqa: F401 - BEST_LR_RULE, PARAMS_FILE, TRA
     best_lrs,
     cell_dir,
     write_best_lrs,
+    write_grid_cells,
 )
 from results.store import (
     SCHEMA_VERSION,
@@ -370,6 +371,7 @@ def run_grid(grid: Grid, workdir: str | Path, *, backend: str = "local", dry_run
         atomic_write_text(workdir / "grid.yaml", grid.text)
         prepare_demo_data(grid)
         warn_changed_data(grid, workdir)
+        write_grid_cells(workdir, grid.sweep_cells() + grid.final_cells(best_lrs(grid, workdir)[0]))
     multihost.barrier("grid prepared")
 
     sweep = grid.sweep_cells()
@@ -384,6 +386,7 @@ def run_grid(grid: Grid, workdir: str | Path, *, backend: str = "local", dry_run
         lrs, choices = best_lrs(grid, workdir)
         if primary:
             write_best_lrs(workdir, grid, choices)
+            write_grid_cells(workdir, sweep + grid.final_cells(lrs))
         final = grid.final_cells(lrs)
         phase.done_before = len(sweep)
         phase.run(final)

@@ -6,6 +6,7 @@
     predictions/<cell_id>.jsonl
     records/<cell_id>.json     written last: a record on disk means the cell is done
     best_lr.json               the lr picked per (task, size), and the sweep it was picked from
+    grid_cells.json            the cells of the grid last run here (what `tables` reports)
     tables/                    tables and plots of the grid's records (results/tables.py)
 
 Records and predictions are read and written through results/store.py, which holds their two folder
@@ -15,9 +16,10 @@ names; everything else is named here.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 from harness.run.grid import Grid
 from results.lr_choice import LrChoice, select_best_lrs
@@ -47,6 +49,10 @@ class Workdir:
     @property
     def best_lr_file(self) -> Path:
         return self.root / "best_lr.json"
+
+    @property
+    def grid_cells_file(self) -> Path:
+        return self.root / "grid_cells.json"
 
     @property
     def tables(self) -> Path:
@@ -102,3 +108,27 @@ def write_best_lrs(workdir: str | Path, grid: Grid, choices: Mapping[tuple[str, 
                       for c in choices.values()],
             "fixed": [{"task": t, "size": s, "lr": lr} for (t, s), lr in grid.fixed_lrs().items()]}
     atomic_write_text(Workdir(workdir).best_lr_file, json.dumps(data, indent=2) + "\n")
+
+
+GRID_CELL_FIELDS = ("cell_id", "task", "size", "resolution", "lr", "seed", "phase")
+
+
+def write_grid_cells(workdir: str | Path, cells: Iterable) -> None:
+    """The grid's cells as far as they are known (final cells once their lr is), for `tables`: a table
+    reports exactly these cells' records, never a record of another configuration of the same place."""
+    rows = [{k: getattr(c, k) for k in GRID_CELL_FIELDS} for c in cells]
+    atomic_write_text(Workdir(workdir).grid_cells_file, json.dumps(rows, indent=1) + "\n")
+
+
+def read_grid_cells(workdir: str | Path) -> list[SimpleNamespace] | None:
+    """The cells `write_grid_cells` left, or None for a workdir without the file."""
+    path = Workdir(workdir).grid_cells_file
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: unreadable ({e}); run the grid again to rewrite it") from None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and set(GRID_CELL_FIELDS) <= set(r) for r in rows):
+        raise ValueError(f"{path}: expected a list of cells with {', '.join(GRID_CELL_FIELDS)}")
+    return [SimpleNamespace(**{k: r[k] for k in GRID_CELL_FIELDS}) for r in rows]
