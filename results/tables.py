@@ -378,8 +378,7 @@ def write_tables(workdir: str | Path, out_dir: str | Path | None = None,
     if sel.grid_size is None:
         parts.append(f"{len(records)} records.")
     else:
-        parts.append(f"{len(records)} records: the grid's {sel.grid_size} cells, "
-                     f"{len(sel.missing)} of them without a record yet.")
+        parts.append(f"{len(records)} records of the grid's {sel.grid_size} cells.")
     if sel.missing:
         shown = ", ".join(sel.missing[:10]) + (f" and {len(sel.missing) - 10} more" if len(sel.missing) > 10 else "")
         parts.append(f"No record yet (– in the tables): {shown}.")

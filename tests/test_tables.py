@@ -206,7 +206,7 @@ def test_a_reverted_configuration_shows_the_grids_records_not_the_newer_ones(tmp
     other = list(write("b", 0.70, "2025-02-01T00:00:00+00:00", config_b))
     md = write_tables(tmp_path, cell_ids=grid)
     assert "| vqav2 | accuracy | 50.0 ± 0.2 |" in md and "70.0" not in md.split("## Other records")[0]
-    assert "superseded" not in md and "3 records: the grid's 3 cells, 0 of them without a record yet." in md
+    assert "superseded" not in md and "3 records of the grid's 3 cells." in md and "No record yet" not in md
     assert "3 other record(s) in this workdir are not cells of this grid" in md
     listed = md.split("## Other records (not in the tables)")[1]
     assert all(f"| {cell_id} | final | vqav2 | 3b | 224 |" in listed for cell_id in other)
