@@ -20,7 +20,6 @@ from typing import Any
 
 RECORDS_DIR = "records"
 PREDICTIONS_DIR = "predictions"
-GRID_CELLS = "grid_cells.json"  # the cells the grid expanded to at its last run: what `tables` reports
 VERSIONED_PACKAGES = ("jax", "flax", "optax", "paligemma-transfer")
 
 
@@ -187,56 +186,3 @@ def load_records(workdir: str | Path) -> list[Record]:
     paths = sorted(p for p in folder.glob("*.json") if not p.name.startswith("."))
     return [read_record(p) for p in paths]
 
-
-@dataclass(frozen=True)
-class GridCellEntry:
-    """One cell of the grid a workdir last ran: its id, and where it goes in a table while it has no record."""
-
-    cell_id: str
-    task: str
-    size: str
-    resolution: int
-    lr: float
-    seed: int
-    phase: str
-
-
-GRID_CELL_FIELDS = {"cell_id": str, "task": str, "size": str, "resolution": int, "lr": (int, float), "seed": int,
-                    "phase": str}
-
-
-def write_grid_cells(workdir: str | Path, cells: Any) -> Path:
-    """Save the cells the grid expands to (anything with GridCellEntry's fields), for `tables` to report.
-
-    Saved, not recomputed at table time: an id hashes the base checkpoint's content, which a copied or
-    archived workdir no longer has beside it."""
-    data = [{name: getattr(c, name) for name in GRID_CELL_FIELDS} for c in cells]
-    path = Path(workdir) / GRID_CELLS
-    atomic_write_text(path, json.dumps(data, indent=1, default=jsonable) + "\n")
-    return path
-
-
-def read_grid_cells(workdir: str | Path) -> list[GridCellEntry] | None:
-    """The cells saved by write_grid_cells, or None when the workdir has none (a run from before the file)."""
-    path = Path(workdir) / GRID_CELLS
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise RecordError(f"{path}:{e.lineno}:{e.colno}: malformed JSON ({e.msg})") from None
-    except UnicodeDecodeError:
-        raise RecordError(f"{path}: not UTF-8 text") from None
-    if not isinstance(data, list):
-        raise RecordError(f"{path}: expected a JSON list of cells, got {type(data).__name__}")
-    cells = []
-    for i, entry in enumerate(data):
-        if not isinstance(entry, dict):
-            raise RecordError(f"{path}: cell [{i}]: expected an object, got {type(entry).__name__}")
-        for name, kind in GRID_CELL_FIELDS.items():
-            if name not in entry:
-                raise RecordError(f"{path}: cell [{i}]: missing field {name!r}")
-            if isinstance(entry[name], bool) or not isinstance(entry[name], kind):
-                raise RecordError(f"{path}: cell [{i}]: field {name!r} is {entry[name]!r}")
-        cells.append(GridCellEntry(**{name: entry[name] for name in GRID_CELL_FIELDS}))
-    return cells

@@ -14,8 +14,7 @@ expands to (a base checkpoint since replaced or put back, a recipe override sinc
 apart ("Other records", other_records.csv) and never enter a table, whichever is newer. Without ids (a
 workdir whose grid is unknown) every record counts and the newest of each (phase, task, size, resolution,
 lr, seed) wins. `paligemma-transfer run` passes its grid's cells; `tables` passes the cells the scheduler
-saved in workdir/grid_cells.json (results.store.write_grid_cells), and uses every record only in a
-workdir that has no such file.
+saved in workdir/grid_cells.json, and uses every record only in a workdir that has no such file.
 
 Where: files go to `out_dir`, else workdir/tables; a workdir that cannot be written (a finished run on a
 read-only mount) gets its files in a new folder under the system's temp dir, named on stderr. The

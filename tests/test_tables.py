@@ -336,21 +336,3 @@ def test_a_read_only_workdir_is_tabled_elsewhere(workdir, monkeypatch, capsys):
     assert (folder / "tables.md").read_text() == md and (folder / "table13.csv").is_file()
     assert workdir not in folder.parents
 
-
-def test_the_grids_cells_saved_in_the_workdir_table_it_without_the_grid(workdir):
-    """`tables` on a copied workdir: the cells the grid expanded to are saved beside the records (an id hashes
-    the base checkpoint's content, which the copy may not have), and read back they place missing cells."""
-    from results.store import GRID_CELLS, read_grid_cells, write_grid_cells
-
-    assert read_grid_cells(workdir) is None
-    cells = [Cell("vqav2", "3b", 224, 1e-6, seed, "final") for seed in range(3)]
-    cells += [Cell("textvqa", "3b", 224, 1e-6, 0, "final")]
-    write_grid_cells(workdir, cells)
-    saved = read_grid_cells(workdir)
-    assert [c.cell_id for c in saved] == [c.cell_id for c in cells] and saved[0].resolution == 224
-    md = write_tables(workdir, cell_ids=saved)
-    assert "| textvqa | – | – |" in md and "| vqav2 | accuracy | 83.0 ± 0.2 |" in md
-    assert "| docvqa |" not in md.split("## Other records")[0]
-    (workdir / GRID_CELLS).write_text('[{"cell_id": "x", "task": "vqav2"}]')
-    with pytest.raises(RecordError, match=f"{workdir / GRID_CELLS}: cell \\[0\\]: missing field 'size'"):
-        read_grid_cells(workdir)
