@@ -185,4 +185,3 @@ def load_records(workdir: str | Path) -> list[Record]:
     # Dot-files are temp files of writes in flight (atomic_write_text).
     paths = sorted(p for p in folder.glob("*.json") if not p.name.startswith("."))
     return [read_record(p) for p in paths]
-
