@@ -22,6 +22,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from tasks.errors import DataError  # noqa: F401 - the tasks import it from here
+from tasks.images import LazyImage
+from tasks.records import PreparedSplit, RecordView
 from tasks.splits import resolve_split, split_names
 
 # The paper's transfer lr sweep (§4.1): {0.03, 0.06, 0.1, 0.3, 0.6, 1.0, 3.0} x 1e-5.
@@ -105,16 +107,38 @@ class Recipe:
         return max(1, round(self.epochs * num_train_examples / self.batch_size))
 
 
+class _DecodedOnRead:
+    """The `image` field of Example: it holds an array or a LazyImage (tasks/images.py), and reading it gives
+    the array, decoding a LazyImage on first read. So ids, prompts and references of prepared data are read
+    without decoding a pixel, and an Example made from a plain array behaves as before."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._slot = f"_{name}"
+
+    def __get__(self, obj: Any, owner: type | None = None) -> np.ndarray:
+        if obj is None:
+            raise AttributeError(self._slot)  # no class-level default: the field stays required
+        value = obj.__dict__[self._slot]
+        if isinstance(value, LazyImage):
+            value = value.decode()
+            obj.__dict__[self._slot] = value
+        return value
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        obj.__dict__[self._slot] = value
+
+
 @dataclass(frozen=True)
 class Example:
-    """One example as the harness sees it, made from a raw TFDS record by `Task.example`.
+    """One example as the harness sees it, made from a prepared record by `Task.example`.
 
     `targets` are the suffixes training may use (one is sampled per step, as big_vision's
-    `choice`); `reference` is what the metric needs, JSON-serialisable.
+    `choice`); `reference` is what the metric needs, JSON-serialisable. `image` may be given as a
+    LazyImage: it is decoded when first read.
     """
 
     id: str
-    image: np.ndarray  # H x W x 3 uint8
+    image: np.ndarray = _DecodedOnRead()  # H x W x 3 uint8
     prefix: str
     targets: tuple[str, ...]
     reference: Any
@@ -213,47 +237,72 @@ class Task(abc.ABC):
 
     # --- shared machinery ---------------------------------------------------------------------
     def prepare(self, manual_dir: str | Path, data_dir: str | Path | None = None, *,
-                cache_dir: str | Path | None = None, splits: Iterable[str] | None = None):
-        """The prepared builder of the raw files in `manual_dir`, holding at least `splits` (all by default).
+                cache_dir: str | Path | None = None, splits: Iterable[str] | None = None) -> PreparedData:
+        """The prepared splits of the raw files in `manual_dir`: at least `splits` (all by default), each
+        prepared once, without TensorFlow, each image stored once (tasks/records.py).
 
-        With `data_dir`, TFDS prepares there once, as it always does. Without it, the data lives in a cache
-        keyed on the raw files (tasks/prepared.py): a changed raw file means preparing again, announced on
-        stderr; `cache_dir` chooses the cache (default: cache_root()/data, outside the data folder)."""
-        from tasks.prepared import prepared_dir
+        Without `data_dir` the data lives in one cache keyed by the raw files' content (tasks/prepared.py;
+        `cache_dir` chooses it, default cache_root()/data): a moved or copied raw folder, `score` after `run`
+        and every workdir find the same prepared splits, and a changed raw file means preparing again,
+        announced on stderr. With `data_dir`, the splits are prepared there once and not checked again."""
+        from tasks import prepared
 
         manual_dir = Path(manual_dir)
         if not manual_dir.is_dir() or not any(manual_dir.iterdir()):
             raise DataError(f"{self.name}: manual directory {manual_dir} is missing or empty.\n"
                             f"{self.download_instructions}")
-        only = None if splits is None else frozenset(splits)
-        if data_dir is not None:  # a folder TFDS prepares once: all splits, as it always did
-            return self._build(manual_dir, Path(data_dir), None)
-        wanted = only if only is not None else {"all"}
-        folder = prepared_dir(self.name, self.version, manual_dir, Path(cache_dir) if cache_dir else None,
-                              wanted, lambda d: self._build(manual_dir, d, only))
-        return self._build(manual_dir, folder, only)
+        if data_dir is not None:  # a folder prepared once: all splits, as TFDS's data_dir always was
+            entry, splits = Path(data_dir), None
+            entry.mkdir(parents=True, exist_ok=True)
+        else:
+            entry = prepared.entry_for(self.name, manual_dir, cache_dir)
+        listing = entry / f"v{self.version}-splits.json"
+        if splits is not None:
+            wanted: set[str] | None = set(splits)
+        else:
+            wanted = set(json.loads(listing.read_text(encoding="utf-8"))) if listing.is_file() else None
+        missing = None if wanted is None else {s for s in wanted
+                                               if not prepared.split_folder(entry, self.version, s).is_dir()}
+        if missing is None or missing:
+            found = self._write_splits(manual_dir, entry, missing)
+            if wanted is None:
+                prepared.write_atomically_file(listing, json.dumps(sorted(found)))
+                wanted = found
+        have = {s: prepared.split_folder(entry, self.version, s) for s in sorted(wanted)}
+        metadata = entry / f"v{self.version}-metadata.json"
+        return PreparedData({s: PreparedSplit(folder) for s, folder in have.items() if folder.is_dir()},
+                            json.loads(metadata.read_text(encoding="utf-8")) if metadata.is_file() else {})
 
-    def _build(self, manual_dir: Path, data_dir: Path, only: frozenset[str] | None):
-        import tensorflow_datasets as tfds
+    def _write_splits(self, manual_dir: Path, entry: Path, only: set[str] | None) -> set[str]:
+        """Run the plugin's split generators (only the `only` splits, all when None) and write each split
+        that is not there yet; returns the splits the raw files hold."""
+        from types import SimpleNamespace
 
+        from tasks import prepared
         from tasks.quiet import quiet_tfds
+        from tasks.records import write_split
 
-        quiet_tfds()  # the harness shows its own progress; TFDS's bars and "Downloading" lines drown it
-        builder = self.builder(manual_dir, data_dir)
-        builder.only_splits = only
-        with contextlib.redirect_stdout(sys.stderr):  # whatever else a library prints is not our output
-            try:
-                builder.download_and_prepare(
-                    download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
-            except ModuleNotFoundError as e:
-                if e.name != "tensorflow":
-                    raise
-                # TFDS's shuffler keeps a split in memory up to 1 GiB and spills the rest through
-                # tf.io.gfile: real datasets (DocVQA's, COCO's images) need TensorFlow to be prepared.
-                raise DataError(f"{self.name}: preparing {manual_dir} needs TensorFlow (TFDS writes a split "
-                                "over 1 GiB through tf.io.gfile); install it: pip install -e '.[full-data]'"
-                                ) from None
-        return builder
+        quiet_tfds()
+        builder = self.builder(manual_dir, entry)
+        builder.only_splits = None if only is None else frozenset(only)
+        features = builder.info.features
+        # What the plugins' `_split_generators` read of TFDS's download manager: the manual directory.
+        dl_manager = SimpleNamespace(manual_dir=manual_dir)
+        with contextlib.redirect_stdout(sys.stderr):  # whatever a library prints is not our output
+            generators = builder._split_generators(dl_manager)
+            for split, examples in generators.items():
+                target = prepared.split_folder(entry, self.version, str(split))
+                if target.is_dir():
+                    continue
+                print(f"{self.name}: preparing split {split!r} of {manual_dir} (once, into {target})",
+                      file=sys.stderr)
+                prepared.write_atomically(target, lambda tmp, examples=examples, split=str(split): write_split(
+                    tmp, features, examples, task=self.name, split=split))
+        if builder.info.metadata:  # what the builder noted while generating (e.g. tables it dropped)
+            target = entry / f"v{self.version}-metadata.json"
+            known = json.loads(target.read_text(encoding="utf-8")) if target.is_file() else {}
+            prepared.write_atomically_file(target, json.dumps({**known, **dict(builder.info.metadata)}))
+        return {str(s) for s in generators}
 
     def split_name(self, role: str) -> str:
         if role not in self.splits:
@@ -262,23 +311,45 @@ class Task(abc.ABC):
 
     def examples(self, manual_dir: str | Path, role: str, data_dir: str | Path | None = None, *,
                  cache_dir: str | Path | None = None) -> ExampleSource:
-        """Random-access Examples of one split role ("train", "minival", "eval", "test").
+        """Random-access Examples of one split role ("train", "minival", "eval", "test"): len() and
+        indexing read one record each, and an example's image is decoded only when `.image` is read.
 
         The role's split expression is resolved against the prepared split sizes (tasks/splits.py), so
         the paper's slices also work on demo-sized data."""
         expression = self.split_name(role)
-        builder = self.prepare(manual_dir, data_dir, cache_dir=cache_dir, splits=split_names(expression))
-        sizes = {name: info.num_examples for name, info in builder.info.splits.items()}
-        split = resolve_split(expression, sizes)
-        return ExampleSource(self, builder.as_data_source(split=split))
+        data = self.prepare(manual_dir, data_dir, cache_dir=cache_dir, splits=split_names(expression))
+        return ExampleSource(self, RecordView(data.splits, resolve_split(expression, data.sizes)))
 
     def references(self, manual_dir: str | Path, role: str, data_dir: str | Path | None = None, *,
                    cache_dir: str | Path | None = None) -> dict[str, Any]:
+        """Example id -> metric reference, read from the records' text fields: no image is decoded (for a
+        plugin whose `example` leaves `record["image"]` undecoded, as vqav2 and docvqa do)."""
         return {ex.id: ex.reference for ex in self.examples(manual_dir, role, data_dir, cache_dir=cache_dir)}
 
 
+@dataclass(frozen=True)
+class PreparedData:
+    """The prepared splits of one task's raw files (tasks/records.py), with what the plugin's builder put
+    in `info.metadata` while generating them."""
+
+    splits: Mapping[str, PreparedSplit]
+    metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        return {name: len(split) for name, split in self.splits.items()}
+
+    @property
+    def info(self) -> Any:
+        """The parts of TFDS's DatasetInfo plugins and callers read: `metadata`, `splits[name].num_examples`."""
+        from types import SimpleNamespace
+
+        return SimpleNamespace(metadata=dict(self.metadata),
+                               splits={k: SimpleNamespace(num_examples=n) for k, n in self.sizes.items()})
+
+
 class ExampleSource(Sequence[Example]):
-    """A TFDS data source viewed through `Task.example`: len() and random access, no tensorflow."""
+    """Records viewed through `Task.example`: len() and random access, no tensorflow."""
 
     def __init__(self, task: Task, source: Sequence[Mapping[str, Any]]):
         self._task, self._source = task, source

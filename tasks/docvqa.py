@@ -23,7 +23,6 @@ from tasks.base import (
     Scores,
     Task,
     field,
-    image_source,
     ocr_example,
     paper_point,
     read_json,
@@ -56,7 +55,8 @@ def _qa_file(manual_dir: Path, split: str) -> Path | None:
 
 
 class DocVQABuilder(RawFilesBuilder):
-    """One record per question: the page image (PNG bytes as shipped), question, answers, types."""
+    """One record per question: the page image (PNG bytes as shipped, once per page), question, answers,
+    types."""
 
     name = "pgt_docvqa"
     RELEASE_NOTES = {"1.0.0": "RRC *_v1.0_withQT.json + document images; test split only if present."}
@@ -108,7 +108,7 @@ class DocVQABuilder(RawFilesBuilder):
             yield str(question_id), {
                 "question_id": question_id,
                 "doc_id": field(r, "docId", int, where),
-                "image": image_source(image, "png"),
+                "image": image,  # the file: stored once for all its questions (tasks/records.py)
                 "question": field(r, "question", str, where),
                 "answers": [_string(a, f"{where}.answers[{j}]") for j, a in enumerate(answers)],
                 "question_types": [_string(t, f"{where}.question_types[{j}]")
@@ -140,7 +140,7 @@ class DocVQA(Task):
         answers = tuple(text(a) for a in record["answers"])
         return Example(
             id=str(int(record["question_id"])),
-            image=np.asarray(record["image"]),
+            image=record["image"],  # decoded when read: references never decode it
             prefix=text(record["question"]),  # the raw question, no "answer en" (facts §2.2)
             targets=answers,  # the harness samples one per step, as big_vision's `choice`
             reference={"answers": list(answers)},

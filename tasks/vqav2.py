@@ -6,6 +6,7 @@ summarised in docs/paligemma2-facts.md §2.1; the metric is metrics/vqa.py (docs
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from metrics.vqa import summarize, vqa_scores
-from tasks.base import DataError, Example, Recipe, Scores, Task, field, image_source, paper_point, read_json, text
+from tasks import json_stream
+from tasks.base import DataError, Example, Recipe, Scores, Task, field, paper_point, text
 from tasks.builder import RawFilesBuilder
 
 # --- the VQAv2 raw files --------------------------------------------------------------------------
@@ -35,7 +37,8 @@ VQAv2 needs the official question/annotation JSONs and the COCO images in the ma
 
 
 class VQAv2Builder(RawFilesBuilder):
-    """One record per question: the COCO image (JPEG bytes as shipped), question, 10 answers, types."""
+    """One record per question: the COCO image (JPEG bytes as shipped, once per image), question, 10 answers,
+    types."""
 
     name = "pgt_vqav2"
     RELEASE_NOTES = {"1.0.0": "Official VQAv2 JSONs + COCO images; test split only if its questions exist."}
@@ -72,42 +75,50 @@ class VQAv2Builder(RawFilesBuilder):
             missing = [p for p in (questions, annotations) if p is not None and not p.is_file()]
             if missing:
                 raise DataError(f"vqav2: {missing[0]} is missing.\n{DOWNLOAD_INSTRUCTIONS}")
-            records = field(read_json(questions), "questions", list, str(questions))
-            if not records:  # TFDS cannot write an empty split
-                raise DataError(f"vqav2: {questions} has no questions")
-            splits[split] = self._generate_examples(questions, records, annotations, subtype)
+            splits[split] = self._generate_examples(questions, annotations, subtype)
         return splits
 
-    def _generate_examples(self, questions_path: Path, questions: list, annotations_path: Path | None,
+    def _generate_examples(self, questions_path: Path, annotations_path: Path | None,
                            subtype: str) -> Iterator[tuple[str, dict]]:
+        """The questions as they stream from the JSON (tasks/json_stream.py), each with its answers and its
+        image file (stored once for all its questions, tasks/records.py)."""
         answers_of = _read_annotations(annotations_path) if annotations_path else {}
         image_dir = self._manual_dir / subtype
-        for i, q in enumerate(questions):
+        seen_images: set[int] = set()
+        count = 0
+        for i, q in enumerate(json_stream.items(questions_path, "questions")):
             where = f"{questions_path}: questions[{i}]"
             question_id = field(q, "question_id", int, where)
             image_id = field(q, "image_id", int, where)
             if annotations_path and question_id not in answers_of:
                 raise DataError(f"{where}: question_id {question_id} has no entry in {annotations_path}")
-            ann = answers_of.get(question_id, {"answers": [], "answer_type": "", "question_type": ""})
+            answers, answer_type, question_type = answers_of.get(question_id, ((), "", ""))
             image = image_dir / f"COCO_{subtype}_{image_id:012d}.jpg"
-            if not image.is_file():
-                raise DataError(f"{where}: image {image} (image_id {image_id}) is missing")
+            if image_id not in seen_images:
+                if not image.is_file():
+                    raise DataError(f"{where}: image {image} (image_id {image_id}) is missing")
+                seen_images.add(image_id)
+            count += 1
             yield str(question_id), {
-                "question_id": question_id, "image_id": image_id, "image": image_source(image, "jpeg"),
-                "question": field(q, "question", str, where), **ann}
+                "question_id": question_id, "image_id": image_id, "image": image,
+                "question": field(q, "question", str, where), "answers": list(answers),
+                "answer_type": answer_type, "question_type": question_type}
+        if not count:
+            raise DataError(f"vqav2: {questions_path} has no questions")
 
 
-def _read_annotations(path: Path) -> dict[int, dict]:
-    """question_id -> {"answers": 10 strings, "answer_type", "question_type"}."""
+def _read_annotations(path: Path) -> dict[int, tuple[tuple[str, ...], str, str]]:
+    """question_id -> (10 answers, answer_type, question_type), streamed from the file; the strings are
+    interned, since a few answers ("yes", "no", "2") make up most of them."""
     out = {}
-    for i, ann in enumerate(field(read_json(path), "annotations", list, str(path))):
+    for i, ann in enumerate(json_stream.items(path, "annotations")):
         where = f"{path}: annotations[{i}]"
         answers = field(ann, "answers", list, where)
-        out[field(ann, "question_id", int, where)] = {
-            "answers": [field(a, "answer", str, f"{where}.answers[{j}]") for j, a in enumerate(answers)],
-            "answer_type": field(ann, "answer_type", str, where),
-            "question_type": field(ann, "question_type", str, where),
-        }
+        out[field(ann, "question_id", int, where)] = (
+            tuple(sys.intern(field(a, "answer", str, f"{where}.answers[{j}]")) for j, a in enumerate(answers)),
+            sys.intern(field(ann, "answer_type", str, where)),
+            sys.intern(field(ann, "question_type", str, where)),
+        )
     return out
 
 
@@ -135,7 +146,7 @@ class VQAv2(Task):
         answers = tuple(text(a) for a in record["answers"])
         return Example(
             id=str(int(record["question_id"])),
-            image=np.asarray(record["image"]),
+            image=record["image"],  # decoded when read: references never decode it
             prefix=f"answer en {text(record['question'])}",  # facts §2.1
             targets=answers,  # all 10 (repeats weight frequent answers); the harness samples one per step
             reference={"answers": list(answers), "answer_type": text(record["answer_type"])},

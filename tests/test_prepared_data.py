@@ -112,21 +112,3 @@ def test_json_stdout_is_one_document_on_first_use(docvqa, tmp_path):
         json.loads(proc.stdout)  # the whole of stdout is one JSON document
         assert "Downloading and preparing" not in proc.stdout + proc.stderr
         assert "OpenCV" not in proc.stderr
-
-
-def test_a_split_over_tfds_memory_buffer_without_tensorflow_is_one_clear_error(tmp_path, monkeypatch):
-    """TFDS spills a split over 1 GiB to disk through tf.io.gfile; without TensorFlow that is a DataError
-    naming the folder and the extra to install, not an import traceback from inside TFDS's shuffler."""
-    import importlib.util
-
-    from tensorflow_datasets.core import shuffle
-
-    from tasks.errors import DataError
-
-    if importlib.util.find_spec("tensorflow") is not None:
-        pytest.skip("TensorFlow is installed: TFDS spills to disk without error")
-    monkeypatch.setattr(shuffle, "MAX_MEM_BUFFER_SIZE", 0)  # every split is "over the buffer"
-    task = get_task("docvqa")
-    task.write_demo(tmp_path / "raw", num_train=4, num_eval=2, seed=0)
-    with pytest.raises(DataError, match=r"docvqa: preparing .*raw needs TensorFlow .*\[full-data\]"):
-        task.prepare(tmp_path / "raw", tmp_path / "prepared")
