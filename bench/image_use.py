@@ -1,43 +1,36 @@
-"""How much a model's predictions depend on the image: the loss with each example's own image against the
-loss with another example's image, per task.
+"""Does a checkpoint use the image? The loss of each task's targets with each example's own image against
+the loss with another example's image.
 
-    python bench/image_use.py                                  # the demo grid's checkpoints, its eval data
-    python bench/image_use.py --checkpoints random:nano-s-32 checkpoints/nano/nano-m-64.npz
-    python bench/image_use.py --by-prompt                      # ... and per prompt (DocVQA's question kinds)
-    python bench/image_use.py --checkpoints checkpoints/nano/nano-s-32.npz --lift-to 64 \
-        --encoder checkpoints/nano/encoder-64.npz              # a 32 px checkpoint as the 64 px stage starts it
+    python -m bench.image_use                        # the demo grid's base checkpoints, its eval split
+    python -m bench.image_use --split train          # its 300 training examples per task (docs/demo-findings.md §4)
+    python -m bench.image_use --checkpoints random:nano-s-32 checkpoints/nano/nano-m-64.npz --by-prompt
 
-For every task of the demo grid it scores the eval split's targets (teacher forcing, the trainer's loss:
-mean cross-entropy per suffix token, averaged over examples) twice: with the right images, and with the
-images rolled by one position across the split. The gap (shuffled - right, nats per token) is what the
-image tells the model about the target; 0 means the model answers from the prompt alone. `se` is the
-gap's standard error over the split's examples (the std of the per-example gaps over sqrt(n)): a gap of
-+0.092 with se 0.004 is below a 0.1 bar, one with se 0.02 is not shown to be. A demo
-diagnostic, not a benchmark of speed: it explains demo tables in which a task's outputs are the same for
-every image.
+For every task of the grid it scores the split's targets (teacher forcing, the trainer's loss: mean
+cross-entropy per suffix token, averaged over examples) twice: with the right images, and with the images
+rolled by one position across the split. The gap (shuffled - right, nats per token) is what the image tells
+the model about the target; 0 means the model answers from the prompt alone. `se` is the gap's paired
+standard error over the split's examples (the std of the per-example gaps over sqrt(n)): a gap of +0.092
+with se 0.004 is below a 0.1 bar, one with se 0.02 is not shown to be. With `--by-prompt`, one gap per
+distinct prompt as well (DocVQA's question kinds: a title is legible at 32 px, a year's digits only at 64).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import jax
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
-
-from harness.cell import base_params, split_overrides, tokenizer_for, transfer_config  # noqa: E402
-from harness.data import TextSpec, train_row  # noqa: E402
-from harness.grid import RANDOM_INIT, load_grid  # noqa: E402
-from harness.pretrain import continue_at  # noqa: E402
-from harness.pretrain_encoder import load_encoder, with_encoder  # noqa: E402
-from harness.scheduler import prepare_demo_data  # noqa: E402
-from harness.train import per_example_loss  # noqa: E402
-from model.config import config_for  # noqa: E402
-from model.paligemma import PaliGemma  # noqa: E402
-from tasks.registry import get_task  # noqa: E402
+from harness.cell.data import TextSpec, train_row
+from harness.cell.recipe import split_overrides, transfer_config
+from harness.cell.run_cell import base_params, tokenizer_for
+from harness.cell.train import per_example_loss
+from harness.run.demo_data import prepare_demo_data
+from harness.run.grid import RANDOM_INIT, load_grid
+from model.config import config_for
+from model.paligemma import PaliGemma
+from tasks.registry import get_task
 
 
 def parse_checkpoint(spec: str) -> tuple[str, str]:
@@ -96,14 +89,7 @@ def gap_se(right: np.ndarray, wrong: np.ndarray) -> float:
     return float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("nan")
 
 
-def task_losses(params, size: str, resolution: int, grid, task_name: str, split: str = "eval",
-                data_root: str | None = None) -> tuple[float, float]:
-    """(mean loss with the right images, with the images rolled by one) for one task of `grid`."""
-    right, wrong, _ = example_losses(params, size, resolution, grid, task_name, split, data_root)
-    return float(right.mean()), float(wrong.mean())
-
-
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--grid", default="configs/grids/demo.yaml",
                         help="grid whose tasks, data_root and text lengths are used (default: the demo)")
@@ -116,20 +102,8 @@ def main() -> None:
                         help="score the split's first N examples per task (e.g. 200 of the pretraining data's "
                              "3,000: --data-root runs/pretrain-data-v3 --split train, the loss on seen examples)")
     parser.add_argument("--by-prompt", action="store_true",
-                        help="one gap per distinct prompt (e.g. DocVQA's question kinds: a title is legible at "
-                             "32 px, a year's digits only at 64) for tasks with at most 12 distinct prompts")
-    parser.add_argument("--prompt-words", type=int, metavar="N",
-                        help="with --by-prompt, group prompts by their first N words (e.g. 4 for VQAv2's "
-                             "'answer en what shape ...' against '... what color ...')")
-    parser.add_argument("--lift-to", type=int, metavar="PX",
-                        help="score each checkpoint at PX px as a pretraining stage at PX starts from it "
-                             "(harness/pretrain.py: the position embedding resampled, --encoder's tower swapped "
-                             "in), before any step at PX: what of its image use carries across resolutions")
-    parser.add_argument("--encoder", type=Path,
-                        help="with --lift-to: the stage-0 encoder the stage swaps in (encoder-<px>.npz)")
-    args = parser.parse_args()
-    if args.encoder and not args.lift_to:
-        parser.error("--encoder: expected --lift-to PX (the encoder is swapped in when a stage changes resolution)")
+                        help="one gap per distinct prompt as well, for tasks with at most 12 distinct prompts")
+    args = parser.parse_args(argv)
 
     grid = load_grid(args.grid, check_files=False)
     if not args.data_root:
@@ -142,18 +116,11 @@ def main() -> None:
         name, path = parse_checkpoint(spec)
         size, resolution = name.rsplit("-", 1)
         params = base_params(config_for(size, int(resolution)), path, 0)
-        if args.lift_to:
-            if args.encoder:
-                params = with_encoder(params, load_encoder(args.encoder))
-            params = continue_at(params, config_for(size, args.lift_to))
-            resolution, spec = args.lift_to, f"{spec}@{args.lift_to}"
         for task_name in grid.tasks:
             right, wrong, prompts = example_losses(params, size, int(resolution), grid, task_name, args.split,
                                                    args.data_root, args.limit)
             print(f"{spec:<34} {task_name:<14} {right.mean():7.3f} {wrong.mean():9.3f} "
                   f"{wrong.mean() - right.mean():+7.3f} {gap_se(right, wrong):6.3f}")
-            if args.prompt_words:
-                prompts = np.array([" ".join(p.split()[:args.prompt_words]) for p in prompts])
             kinds = sorted(set(prompts))
             for prompt in kinds if args.by_prompt and len(kinds) <= 12 else ():
                 r, w = right[prompts == prompt].mean(), wrong[prompts == prompt].mean()

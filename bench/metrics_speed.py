@@ -1,7 +1,7 @@
 """Metric speed: our metrics against the straightforward implementations, same inputs, same run.
 
-    python bench/metrics_speed.py              # TEDS on 1,000 tables, CIDEr on 5,000 images (~1 min)
-    python bench/metrics_speed.py --large      # TEDS on larger tables (5-20 body rows x 3-8 columns)
+    python -m bench.metrics_speed              # TEDS on 1,000 tables, CIDEr on 5,000 images (~1 min)
+    python -m bench.metrics_speed --large      # TEDS on larger tables (5-20 body rows x 3-8 columns)
 
 TEDS: `metrics.teds` against tests/reference/teds_reference.py (PubTabNet's official algorithm written
 plainly: lxml, the `apted` package, a pure-Python Levenshtein like the official `distance` dependency).
@@ -29,16 +29,13 @@ import random
 import re
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
-
-from metrics import teds  # noqa: E402
-from tasks.demo import pubtabnet as table_demo  # noqa: E402
-from tasks.pubtabnet import gt_html  # noqa: E402
-from tests.reference import teds_reference  # noqa: E402
+from metrics import teds
+from tasks.demo import pubtabnet as table_demo
+from tasks.pubtabnet import gt_html
+from tests.reference import teds_reference
 
 
 # --- TEDS -------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Our PaliGemma vs transformers' on the same model, same machine, same run.
 
-    python bench/model_vs_transformers.py
+    python -m bench.model_vs_transformers                      # the `bench` model (bench/common.py), ~1 min
+    python -m bench.model_vs_transformers --config nano-s-32   # any model config by name
 
 Prints examples/s for a training step (forward + backward + Adam update) and tokens/s for greedy
 decoding at batch 1 and 8, the ratios ours/transformers, and our achieved FLOP/s as a fraction of a
@@ -14,9 +15,7 @@ import argparse
 import copy
 import dataclasses
 import os
-import sys
 import tempfile
-import time
 
 import jax
 import jax.numpy as jnp
@@ -24,32 +23,12 @@ import numpy as np
 import optax
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
-from model.checkpoint import load  # noqa: E402
-from model.config import LLMConfig, PaliGemmaConfig, VisionConfig  # noqa: E402
-from model.decode import generate  # noqa: E402
-from model.paligemma import PaliGemma  # noqa: E402
-from model.testing import hf_inputs, random_hf_model, random_inputs  # noqa: E402
-
-# The largest model a 2-core CPU runs comfortably at the issue's minimum size: 224 px with patch 14
-# (256 image tokens), LLM width 512 with 4 layers, Gemma 2 features on (GQA, soft-caps).
-CONFIG = PaliGemmaConfig(
-    name="bench", family="bench", size="bench", resolution=224,
-    vision=VisionConfig(width=384, depth=4, mlp_dim=1536, num_heads=6, patch_size=14, image_size=224),
-    llm=LLMConfig(width=512, depth=4, mlp_dim=2048, num_heads=8, num_kv_heads=4, head_dim=64, vocab_size=4096,
-                  query_pre_attn_scalar=64, sliding_window=None))
-
-
-def timed(fn, repeats: int) -> float:
-    """Seconds per call, best of `repeats` after one warm-up call."""
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+from bench.common import CONFIG, hf_train_step, timed
+from model.checkpoint import load
+from model.config import PaliGemmaConfig, get_config
+from model.decode import generate
+from model.paligemma import PaliGemma
+from model.testing import hf_inputs, random_hf_model, random_inputs
 
 
 def dot_peak() -> float:
@@ -104,33 +83,6 @@ def ours_train_step(config, params, batch, repeats, dtype):
     return timed(run, repeats)
 
 
-def hf_train_step(config, model, batch, repeats, dtype, device: str = "cpu"):
-    """float32, or bfloat16 autocast (float32 weights, like ours) for dtype=bfloat16; on `device`
-    ('cpu' or 'cuda', where the model already is)."""
-    images, tokens, mask_ar, mask_input = batch
-    inputs = {k: v.to(device) for k, v in hf_inputs(config, *batch).items()}
-    n = config.num_image_tokens
-    target = torch.from_numpy(tokens[:, 1:].astype(np.int64)).to(device)
-    mask = torch.from_numpy((mask_ar * mask_input)[:, 1:].astype(np.float32)).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    model.train()
-
-    def run():
-        opt.zero_grad()
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=dtype == jnp.bfloat16):
-            logits = model(**inputs, use_cache=False).logits[:, n:-1].float()
-        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none")
-        loss = ((nll * mask).sum(1) / mask.sum(1).clamp(min=1)).mean()
-        loss.backward()
-        opt.step()
-        if device == "cuda":
-            torch.cuda.synchronize()
-
-    seconds = timed(run, repeats)
-    model.eval()
-    return seconds
-
-
 def prompts(config, batch, length, seed=0):
     images, tokens, mask_ar, mask_input = random_inputs(config, [length] * batch, [0] * batch, length, seed)
     return images, tokens, np.zeros_like(mask_ar), mask_input
@@ -167,8 +119,9 @@ def compare(name: str, ours: float, theirs: float, work: float, unit: str) -> fl
     return ours
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="bench", help="'bench' (bench/common.py) or a model config name")
     parser.add_argument("--train-batch", type=int, default=8)
     parser.add_argument("--text-len", type=int, default=32, help="prefix + suffix tokens per training example")
     parser.add_argument("--prompt-len", type=int, default=16)
@@ -176,16 +129,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--bf16", action="store_true",
                         help="also compare bfloat16 mixed precision (ours dtype=bfloat16, transformers autocast)")
-    a = parser.parse_args()
+    a = parser.parse_args(argv)
+    base = CONFIG if a.config == "bench" else get_config(a.config)
 
     print(f"load average before: {os.getloadavg()}; jax {jax.__version__} on {jax.devices()[0].platform}, "
           f"torch {torch.__version__} with {torch.get_num_threads()} threads")
-    print(f"config: {dataclasses.asdict(CONFIG)}")
-    hf = random_hf_model(CONFIG, seed=0)
+    print(f"config: {dataclasses.asdict(base)}")
+    hf = random_hf_model(base, seed=0)
     with tempfile.TemporaryDirectory() as tmp:
         hf.save_pretrained(tmp)
         config, params = load(tmp)
-    config = dataclasses.replace(config, name="bench")
+    config = dataclasses.replace(config, name=base.name)
 
     peak = dot_peak()
     print(f"jnp.dot peak (2048^2 float32): {peak / 1e9:.1f} GFLOP/s")

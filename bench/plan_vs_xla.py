@@ -1,8 +1,8 @@
 """The memory plan (model/cost.py) beside XLA's own numbers for the real train step, on this machine's
 default device. Compiles only (never runs a step), so a 3B step can be measured on any device.
 
-    python bench/plan_vs_xla.py                                # the nano cases of docs/memory-plan.md
-    python bench/plan_vs_xla.py 3b-224:64:16:bf16 3b-224:64:64:bf16   # the issue's H200 cases, on a GPU
+    python -m bench.plan_vs_xla                                # the nano cases of docs/memory-plan.md
+    python -m bench.plan_vs_xla 3b-224:64:16:bf16 3b-224:64:64:bf16   # the issue's H200 cases, on a GPU
 
 A case is CONFIG:TEXT_LEN:BATCH with optional flags `remat` and `bf16` (bfloat16 compute). Prints a
 Markdown table: XLA's peak (arguments + outputs - aliased + temporaries), the plan's total on one
@@ -14,15 +14,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
+import jax
 
-import jax  # noqa: E402
-
-from harness.xla_memory import train_step_memory  # noqa: E402
-from model.config import get_config  # noqa: E402
-from model.cost import memory_plan  # noqa: E402
+from harness.cell.xla_memory import train_step_memory
+from model.config import get_config
+from model.cost import memory_plan
 
 NANO_CASES = ("nano-s-32:32:16", "nano-s-32:32:16:remat", "nano-m-64:64:8:bf16", "nano-l-128:32:8",
               "nano-l-128:32:16:remat:bf16")

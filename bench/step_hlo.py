@@ -1,8 +1,8 @@
 """Where a train step's work goes, from its program alone: no device, no parameters allocated.
 
-    python bench/step_hlo.py --config 3b-224 --batch 32 --text-len 64 [--matmul cast|native]
+    python -m bench.step_hlo --config 3b-224 --batch 32 --text-len 64 [--matmul cast|native]
 
-Traces the trainer's step (harness/train.py: loss, backward, optimizer) on abstract inputs
+Traces the trainer's step (harness/cell/train.py: loss, backward, optimizer) on abstract inputs
 (jax.ShapeDtypeStruct) and walks the jaxpr, scan bodies multiplied by their length, remat
 recomputation included. Prints, per component (ViT matmuls, ViT attention, LLM matmuls, LLM attention,
 vocabulary logits + loss, optimizer, other): the matmul FLOPs by operand dtypes (a float32 operand
@@ -16,15 +16,12 @@ from __future__ import annotations
 import argparse
 import collections
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
-from harness.train import TrainConfig, build_model, make_optimizer, make_train_step
+from harness.cell.train import TrainConfig, build_model, make_optimizer, make_train_step
 from model.config import get_config
 from model.cost import forward_flops
 from model.paligemma import param_shapes
@@ -121,9 +118,9 @@ def report(stats: dict) -> str:
 def measured_split(config_name: str, batch: int, text_len: int, cfg: TrainConfig, repeats: int = 3) -> str:
     """Seconds of the loss alone, loss + gradient, and the whole step, on this backend with real arrays
     (random init): the backward pass and the optimizer by difference. For small configs."""
-    from bench.model_vs_transformers import CONFIG as BENCH_CONFIG
-    from bench.model_vs_transformers import timed
-    from harness.train import cast_params, make_loss_fn
+    from bench.common import CONFIG as BENCH_CONFIG
+    from bench.common import timed
+    from harness.cell.train import cast_params, make_loss_fn
     from model.paligemma import init_params
     from model.testing import random_inputs
 
@@ -155,7 +152,7 @@ def measured_split(config_name: str, batch: int, text_len: int, cfg: TrainConfig
                      [f"| {name} | {sec * 1e3:.1f} | {sec / t_step:.0%} |" for name, sec in rows])
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="3b-224")
     parser.add_argument("--batch", type=int, default=32)
@@ -169,8 +166,8 @@ def main() -> None:
     parser.add_argument("--cost", action="store_true", help="also print XLA's cost_analysis of the lowered step")
     parser.add_argument("--time", action="store_true",
                         help="also time forward / backward / optimizer on this backend (small configs; 'bench' "
-                             "is bench/model_vs_transformers.py's)")
-    a = parser.parse_args()
+                             "is bench/common.py's)")
+    a = parser.parse_args(argv)
     if a.matmul:
         os.environ["PALIGEMMA_MATMUL"] = a.matmul
     cfg = TrainConfig(lr=1e-5, num_steps=100, compute_dtype=a.compute_dtype, param_dtype=a.param_dtype,

@@ -1,14 +1,14 @@
 """Our train step vs transformers', on whatever backend is present: examples/s, MFU, peak memory.
 
-    python bench/train_step.py --config 3b-224 --batch 32              # on a GPU
-    python bench/train_step.py --config bench --batch 8 --dtype float32  # the CPU (2 cores: minutes)
+    python -m bench.train_step --config 3b-224 --batch 32              # on a GPU
+    python -m bench.train_step --config bench --batch 8 --dtype float32  # the CPU (2 cores: minutes)
 
-Ours is the trainer's own step (harness/train.py: clip + Adam + weight decay + schedule, dropout off)
+Ours is the trainer's own step (harness/cell/train.py: clip + Adam + weight decay + schedule, dropout off)
 with this backend's defaults (model/precision.py matmul mode, fused attention where allowed, the
 loss_impl 'auto' rule) unless flags say otherwise; theirs is PaliGemmaForConditionalGeneration
 with Adam, bfloat16 autocast over float32 weights (like ours) and its default attention. Both run
 one batch of random inputs (half prefix, half suffix) and random weights: the same weights for the
-small 'bench' config (bench/model_vs_transformers.py's twin), each side's own init for a named
+small 'bench' config (bench/common.py), each side's own init for a named
 config (3b-224 ...), as speed does not depend on the values.
 
 MFU = model FLOPs (model/cost.py: 3 x forward matmuls, no remat recomputation) / seconds / peak.
@@ -24,18 +24,15 @@ import argparse
 import dataclasses
 import os
 import resource
-import sys
 import tempfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
-from bench.model_vs_transformers import CONFIG as BENCH_CONFIG
-from bench.model_vs_transformers import hf_train_step, timed
-from harness.train import TrainConfig, build_model, make_optimizer, make_train_step
+from bench.common import CONFIG as BENCH_CONFIG
+from bench.common import hf_train_step, timed
+from harness.cell.train import TrainConfig, build_model, make_optimizer, make_train_step
 from model.checkpoint import load
 from model.config import get_config
 from model.cost import forward_flops
@@ -95,9 +92,9 @@ def ours_seconds(config, params, batch, cfg: TrainConfig, repeats: int) -> float
     return timed(run, repeats)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="bench", help="'bench' (bench/model_vs_transformers.py) or a "
+    parser.add_argument("--config", default="bench", help="'bench' (bench/common.py) or a "
                         "model config name such as 3b-224")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--text-len", type=int, default=64, help="text positions the model sees")
@@ -111,7 +108,7 @@ def main() -> None:
                         help="the LLM's attention soft-cap (off allows the fused attention path)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-transformers", action="store_true")
-    a = parser.parse_args()
+    a = parser.parse_args(argv)
 
     backend = jax.default_backend()
     device_kind = jax.devices()[0].device_kind
@@ -124,10 +121,11 @@ def main() -> None:
         config = config.with_llm(attn_logits_softcap=None)
     print(f"config {a.config}: {dataclasses.asdict(config)}")
 
-    import torch
+    device, hf = "cpu", None
+    if not a.skip_transformers:
+        import torch
 
-    device = "cuda" if backend == "gpu" and torch.cuda.is_available() else "cpu"
-    hf = None
+        device = "cuda" if backend == "gpu" and torch.cuda.is_available() else "cpu"
     if named:
         params = init_params(config, jax.random.key(0))
         if not a.skip_transformers:

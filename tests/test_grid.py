@@ -11,7 +11,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from harness.grid import GridError, load_grid
+from harness.run.grid import GridError, load_grid
 from model import checkpoint
 from results.lr_choice import select_best_lrs
 
@@ -75,7 +75,7 @@ def test_expansion_counts_defaults_and_overrides(tmp_path):
     assert dict(vqa.overrides) == {"steps": 10, "batch_size": 4}
     assert dict(doc.overrides) == {"steps": 20, "batch_size": 4, "text_len": 64}
     assert doc.data_dir == str(tmp_path / "data" / "docvqa") and doc.checkpoint == "random" and doc.demo
-    assert grid.runner == "harness.cell:run_cell"
+    assert grid.runner == "harness.cell.run_cell:run_cell"
 
 
 def test_ids_are_readable_unique_and_stable(tmp_path):
@@ -119,7 +119,7 @@ def test_demo_grid_starts_from_the_shipped_nano_checkpoints(monkeypatch):
     for size in grid.sizes:
         for res in grid.resolutions:
             path = grid.checkpoint(size, res)
-            assert path == f"checkpoints/nano-mimic64/{size}-{res}.npz"
+            assert path == f"checkpoints/nano/{size}-{res}.npz"
             flat = checkpoint.read_npz(path)  # bfloat16 like the released files; shapes checked on load
             assert {v.dtype for v in flat.values()} == {np.dtype(ml_dtypes.bfloat16)}
             checkpoint.load_npz(path, f"{size}-{res}")
@@ -242,25 +242,3 @@ def test_best_lr_highest_then_smaller_lr_on_ties_missing_never_wins():
     assert best["a", "s"].scores == ((1e-6, 0.8), (3e-6, 0.8), (1e-5, 0.7))
     assert best["b", "s"].lr == 1e-5
     assert best["c", "s"].lr == 1e-6 and best["c", "s"].headline == "accuracy"
-
-
-def test_demo_seeds_nano_is_demo_seeds_on_the_earlier_checkpoints(monkeypatch):
-    """Its cells are demo-seeds' with the base checkpoint and the lrs swapped for the earlier ones
-    (configs/pretrain/nano.yaml's weights, which the demo grids used until stop 27, and the lrs the sweep
-    picked on them, which demo-full keeps), so its table reproduces the README's table of stops 23-26."""
-    import dataclasses
-
-    monkeypatch.chdir(REPO)
-    seeds, other, full = (load_grid(REPO / "configs" / "grids" / f"{n}.yaml", check_files=False)
-                          for n in ("demo-seeds", "demo-seeds-nano", "demo-full"))
-    earlier = other.fixed_lrs()
-    assert earlier == {k: v for k, v in full.fixed_lrs().items() if k[1] in other.sizes} != seeds.fixed_lrs()
-    cells = seeds.final_cells(earlier)
-    swapped = [dataclasses.replace(c, checkpoint=c.checkpoint.replace("checkpoints/nano-mimic64/", "checkpoints/nano/"))
-               for c in cells]
-
-    def config(cell):  # the checkpoint's content hash differs with its weights, by design
-        return {k: v for k, v in cell.config().items() if k != "checkpoint_sha256"}
-
-    assert [config(c) for c in other.final_cells(earlier)] == [config(c) for c in swapped]
-    assert all(c.checkpoint.startswith("checkpoints/nano/") for c in swapped) and len(cells) == 84

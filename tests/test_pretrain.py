@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from harness.pretrain import load_spec, pretrain
+from harness.pretrain.stages import load_spec, pretrain
 from model import checkpoint
 from model.config import config_for
 
@@ -57,7 +57,7 @@ def test_stages_resume_and_continue(tmp_path):
 def test_ocr_mixture_reads_each_text_tasks_ocr_view(tmp_path):
     """`ocr` is opt-in per stage (never covered by `all`); its sources are the OCR views of the tasks whose
     images hold text, each the image with its words as the target, sharing the weight equally."""
-    from harness.pretrain import pretraining_sources
+    from harness.pretrain.stages import pretraining_sources
 
     path = tiny_spec(tmp_path)
     raw = yaml.safe_load(path.read_text())
@@ -170,37 +170,33 @@ def test_a_bad_from_or_a_repeated_name_is_a_one_line_error(tmp_path):
             load_spec(path)
 
 
-def test_every_pretrain_config_loads_and_nano_mimic64_reuses_its_parents_stages():
-    """nano-mimic64.yaml's trunk is nano.yaml's stages and its 32 px stage is nano-mimic.yaml's, with the
-    seed that stage had there: what lets a rebuild start from the shipped checkpoints (its header)."""
-    import dataclasses
+def test_the_pretrain_config_writes_exactly_the_shipped_family():
+    """configs/pretrain/nano.yaml is the one pretraining config: the file each size's last stage at each
+    resolution writes, and stage 0's encoder, are the files shipped in checkpoints/nano/ (so a bare
+    `paligemma-transfer pretrain` on a fresh clone finds them all and trains nothing), and the stages chain
+    as its header says: 64 px 2b -> 2c (-> 2d for nano-m) -> 2e; 32 px for nano-m 1b -> 1c -> 1d."""
+    from harness.pretrain.stages import stage_outputs, stage_seed, stage_sources
 
-    from harness.pretrain import stage_outputs, stage_seed, stage_sources
+    configs = sorted((ROOT / "configs/pretrain").glob("*.yaml"))
+    assert [p.name for p in configs] == ["nano.yaml"]
+    spec = load_spec(configs[0])
+    assert spec.out == ROOT / "checkpoints/nano" and spec.sizes == ("nano-s", "nano-m")
+    finals = {p.name for size in spec.sizes for p in stage_outputs(spec, size).values()
+              if p.stem.count("-") == 2}
+    encoder = {f"encoder-{s.resolution}.npz" for s in spec.stages if s.kind == "encoder"}
+    assert finals | encoder == {p.name for p in (ROOT / "checkpoints/nano").glob("*.npz")}
 
-    specs = {p.stem: load_spec(p) for p in sorted((ROOT / "configs/pretrain").glob("*.yaml"))}
-    nano, mimic, new = specs["nano"], specs["nano-mimic"], specs["nano-mimic64"]
-    assert new.stages[:3] == nano.stages[:3]
-    assert (new.data_root, new.num_train, new.data_seed, new.lr, new.batch_size) == \
-        (nano.data_root, nano.num_train, nano.data_seed, nano.lr, nano.batch_size)
-    index = next(i for i, s in enumerate(mimic.stages) if s.name == "stage1b-mimic")
-    moved = new.stages[4]
-    assert dataclasses.replace(moved, start=None, seed=None) == mimic.stages[index]
-    assert stage_seed(moved, 4) == index
-    assert stage_sources(new, "nano-s")[4] == stage_sources(mimic, "nano-s")[index] == 1
-    assert stage_sources(new, "nano-s")[3] == 2 and new.stages[3].img_tower_lr_mult == 0.1
-    # 64 px: 2b -> 2c (-> 2d for nano-m alone) -> 2e, whose file is the checkpoint; the others keep names.
-    assert stage_sources(new, "nano-s")[6] == 3 and new.stages[6].resolution == 64
-    assert stage_sources(new, "nano-s")[8] == 6 and stage_sources(new, "nano-m")[8] == 7
-    assert stage_sources(new, "nano-m")[7] == 6 and 7 not in stage_sources(new, "nano-s")
-    outputs = {i: p.name for i, p in stage_outputs(new, "nano-s").items()}
-    assert (outputs[3], outputs[6], outputs[8]) == \
-        ("nano-s-64-stage2b-mimic64.npz", "nano-s-64-stage2c-reread64.npz", "nano-s-64.npz")
-    # 32 px for nano-m: 1b -> 1c -> 1d, a branch back from the 64 px stages listed before it.
-    assert stage_sources(new, "nano-m")[9] == 5 and 9 not in stage_sources(new, "nano-s")
-    outputs = {i: p.name for i, p in stage_outputs(new, "nano-m").items()}
-    assert (outputs[7], outputs[8]) == ("nano-m-64-stage2d-mimic64.npz", "nano-m-64.npz")
-    assert (outputs[5], outputs[9]) == ("nano-m-32-stage1c-mimic.npz", "nano-m-32.npz")
-    assert outputs[4] == "nano-m-32-stage1b-mimic.npz" and stage_outputs(new, "nano-s")[4].name == "nano-s-32.npz"
+    names = {s.name: i for i, s in enumerate(spec.stages)}
+    s, m = stage_sources(spec, "nano-s"), stage_sources(spec, "nano-m")
+    assert s[names["stage2c-reread64"]] == names["stage2b-mimic64"]
+    assert s[names["stage2e-tables64"]] == names["stage2c-reread64"]
+    assert m[names["stage2e-tables64"]] == names["stage2d-mimic64"] and names["stage2d-mimic64"] not in s
+    assert m[names["stage1d-tables"]] == names["stage1c-mimic"] and names["stage1d-tables"] not in s
+    assert s[names["stage1b-mimic"]] == names["stage1"] and stage_seed(spec.stages[names["stage1b-mimic"]], 4) == 2
+    outputs = {spec.stages[i].name: p.name for i, p in stage_outputs(spec, "nano-s").items()}
+    assert (outputs["stage1b-mimic"], outputs["stage2e-tables64"]) == ("nano-s-32.npz", "nano-s-64.npz")
+    outputs = {spec.stages[i].name: p.name for i, p in stage_outputs(spec, "nano-m").items()}
+    assert (outputs["stage1d-tables"], outputs["stage2e-tables64"]) == ("nano-m-32.npz", "nano-m-64.npz")
 
 
 def test_a_stage_may_run_for_some_sizes_only(tmp_path):
@@ -208,7 +204,7 @@ def test_a_stage_may_run_for_some_sizes_only(tmp_path):
     indices (the default seeds) of the stages after it do not move."""
     import pytest
 
-    from harness.pretrain import stage_outputs, stage_sources
+    from harness.pretrain.stages import stage_outputs, stage_sources
 
     path = tiny_spec(tmp_path)
     raw = yaml.safe_load(path.read_text())
