@@ -1,6 +1,6 @@
 """The Ray backend on a local cluster (ray.init with 2 CPUs): a worker SIGKILLed mid-cell is retried, the
 retry resumes from what the cell left on disk, and the records equal those of a run without the kill;
-nothing is lost and nothing is recorded twice. Skipped when Ray is not installed (the `[ray]` extra).
+nothing is lost and nothing is recorded twice. Ray is in the `[test]` extra; skipped when it is not installed.
 
 Starting the local cluster takes 5-25 s here, so both tests share one; the one through the real cell
 runner (orbax checkpoints) is marked slow.
@@ -117,7 +117,7 @@ def test_worker_killed_mid_cell_is_retried_and_resumes(local_ray, tmp_path):
     reference = run_grid(load_grid(path), tmp_path / "ref", progress=False)  # local backend, no kill
     workdir = tmp_path / "ray"
     # A liveness bound, not a speed check: a retried Ray worker starts JAX and compiles again, which took
-    # over 120 s on 2 cores shared with two pretraining jobs (stop 27).
+    # over 120 s on 2 cores shared with two pretraining jobs.
     records = _run_killing_mid_cell(path, workdir, lambda d: 2 <= _progress(d) < 5, timeout=400)
     _same(records, reference)
     assert records[0].extra["resumed_from"] >= 2  # the retry continued from the killed worker's progress
