@@ -1,6 +1,6 @@
-"""Issue 14, problem 1 (stale cells): a cell's id covers everything that changes its result, so a re-trained
+"""Stale cells: a cell's id covers everything that changes its result, so a re-trained
 checkpoint at the same path, a changed in-code recipe, tokenizer, project version or demo data size gives
-new ids instead of silently reusing finished records. On the old code every id below stayed the same."""
+new ids instead of silently reusing finished records."""
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
-"""Issue 14, problems 2 and 3: prepared data keyed on the raw files, kept outside the data folder, and
-`--json` output that is exactly one JSON document; plus what `score` says about a predictions file.
-On the old code an edited answer kept its old score until `_tfds` was deleted by hand, the cache was
-written into the data folder, and the first `score --json` printed TFDS's lines before the JSON."""
+"""Prepared data keyed on the raw files and kept outside the data folder, so an edited answer is scored
+anew without deleting anything by hand; `--json` output that is exactly one JSON document (no library's
+lines before it); and what `score` says about a predictions file."""
 
 from __future__ import annotations
 
