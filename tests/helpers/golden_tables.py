@@ -2,9 +2,10 @@
 records a fake-runner grid writes. tests/golden/tables/ holds what the hand-written renderers produced
 before the table writer moved onto pandas/tabulate; test_table_writer_golden.py holds the new code to them
 byte for byte. tests/golden/tables_demo/ is the same grid with `demo: true`, written by the same old code
-(before outputs said "demo scale" beyond tables.md). Edited by hand since in one place only: the rule
-under the sensitivity table gained "a fall of more than 2 se *a drop*" (stop 22). Regenerate only on
-purpose, with the code to pin on PYTHONPATH: python tests/helpers/golden_tables.py [--demo]
+(before outputs said "demo scale" beyond tables.md). Edited by hand since in two places only: the rule
+under the sensitivity table gained "a fall of more than 2 se *a drop*", and tasks.md lists the plugins
+registered now (a row per plugin). Regenerate only on purpose, with the code to pin on PYTHONPATH:
+python tests/helpers/golden_tables.py [--demo]
 """
 
 from __future__ import annotations
