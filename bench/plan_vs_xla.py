@@ -2,7 +2,7 @@
 default device. Compiles only (never runs a step), so a 3B step can be measured on any device.
 
     python -m bench.plan_vs_xla                                # the nano cases of docs/memory-plan.md
-    python -m bench.plan_vs_xla 3b-224:64:16:bf16 3b-224:64:64:bf16   # the H200 cases, on a GPU
+    python -m bench.plan_vs_xla 3b-224:64:16:bf16 3b-224:64:64:bf16   # the H200 cases of docs/memory-plan.md, on a GPU
 
 A case is CONFIG:TEXT_LEN:BATCH with optional flags `remat` and `bf16` (bfloat16 compute). Prints a
 Markdown table: XLA's peak (arguments + outputs - aliased + temporaries), the plan's total on one
