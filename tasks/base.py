@@ -3,7 +3,7 @@
 A plugin is one file holding one `Task` subclass (plus its TFDS builder) and one line in
 `tasks/registry.py` (or a `paligemma_transfer.tasks` entry point for third-party packages). In the
 spirit of seqio's Task, each piece is a small pure function a test can call on one example:
-`example` (raw TFDS record -> prefix, targets, reference), `recipe`, `parse`, `score`.
+`example` (prepared record -> prefix, targets, reference), `recipe`, `parse`, `score`.
 """
 
 from __future__ import annotations
@@ -200,11 +200,13 @@ class Task(abc.ABC):
     # --- data ---------------------------------------------------------------------------------
     @abc.abstractmethod
     def builder(self, manual_dir: str | Path, data_dir: str | Path):
-        """The TFDS builder (file_format="array_record", images as PNG bytes) over `manual_dir`."""
+        """The TFDS builder over `manual_dir`: its features and `_split_generators` say what a record holds
+        (`prepare` writes the records, tasks/records.py); an Image feature's value may be the file's path."""
 
     @abc.abstractmethod
     def example(self, record: Mapping[str, Any]) -> Example:
-        """A decoded TFDS record -> Example (prefix, training targets, metric reference)."""
+        """A prepared record -> Example (prefix, training targets, metric reference). Images come as
+        LazyImage: pass `record["image"]` on as the Example's image to keep it undecoded until read."""
 
     # --- recipe -------------------------------------------------------------------------------
     @abc.abstractmethod

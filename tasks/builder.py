@@ -1,5 +1,6 @@
-"""The TFDS builder every plugin's data goes through: official raw files in a manual directory ->
-array_record files with images as PNG/JPEG bytes, which TFDS writes and reads without tensorflow."""
+"""The TFDS builder every plugin declares its data with: features and split generators over the official
+raw files in a manual directory. `Task.prepare` runs the generators and writes the examples itself
+(tasks/records.py: array_record, each image once, no TensorFlow); TFDS's own writer is not used."""
 
 from __future__ import annotations
 

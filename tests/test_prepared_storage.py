@@ -174,3 +174,32 @@ def test_preparing_imports_no_tensorflow(tmp_path, name):
                           capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().endswith("} 4")  # prepared, and 4 references read
+
+
+@pytest.mark.slow
+def test_a_split_over_a_gigabyte_is_prepared_without_tensorflow(tmp_path, cache):
+    """~1.2 GB of incompressible JPEGs in one split: past TFDS's 1 GiB buffer, where its writer needed
+    tf.io.gfile. Prepared in a few tens of seconds; the images are stored once, nothing else is big."""
+    raw = tmp_path / "raw"
+    (raw / "val2014").mkdir(parents=True)
+    big = np.random.default_rng(0).integers(0, 256, (1500, 2000, 3), dtype=np.uint8)
+    Image.fromarray(big).save(raw / "val2014" / "COCO_val2014_000000000001.jpg", quality=95)  # ~3.5 MB
+    data = (raw / "val2014" / "COCO_val2014_000000000001.jpg").read_bytes()
+    n_images = (1_200_000_000 // len(data)) + 1
+    questions = [{"image_id": i, "question": f"q{i}?", "question_id": i * 1000} for i in range(1, n_images + 1)]
+    answers = [{"question_id": q["question_id"], "answer_type": "other", "question_type": "what",
+                "answers": [{"answer": "x"}] * 10} for q in questions]
+    for i in range(2, n_images + 1):
+        (raw / "val2014" / f"COCO_val2014_{i:012d}.jpg").write_bytes(data)
+    (raw / "v2_OpenEnded_mscoco_val2014_questions.json").write_text(json.dumps({"questions": questions}))
+    (raw / "v2_mscoco_val2014_annotations.json").write_text(json.dumps({"annotations": answers}))
+    task = get_task("vqav2")
+    split = task.prepare(raw, splits={"validation"}).splits["validation"]
+    assert "tensorflow" not in sys.modules
+    assert len(split) == n_images and split.meta["bytes"]["images"] > 1 << 30
+    assert _bytes(split.folder) < 1.01 * _bytes(raw)
+    assert task.examples(raw, "eval")[-1].image.shape == (1500, 2000, 3)
+
+
+def _bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
