@@ -157,7 +157,7 @@ def test_demo_words_are_clockwise_inside_the_image_and_sized_for_64_px():
             texts.append(text)
     assert "###" in texts and len(set(texts)) > 40
     # Legible words: 1-3 per scene, their quads (ink box + margin) ~6-10 px tall at 64 px input, ~3-5 px
-    # at 32 px; x-heights about half that (bench/demo_legibility.py).
+    # at 32 px; x-heights about half that (docs/demo-findings.md §3).
     legible = np.array([h for h, t in zip(heights, texts) if t != "###"])
     assert 40 <= len(legible) <= 120
     assert np.median(legible) / demo.HEIGHT * 64 > 6 and np.median(legible) / demo.HEIGHT * 32 < 5
