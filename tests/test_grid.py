@@ -108,8 +108,13 @@ def test_paper_grid_is_the_papers():
     assert grid.protocol.sweep_resolution == 224 and grid.protocol.final_seeds == (0, 1, 2, 3, 4)
     assert grid.checkpoint("10b", 448) == "checkpoints/paligemma2-10b-pt-448.b16.npz"
     assert not grid.demo
-    # 3 tasks x 7 lrs + 3 tasks x 5 lrs, x 3 sizes (chemdraw has one lr); 7 x 3 x 3 x 5 final.
-    assert len(grid.sweep_cells()) == 108 and len(grid.final_plan()) == 315
+    # Every task sweeps its plugin's lr_grid where the paper swept it (docs/fidelity.yaml): the PaliGemma 1
+    # tasks 7 lrs at 224 px; ICDAR'15 and PubTabNet 5 lrs at 896 px; MIMIC-CXR 6 lrs at every resolution;
+    # ChemDraw has one lr. x 3 sizes; 7 x 3 x 3 x 5 final.
+    assert len(grid.sweep_cells()) == 3 * 7 * 3 + 2 * 5 * 3 + 6 * 3 * 3 and len(grid.final_plan()) == 315
+    assert grid.sweep_resolution("icdar15", "3b", 224) == 896 and grid.sweep_resolution("vqav2", "3b", 896) == 224
+    assert [grid.sweep_resolution("mimic_cxr", "10b", r) for r in (224, 448, 896)] == [224, 448, 896]
+    assert 5e-6 in grid.lrs["mimic_cxr", "3b"] and grid.lrs["chemdraw", "3b"] == (1e-4,)
 
 
 def test_demo_grid_starts_from_the_shipped_nano_checkpoints(monkeypatch):
@@ -138,7 +143,10 @@ def test_demo_grids_are_the_demo_with_one_thing_changed(monkeypatch):
     assert ids < {c.cell_id for c in seeds.final_cells(seeds.fixed_lrs())}
     assert ids == {c.cell_id for c in sweep.final_cells(demo.fixed_lrs())}
     assert all(lr in sweep.lrs[key] for key, lr in demo.fixed_lrs().items())
-    assert len(sweep.sweep_cells()) == 56
+    # 7 tasks x 2 sizes x 4 lrs at 32 px, but where the paper swept elsewhere the plugins say so: ChemDraw at
+    # 64 px (the nano family's 448), MIMIC-CXR at every resolution (+2 x 4 at 64 px each).
+    assert len(sweep.sweep_cells()) == 7 * 2 * 4 + 2 * 2 * 4 - 2 * 4
+    assert {c.resolution for c in sweep.sweep_cells() if c.task == "chemdraw"} == {64}
 
 
 def test_demo_block_means_demo_scale_with_generated_data(tmp_path):

@@ -172,7 +172,7 @@ resolutions: [32]
 lrs: [1.0e-3]
 data_root: DATA
 checkpoints: random
-runner: tests.helpers.fake_runner:run
+runner: tests.helpers.fake_runner:checked_run
 overrides:
   vqav2: {steps: 5, batch_size: BATCH, text_len: 32}
 """
@@ -190,6 +190,15 @@ def test_scheduler_refuses_a_cell_that_cannot_fit_before_running_it(tmp_path):
     assert "x cpu" in error
     path.write_text(GRID.replace("DATA", str(tmp_path / "data")).replace("BATCH", "4"))
     assert len(run_grid(load_grid(path), tmp_path / "w2", progress=False)) == 1
+
+
+def test_a_runner_without_a_check_is_not_checked_against_the_default_recipe(tmp_path):
+    """The memory check is the runner's own (`runner.check`): a custom runner that brings none runs its
+    cell whatever the default runner's plan would say of the recipe."""
+    path = tmp_path / "grid.yaml"
+    path.write_text(GRID.replace("DATA", str(tmp_path / "data")).replace("BATCH", str(2**24))
+                    .replace("fake_runner:checked_run", "fake_runner:run"))
+    assert len(run_grid(load_grid(path), tmp_path / "w", progress=False)) == 1
 
 
 def _nodes(**resources):

@@ -39,7 +39,10 @@ DEFAULT_RUNNER = "harness.cell.run_cell:run_cell"
 RANDOM_INIT = "random"
 FIELDS = ("name", "demo", "tasks", "sizes", "resolutions", "lrs", "protocol", "data_root",
           "checkpoints", "overrides", "runner", "keep_checkpoints", "logging", "mesh")
-REQUIRED = ("name", "tasks", "sizes", "resolutions", "lrs", "checkpoints")
+REQUIRED = ("name", "tasks", "sizes", "resolutions", "checkpoints")
+# Recipe fields that say how a cell's lr is chosen, not what a cell computes: left out of its identity
+# (the lr the choice lands on is in the id).
+LR_POLICY_FIELDS = ("lr_grid", "sweep_resolution", "sweep_per_point")
 SWEEP_FIELDS = ("resolution", "split", "seed")
 FINAL_FIELDS = ("seeds", "split", "resolutions")
 DEMO_FIELDS = ("num_train", "num_eval", "seed")
@@ -149,6 +152,31 @@ class Grid:
     def swept(self, task: str, size: str) -> bool:
         return len(self.lrs[task, size]) > 1
 
+    def sweep_resolution(self, task: str, size: str, resolution: int) -> int:
+        """The resolution whose sweep picks the lr of the final cells of (task, size) at `resolution`.
+
+        The plugin's recipe decides where the paper did (tasks/base.py Recipe.sweep_resolution and
+        sweep_per_point; docs/fidelity.yaml): re-swept at every point, or swept at one resolution of its
+        own when the grid has it; otherwise the grid's `protocol.sweep.resolution`. A grid override of
+        `sweep_resolution` / `sweep_per_point` changes the plugin's choice for that task."""
+        recipe = effective(_task(task), size, resolution, self.lrs[task, size][0],
+                           {k: v for k, v in self.overrides[task] if k in LR_POLICY_FIELDS}).recipe
+        if recipe.sweep_per_point:
+            return resolution
+        if recipe.sweep_resolution is not None and recipe.sweep_resolution in self.resolutions:
+            return int(recipe.sweep_resolution)
+        return self.protocol.sweep_resolution
+
+    def sweep_points(self) -> list[tuple[str, str, int]]:
+        """(task, size, sweep resolution) of every sweep, in run order."""
+        points = []
+        for t in self.tasks:
+            for s in self.sizes:
+                if self.swept(t, s):
+                    res = {self.sweep_resolution(t, s, r) for r in self.protocol.final_resolutions}
+                    points += [(t, s, r) for r in sorted(res)]
+        return points
+
     def random_init_twin(self) -> Grid:
         """The same grid from random init (name + "-random"): the baseline that shows what the base
         checkpoints bring. Its cells hash differently, so they never mix with the original's."""
@@ -176,8 +204,8 @@ class Grid:
 
     def sweep_cells(self) -> list[Cell]:
         p = self.protocol
-        return [self._cell(t, s, p.sweep_resolution, lr, p.sweep_seed, "sweep", p.sweep_split)
-                for t in self.tasks for s in self.sizes if self.swept(t, s) for lr in self.lrs[t, s]]
+        return [self._cell(t, s, r, lr, p.sweep_seed, "sweep", p.sweep_split)
+                for t, s, r in self.sweep_points() for lr in self.lrs[t, s]]
 
     def fixed_lrs(self) -> dict[tuple[str, str], float]:
         """The lr of every (task, size) that has no sweep."""
@@ -189,11 +217,21 @@ class Grid:
         return [(t, s, r, seed) for t in self.tasks for s in self.sizes
                 for r in p.final_resolutions for seed in p.final_seeds]
 
-    def final_cells(self, best_lrs: Mapping[tuple[str, str], float]) -> list[Cell]:
-        """Final cells of the (task, size) pairs whose lr is known (swept or fixed)."""
+    def final_lr(self, best_lrs: Mapping[tuple, float], task: str, size: str, resolution: int) -> float | None:
+        """The lr of a final cell: its sweep point's pick ((task, size, sweep resolution) keys), or the
+        (task, size) lr when it has no sweep; None while its sweep is incomplete."""
+        key = (task, size, self.sweep_resolution(task, size, resolution)) if self.swept(task, size) else None
+        return best_lrs[key] if key in best_lrs else best_lrs.get((task, size))
+
+    def final_cells(self, best_lrs: Mapping[tuple, float]) -> list[Cell]:
+        """Final cells whose lr is known (fixed, or picked by their complete sweep)."""
         p = self.protocol
-        return [self._cell(t, s, r, best_lrs[t, s], seed, "final", p.final_split)
-                for t, s, r, seed in self.final_plan() if (t, s) in best_lrs]
+        cells = []
+        for t, s, r, seed in self.final_plan():
+            lr = self.final_lr(best_lrs, t, s, r)
+            if lr is not None:
+                cells.append(self._cell(t, s, r, lr, seed, "final", p.final_split))
+        return cells
 
 
 def project_version() -> str:
@@ -232,7 +270,8 @@ def identity(task: str, size: str, resolution: int, lr: float, checkpoint: str,
     known = recipe_fields() | HARNESS_KEYS  # a custom runner's own keys are hashed as overrides only
     recipe = effective(plugin, size, resolution, lr, {k: v for k, v in overrides if k in known}).recipe
     tokenizer = tokenizer_path(size, dict(overrides))
-    values = {"task_version": plugin.version, "recipe": dataclasses.asdict(recipe),
+    computed = {k: v for k, v in dataclasses.asdict(recipe).items() if k not in LR_POLICY_FIELDS}
+    values = {"task_version": plugin.version, "recipe": computed,
               "checkpoint_sha256": fingerprint(checkpoint),
               "tokenizer_sha256": fingerprint(tokenizer) if tokenizer is not None else MISSING,
               "project_version": project_version(), "demo_data": demo_identity(task, demo_data)}
@@ -359,20 +398,25 @@ def _lr_list(value: Any, where: _Where, field: tuple) -> tuple[float, ...]:
     return tuple(sorted(lrs))
 
 
-def _lrs(value: Any, tasks: Sequence[str], sizes: Sequence[str],
+def plugin_lrs(task: str, size: str, resolution: int) -> tuple[float, ...]:
+    """The plugin's own lr list (Recipe.lr_grid: the paper's sweep for that task, docs/fidelity.yaml)."""
+    return tuple(float(lr) for lr in _task(task).recipe(size, resolution).lr_grid)
+
+
+def _lrs(value: Any, tasks: Sequence[str], sizes: Sequence[str], resolution: int,
          where: _Where) -> dict[tuple[str, str], tuple[float, ...]]:
     """`lrs` is a list for every task, or a mapping {default: [...], <task>: [...], <size>: {...}}; a size's
     block {default: [...], <task>: [...]} replaces the lists for that size (the protocol picks an lr per
-    (task, size), so a grid that fixes them may need a different one per size)."""
+    (task, size), so a grid that fixes them may need a different one per size). A task the grid gives no
+    list (no `lrs`, or neither its own entry nor `default`) sweeps its plugin's `lr_grid`."""
+    if value is None:
+        value = {}
     if not isinstance(value, Mapping):
         lrs = _lr_list(value, where, ("lrs",))
         return {(t, s): lrs for t in tasks for s in sizes}
     _check_keys(value, ("default", *tasks, *sizes), where, ("lrs",))
     per = {k: _lr_list(v, where, ("lrs", k)) for k, v in value.items() if k not in sizes}
-    missing = [t for t in tasks if t not in per and "default" not in per]
-    if missing:
-        raise where.error(("lrs",), f"no lr list for task(s) {', '.join(missing)}; add them or a 'default' list")
-    lrs = {(t, s): per.get(t, per.get("default")) for t in tasks for s in sizes}
+    lrs = {(t, s): per.get(t, per.get("default")) or plugin_lrs(t, s, resolution) for t in tasks for s in sizes}
     for size in sizes:
         if size not in value:
             continue
@@ -520,6 +564,9 @@ def _protocol(value: Any, resolutions: tuple[int, ...], sizes: Sequence[str], wh
     _check_keys(final, FINAL_FIELDS, where, ("protocol", "final"))
 
     sweep_res = _int(sweep.get("resolution", min(resolutions)), where, ("protocol", "sweep", "resolution"), 1)
+    if sweep_res not in resolutions:
+        raise where.error(("protocol", "sweep", "resolution"),
+                          f"{sweep_res} is not one of the grid's resolutions {list(resolutions)}")
     for size in sizes:
         try:
             config_for(size, sweep_res)
@@ -653,26 +700,25 @@ def load_grid(path: str | Path, *, check_files: bool = True) -> Grid:
             except KeyError as e:
                 raise where.error(("resolutions", i), e.args[0]) from None
 
-    lrs = _lrs(data["lrs"], tasks, sizes, where)
-    mesh = _mesh(data.get("mesh"), tasks, where)
     protocol = _protocol(data.get("protocol"), resolutions, sizes, where)
-    used_res = set(protocol.final_resolutions)
-    if any(len(v) > 1 for v in lrs.values()):
-        used_res.add(protocol.sweep_resolution)
+    lrs = _lrs(data.get("lrs"), tasks, sizes, protocol.sweep_resolution, where)
+    mesh = _mesh(data.get("mesh"), tasks, where)
     runner = _runner(data.get("runner", DEFAULT_RUNNER), where)
     raw_overrides = data.get("overrides") or {}
     overrides = _overrides(raw_overrides, tasks, where)
     if runner == DEFAULT_RUNNER:  # a custom runner may read keys of its own
         _check_override_keys(raw_overrides, where)
-    _check_mesh_batches(mesh, overrides, sizes, sorted(used_res), where, data.get("mesh"))
-    _check_recipes(tasks, sizes, sorted(used_res), lrs, overrides, raw_overrides, where)
-    return Grid(
+    _check_recipes(tasks, sizes, resolutions, lrs, overrides, raw_overrides, where)
+    grid = Grid(
         name=name, demo=demo, demo_data=demo_data, tasks=tasks, sizes=sizes, resolutions=resolutions,
         lrs=lrs, protocol=protocol,
         data_root=_str(data.get("data_root", "data"), where, ("data_root",)),
-        checkpoints=_checkpoints(data["checkpoints"], sizes, sorted(used_res), where, check_files),
+        checkpoints=_str(data["checkpoints"], where, ("checkpoints",)),
         overrides=overrides, runner=runner, source=path, text=text,
         keep_checkpoints=_choice(data.get("keep_checkpoints", DEFAULT_KEEP), KEEP_CHECKPOINTS, where,
                                  ("keep_checkpoints",)),
         logging=_logging(data.get("logging", list(DEFAULT_LOGGING)), where),
         mesh=mesh)
+    used_res = sorted(set(protocol.final_resolutions) | {r for _, _, r in grid.sweep_points()})
+    _check_mesh_batches(mesh, overrides, sizes, used_res, where, data.get("mesh"))
+    return replace(grid, checkpoints=_checkpoints(data["checkpoints"], sizes, used_res, where, check_files))

@@ -160,7 +160,34 @@ def format_plan(grid: Grid, rows: list[PlanRow]) -> str:
     disk = sum(r.disk for r in rows)
     kept = (f"disk kept by finished cells (keep_checkpoints: {grid.keep_checkpoints}): {_gb(disk)} "
             "besides records and predictions")
-    return "\n".join([summary, kept] + per_task + ["", fixed_width(header, table)])
+    return "\n".join([summary, kept] + per_task + [""] + sweep_lines(grid) + ["", fixed_width(header, table)])
+
+
+def sweep_lines(grid: Grid) -> list[str]:
+    """Per task and size: which lrs, where they are swept and at which resolutions the pick is used."""
+    from harness.run.grid import plugin_lrs
+
+    lines = ["how each task picks its lr (protocol.sweep: split "
+             f"{grid.protocol.sweep_split}, seed {grid.protocol.sweep_seed}):"]
+    finals = grid.protocol.final_resolutions
+    for task in grid.tasks:
+        for size in grid.sizes:
+            lrs = grid.lrs[task, size]
+            source = ("the plugin's lr_grid" if lrs == plugin_lrs(task, size, grid.protocol.sweep_resolution)
+                      else "the grid's lrs")
+            listed = ", ".join(format_lr(lr) for lr in lrs)
+            if not grid.swept(task, size):
+                lines.append(f"  {task} {size}: one lr {listed} ({source}): no sweep")
+                continue
+            by_sweep: dict[int, list[int]] = {}
+            for res in finals:
+                by_sweep.setdefault(grid.sweep_resolution(task, size, res), []).append(res)
+            where = "; ".join(f"swept at {r} px, used at {', '.join(map(str, used))}"
+                              for r, used in sorted(by_sweep.items()))
+            if len(by_sweep) == len(finals) > 1 and all(r == used[0] for r, used in by_sweep.items()):
+                where = "re-swept at every resolution (" + ", ".join(map(str, finals)) + ")"
+            lines.append(f"  {task} {size}: {len(lrs)} lrs [{listed}] ({source}), {where}")
+    return lines
 
 
 def _gb(n: int) -> str:

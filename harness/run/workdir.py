@@ -25,7 +25,7 @@ from harness.run.grid import Grid
 from results.lr_choice import LrChoice, select_best_lrs
 from results.store import atomic_write_text, has_record, predictions_path, read_record, record_path
 
-BEST_LR_RULE = ("per (task, size), the sweep lr with the highest headline metric on the sweep split; "
+BEST_LR_RULE = ("per (task, size, sweep resolution), the sweep lr with the highest headline metric on the sweep split; "
                 "ties go to the smaller lr; a missing metric never wins (docs/paligemma2-facts.md §3.2)")
 OUTCOME = "outcome.json"  # cells/<id>/: the runner's result, kept until its record is written
 PARAMS_FILE = "params.npz"  # cells/<id>/: the fine-tuned params (keep_checkpoints params or all)
@@ -88,24 +88,32 @@ def cell_dir(workdir: str | Path, cell_id: str) -> Path:
     return Workdir(workdir).cell(cell_id)
 
 
-def best_lrs(grid: Grid, workdir: str | Path) -> tuple[dict[tuple[str, str], float], dict[tuple[str, str], LrChoice]]:
-    """(lr per (task, size) known so far, the sweep choices), from the grid's own sweep records.
+def best_lrs(grid: Grid, workdir: str | Path) -> tuple[dict[tuple, float], dict[tuple[str, str, int], LrChoice]]:
+    """(lr per (task, size) without a sweep and per (task, size, sweep resolution) whose sweep is complete,
+    the sweep choices by the same keys), from the grid's own sweep records (Grid.final_lr reads it).
 
-    A swept pair's lr is known once every one of its sweep cells has a record.
+    A sweep point's lr is known once every one of its sweep cells has a record.
     """
     wd = Workdir(workdir)
     sweep = grid.sweep_cells()
-    complete = {(c.task, c.size) for c in sweep} - {(c.task, c.size) for c in sweep if not wd.done(c.cell_id)}
-    records = [read_record(wd.record(c.cell_id)) for c in sweep if (c.task, c.size) in complete]
-    choices = select_best_lrs(records)
-    return {**grid.fixed_lrs(), **{pair: ch.lr for pair, ch in choices.items()}}, choices
+    incomplete = {(c.task, c.size, c.resolution) for c in sweep if not wd.done(c.cell_id)}
+    choices: dict[tuple[str, str, int], LrChoice] = {}
+    for point in grid.sweep_points():
+        if point in incomplete:
+            continue
+        records = [read_record(wd.record(c.cell_id)) for c in sweep if (c.task, c.size, c.resolution) == point]
+        for (task, size), choice in select_best_lrs(records).items():
+            choices[task, size, point[2]] = choice
+    return {**grid.fixed_lrs(), **{key: ch.lr for key, ch in choices.items()}}, choices
 
 
-def write_best_lrs(workdir: str | Path, grid: Grid, choices: Mapping[tuple[str, str], LrChoice]) -> None:
+def write_best_lrs(workdir: str | Path, grid: Grid, choices: Mapping[tuple[str, str, int], LrChoice]) -> None:
     data = {"rule": BEST_LR_RULE,
-            "swept": [{"task": c.task, "size": c.size, "lr": c.lr, "headline": c.headline,
-                       "sweep": [{"lr": lr, "score": s} for lr, s in c.scores]}
-                      for c in choices.values()],
+            "swept": [{"task": t, "size": s, "sweep_resolution": r, "lr": c.lr, "headline": c.headline,
+                       "used_at": [res for res in grid.protocol.final_resolutions
+                                   if grid.sweep_resolution(t, s, res) == r],
+                       "sweep": [{"lr": lr, "score": score} for lr, score in c.scores]}
+                      for (t, s, r), c in choices.items()],
             "fixed": [{"task": t, "size": s, "lr": lr} for (t, s), lr in grid.fixed_lrs().items()]}
     atomic_write_text(Workdir(workdir).best_lr_file, json.dumps(data, indent=2) + "\n")
 

@@ -108,3 +108,17 @@ def run_predictions_enospc(cell: Any, cell_dir: Path) -> dict:
         finally:
             os.fdopen = real_fdopen
     return run(cell, cell_dir)
+
+
+def checked_run(cell: Any, cell_dir: Path) -> dict:
+    """`run` with the default runner's memory check (a runner provides its own check, or none)."""
+    return run(cell, cell_dir)
+
+
+def _check(cell: Any) -> None:
+    from harness.cell.memory_check import check_cell
+
+    check_cell(cell)
+
+
+checked_run.check = _check

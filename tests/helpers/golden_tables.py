@@ -4,7 +4,8 @@ before the table writer moved onto pandas/tabulate; test_table_writer_golden.py 
 byte for byte. tests/golden/tables_demo/ is the same grid with `demo: true`, written by the same old code
 (before outputs said "demo scale" beyond tables.md). Edited by hand since in two places only: the rule
 under the sensitivity table gained "a fall of more than 2 se *a drop*", and tasks.md lists the plugins
-registered now (a row per plugin). Regenerate only on purpose, with the code to pin on PYTHONPATH:
+registered now (a row per plugin), and the plan files gained the dry run's "how each task picks its lr"
+lines (regenerated with the code that writes them). Regenerate only on purpose, with the code to pin on PYTHONPATH:
 python tests/helpers/golden_tables.py [--demo]
 """
 
