@@ -103,6 +103,42 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def eval_grid_text(args: argparse.Namespace) -> str:
+    """The eval-only grid `paligemma-transfer eval` runs: the checkpoint scored as it is on each task."""
+    import yaml
+
+    name = args.name or f"eval-{Path(args.checkpoint.rstrip('/')).stem.replace('.', '-')}"
+    grid = {"name": name, "train": False, "tasks": list(args.task), "sizes": [args.size],
+            "resolutions": [args.resolution], "protocol": {"final": {"split": args.split}},
+            "data_root": args.data_root, "checkpoints": args.checkpoint}
+    overrides = {k: yaml.safe_load(v) for k, _, v in (o.partition("=") for o in args.override or [])}
+    if args.tokenizer:
+        overrides["tokenizer"] = args.tokenizer
+    if overrides:
+        grid["overrides"] = {"all": overrides}
+    header = "# Written by `paligemma-transfer eval`: an eval-only grid (configs/grids/paper.yaml explains it).\n"
+    return header + yaml.safe_dump(grid, sort_keys=False)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    """Score a checkpoint without fine-tuning: writes an eval-only grid into the workdir and runs it."""
+    for o in args.override or []:
+        if "=" not in o:
+            raise ValueError(f"--override {o!r}: expected KEY=VALUE")
+    text = eval_grid_text(args)
+    import yaml
+
+    name = yaml.safe_load(text)["name"]
+    workdir = Path(args.workdir or Path("runs") / name)
+    workdir.mkdir(parents=True, exist_ok=True)
+    grid_path = workdir / "eval-grid.yaml"
+    grid_path.write_text(text, encoding="utf-8")
+    run_args = argparse.Namespace(grid=str(grid_path), workdir=str(workdir), dry_run=args.dry_run,
+                                  random_init=False, log=None, backend="local", quiet=args.quiet,
+                                  cache_dir=args.cache_dir)
+    return _cmd_run(run_args)
+
+
 def _cmd_tables(args: argparse.Namespace) -> int:
     """The tables of the grid last run in the workdir (its grid_cells.json); a workdir without one (from an
     older version) is tabled from every record, newest first, and says so."""
@@ -237,6 +273,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the size x resolution recipe table (hold it against the paper)")
     p.add_argument("--task", help="with --recipes: only this task")
     p.set_defaults(func=_cmd_tasks)
+
+    p = sub.add_parser("eval", help="score a checkpoint on tasks without fine-tuning (an eval-only grid)",
+                       description="Decode and score a checkpoint as it is (a released -ft- or -mix- checkpoint, "
+                       "or one's own) on each task; records say trained: false. The grid it runs is written to "
+                       "WORKDIR/eval-grid.yaml.")
+    p.add_argument("checkpoint", help="a .npz / safetensors path, a transformers folder or hf://org/name")
+    p.add_argument("--task", action="append", required=True, help="task name (repeat for several)")
+    p.add_argument("--size", required=True, help="the checkpoint's size: 3b 10b 28b, or nano-s nano-m nano-l")
+    p.add_argument("--resolution", type=int, required=True, help="the checkpoint's resolution")
+    p.add_argument("--data-root", default="data", help="the tasks' raw data folders are DATA_ROOT/<task>")
+    p.add_argument("--split", default="eval", help="split role to score (default: eval)")
+    p.add_argument("--tokenizer", help="the Gemma tokenizer file (not needed for nano or hf:// checkpoints)")
+    p.add_argument("--override", action="append", metavar="KEY=VALUE",
+                   help="a recipe field or harness option, e.g. max_eval_examples=100 (repeatable)")
+    p.add_argument("--name", help="the grid's name (default: eval-<checkpoint file name>)")
+    p.add_argument("--workdir", help="default: runs/<name>")
+    p.add_argument("--cache-dir", help="where prepared data goes (default: the shared cache)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("score", help="rescore saved predictions without a model",
                        description="Score a JSONL file of {\"id\": ..., \"prediction\": \"...\"} lines "

@@ -77,8 +77,10 @@ def run_cell(cell: Any, cell_dir: Path, *, progress: bool | None = None) -> dict
                     resolution=cell.resolution)
 
     cache = getattr(cell, "data_cache", "") or None  # the scheduler sets it to WORKDIR/prepared
-    train_examples = task.examples(cell.data_dir, "train", cache_dir=cache)
-    num_steps = eff.num_steps(len(train_examples))
+    # An eval-only cell (grid `train: false`) scores the base checkpoint as it is: no train split needed.
+    trains = bool(getattr(cell, "train", True))
+    train_examples = task.examples(cell.data_dir, "train", cache_dir=cache) if trains else []
+    num_steps = eff.num_steps(len(train_examples)) if trains else 0
     cfg = TrainConfig(
         lr=recipe.lr, num_steps=num_steps, weight_decay=recipe.weight_decay,
         label_smoothing=recipe.label_smoothing, dropout=recipe.dropout,
@@ -90,15 +92,18 @@ def run_cell(cell: Any, cell_dir: Path, *, progress: bool | None = None) -> dict
     # Each process of a multi-host job loads only its rows of every global batch.
     rows = sharding.process_rows(sharding.batch_sharding(mesh), recipe.batch_size)
     batches = train_batches(train_examples, tokenizer, spec, batch_size=recipe.batch_size,
-                            num_steps=num_steps, seed=cell.seed, rows=rows)
+                            num_steps=num_steps, seed=cell.seed, rows=rows) if trains else None
     params = base_params(config, cell.checkpoint, cell.seed, mesh)
     # Closed after the eval (a cell that raises leaves them to exit; a resume appends). `logging` and
     # `config()` are optional: a cell need only have the fields run_cell reads. Only process 0 logs.
     metrics_log = open_log(getattr(cell, "logging", DEFAULT_LOGS) if jax.process_index() == 0 else (),
                            cell_dir, run_name=cell.cell_id,
                            config=cell.config() if callable(getattr(cell, "config", None)) else {})
-    params, summary = train(config, params, batches, cfg, workdir=cell_dir, progress=progress,
-                            desc=f"train {cell.cell_id}", metrics_log=metrics_log, mesh=mesh)
+    if trains:
+        params, summary = train(config, params, batches, cfg, workdir=cell_dir, progress=progress,
+                                desc=f"train {cell.cell_id}", metrics_log=metrics_log, mesh=mesh)
+    else:
+        summary = {"steps": 0, "trained": False}
     if getattr(cell, "keep_checkpoints", "none") in ("params", "all"):
         from jax.experimental import multihost_utils
 
@@ -122,7 +127,7 @@ def run_cell(cell: Any, cell_dir: Path, *, progress: bool | None = None) -> dict
         write_jsonl(Path(cell_dir) / "predictions.jsonl", rows)
     return {"metrics": scores.metrics, "headline": task.headline, "steps": summary["steps"],
             "num_eval_examples": scores.num_examples, "num_unparsable": scores.num_unparsable,
-            "train": summary, "mesh": sharding.mesh_info(mesh)}
+            "train": summary, "mesh": sharding.mesh_info(mesh), "softcap_policy": recipe.softcap_policy}
 
 
 # The scheduler calls a runner's `check(cell)` before running it (harness/run/scheduler.py); the default

@@ -37,7 +37,7 @@ from tasks.registry import available
 
 DEFAULT_RUNNER = "harness.cell.run_cell:run_cell"
 RANDOM_INIT = "random"
-FIELDS = ("name", "demo", "tasks", "sizes", "resolutions", "lrs", "protocol", "data_root",
+FIELDS = ("name", "demo", "train", "tasks", "sizes", "resolutions", "lrs", "protocol", "data_root",
           "checkpoints", "overrides", "runner", "keep_checkpoints", "logging", "mesh")
 REQUIRED = ("name", "tasks", "sizes", "resolutions", "checkpoints")
 # Recipe fields that say how a cell's lr is chosen, not what a cell computes: left out of its identity
@@ -99,6 +99,8 @@ class Cell:
     # Where it runs (harness/cell/mesh.py): the result does not depend on it (up to float reassociation),
     # so it is neither hashed nor compared; each record says which mesh its cell ran on.
     mesh: MeshRequest = field(default=None, compare=False)
+    # False: an eval-only cell, the base checkpoint scored as it is (grid `train: false`); hashed.
+    train: bool = True
 
     def config(self) -> dict[str, Any]:
         """The effective config as JSON-able data: what the hash and the record's `config` hold."""
@@ -106,6 +108,7 @@ class Cell:
                 "seed": self.seed, "phase": self.phase, "split": self.split,
                 "checkpoint": self.checkpoint, "data_dir": self.data_dir,
                 "overrides": {k: v for k, v in self.overrides},
+                **({} if self.train else {"train": False}),
                 **{k: json.loads(v) for k, v in self.identity}}
 
     @property
@@ -116,7 +119,8 @@ class Cell:
     @property
     def cell_id(self) -> str:
         """Readable prefix + stable hash, e.g. vqav2-nano-s-32-lr3e-04-s0-1a2b3c4d."""
-        return f"{self.task}-{self.size}-{self.resolution}-lr{format_lr(self.lr)}-s{self.seed}-{self.config_hash}"
+        lr = f"lr{format_lr(self.lr)}" if self.train else "eval"
+        return f"{self.task}-{self.size}-{self.resolution}-{lr}-s{self.seed}-{self.config_hash}"
 
 
 @dataclass(frozen=True)
@@ -148,6 +152,7 @@ class Grid:
     keep_checkpoints: str = DEFAULT_KEEP
     logging: tuple[str, ...] = DEFAULT_LOGGING  # experiment-log writers of every cell
     mesh: Mapping[str, MeshRequest] = field(default_factory=dict)  # per task; missing: None
+    train: bool = True  # False: every cell scores its base checkpoint without fine-tuning
 
     def swept(self, task: str, size: str) -> bool:
         return len(self.lrs[task, size]) > 1
@@ -200,7 +205,7 @@ class Grid:
                     overrides=self.overrides[task], demo=self.demo,
                     identity=identity(task, size, resolution, lr, checkpoint, self.overrides[task],
                                       self.demo_data),
-                    logging=self.logging, mesh=self.mesh.get(task))
+                    logging=self.logging, mesh=self.mesh.get(task), train=self.train)
 
     def sweep_cells(self) -> list[Cell]:
         p = self.protocol
@@ -361,6 +366,12 @@ def _str(value: Any, where: _Where, field: tuple) -> str:
 def _choice(value: Any, choices: Sequence[str], where: _Where, field: tuple) -> str:
     if value not in choices:
         raise where.error(field, f"expected one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _bool(value: Any, where: _Where, field: tuple) -> bool:
+    if not isinstance(value, bool):
+        raise where.error(field, f"expected true or false, got {value!r}")
     return value
 
 
@@ -701,7 +712,11 @@ def load_grid(path: str | Path, *, check_files: bool = True) -> Grid:
                 raise where.error(("resolutions", i), e.args[0]) from None
 
     protocol = _protocol(data.get("protocol"), resolutions, sizes, where)
-    lrs = _lrs(data.get("lrs"), tasks, sizes, protocol.sweep_resolution, where)
+    train = _bool(data.get("train", True), where, ("train",))
+    if not train and "lrs" in data:
+        raise where.error(("lrs",), "an eval-only grid (train: false) fine-tunes nothing: remove `lrs`")
+    lrs = (_lrs(data.get("lrs"), tasks, sizes, protocol.sweep_resolution, where) if train
+           else {(t, s): (0.0,) for t in tasks for s in sizes})
     mesh = _mesh(data.get("mesh"), tasks, where)
     runner = _runner(data.get("runner", DEFAULT_RUNNER), where)
     raw_overrides = data.get("overrides") or {}
@@ -718,7 +733,7 @@ def load_grid(path: str | Path, *, check_files: bool = True) -> Grid:
         keep_checkpoints=_choice(data.get("keep_checkpoints", DEFAULT_KEEP), KEEP_CHECKPOINTS, where,
                                  ("keep_checkpoints",)),
         logging=_logging(data.get("logging", list(DEFAULT_LOGGING)), where),
-        mesh=mesh)
+        mesh=mesh, train=train)
     used_res = sorted(set(protocol.final_resolutions) | {r for _, _, r in grid.sweep_points()})
     _check_mesh_batches(mesh, overrides, sizes, used_res, where, data.get("mesh"))
     return replace(grid, checkpoints=_checkpoints(data["checkpoints"], sizes, used_res, where, check_files))

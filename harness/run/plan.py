@@ -72,6 +72,9 @@ class Costs:
         from model.cost import flops_per_example
 
         lrs = self.grid.lrs[task, size]
+        if not self.grid.train:  # eval-only: nothing is trained
+            recipe = effective(task, size, resolution, lrs[0], dict(self.grid.overrides[task])).recipe
+            return "0", recipe.batch_size, 0.0
         eff = effective(task, size, resolution, lrs[0], dict(self.grid.overrides[task]))
         batch, text_len = eff.recipe.batch_size, eff.recipe.text_len
         steps = eff.num_steps(None if eff.recipe.steps is not None else self.train_size(task))
