@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -360,8 +361,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     if getattr(args, "quiet", False):
-        import os
-
         os.environ["TQDM_DISABLE"] = "1"  # also silences the bars of runners the scheduler calls
     from tasks.quiet import quiet_environment
 
@@ -373,6 +372,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with reserve:
             return args.func(args)
+    except BrokenPipeError:
+        # `tasks --recipes | head`: the reader has what it wanted; no traceback, and nothing more to flush.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (KeyError, ValueError, FileNotFoundError) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f"paligemma-transfer {args.command}: error: {message}", file=sys.stderr)

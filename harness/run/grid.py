@@ -401,8 +401,10 @@ def _lr(value: Any, where: _Where, field: tuple) -> float:
 
 
 def _lr_list(value: Any, where: _Where, field: tuple) -> tuple[float, ...]:
-    if not isinstance(value, list) or not value:
-        raise where.error(field, f"empty lr list; expected a non-empty list of learning rates, got {value!r}")
+    if not isinstance(value, list):
+        raise where.error(field, f"expected a list of learning rates such as [1.0e-5, 3.0e-5], got {value!r}")
+    if not value:
+        raise where.error(field, "empty lr list; expected a non-empty list of learning rates")
     lrs = tuple(_lr(v, where, field + (i,)) for i, v in enumerate(value))
     if len(set(lrs)) != len(lrs):
         raise where.error(field, f"has duplicate learning rates: {value!r}")
@@ -605,6 +607,18 @@ def _protocol(value: Any, resolutions: tuple[int, ...], sizes: Sequence[str], wh
         final_resolutions=final_res)
 
 
+def _check_splits(tasks: Sequence[str], protocol: Protocol, where: _Where) -> None:
+    """The sweep and final split roles must be roles every task has (its plugin's `splits`)."""
+    for key, role in (("sweep", protocol.sweep_split), ("final", protocol.final_split)):
+        for task in tasks:
+            roles = sorted(_task(task).splits)
+            if role not in roles:
+                close = difflib.get_close_matches(role, roles, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise where.error(("protocol", key, "split"),
+                                  f"{task} has no split role {role!r}{hint}; its roles: {', '.join(roles)}")
+
+
 def _demo(value: Any, where: _Where) -> tuple[bool, DemoData | None]:
     """`demo: true|false`, or a block {num_train, num_eval, seed}: demo scale plus generated data."""
     if isinstance(value, bool):
@@ -712,6 +726,7 @@ def load_grid(path: str | Path, *, check_files: bool = True) -> Grid:
                 raise where.error(("resolutions", i), e.args[0]) from None
 
     protocol = _protocol(data.get("protocol"), resolutions, sizes, where)
+    _check_splits(tasks, protocol, where)
     train = _bool(data.get("train", True), where, ("train",))
     if not train and "lrs" in data:
         raise where.error(("lrs",), "an eval-only grid (train: false) fine-tunes nothing: remove `lrs`")

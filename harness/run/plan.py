@@ -112,8 +112,9 @@ def plan_rows(grid: Grid, workdir: str | Path, cache_dir: str | Path | None = No
 
 
 def plan_warnings(grid: Grid, costs: Costs | None = None) -> list[str]:
-    """One line per missing base checkpoint or tokenizer (their cells' ids change once they exist), and
-    per epoch-recipe task whose data size is not known (its FLOPs are left out of the totals)."""
+    """One line per missing base checkpoint or tokenizer (their cells' ids change once they exist), per
+    missing data folder, and per epoch-recipe task whose data size is not known (its FLOPs are left out of
+    the totals)."""
     from harness.cell.recipe import tokenizer_path
     from harness.run.fingerprint import MISSING
 
@@ -130,6 +131,11 @@ def plan_warnings(grid: Grid, costs: Costs | None = None) -> list[str]:
             seen.add(("tok", tok))
             lines.append(f"warning: tokenizer {tok or '(none set)'} does not exist" + (
                 "" if tok else f" (size {cell.size} needs overrides.tokenizer)"))
+    for task in grid.tasks:
+        folder = Path(grid.data_dir(task))
+        if grid.demo_data is None and not (folder.is_dir() and any(folder.iterdir())):
+            lines.append(f"warning: {task}: data folder {folder} is missing or empty (data_root/<task> must "
+                         f"hold the task's official raw files; `paligemma-transfer tasks` lists what each needs)")
     if costs is not None:
         for task, (n, source) in sorted(costs.sizes.items()):
             lines.append(f"note: {task} train size {n:,} examples, {source}" if n is not None
