@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from harness.cell import train as train_module
+from harness.cell import checkpoints as checkpoints_module
 from harness.cell.data import TextSpec, train_batches
 from harness.cell.train import TrainConfig, train
 from model.config import get_config
@@ -110,17 +110,17 @@ def test_corrupt_checkpoint_is_set_aside_and_training_restarts_from_the_base(set
 @pytest.mark.slow
 def test_enospc_writing_a_checkpoint_fails_and_the_rerun_resumes_from_the_last_good_one(setup, tmp_path,
                                                                                         monkeypatch):
-    real = train_module._Checkpoints.save
+    real = checkpoints_module.Checkpoints.save
 
     def save(self, step, state):
         if step == 4:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real(self, step, state)
 
-    monkeypatch.setattr(train_module._Checkpoints, "save", save)
+    monkeypatch.setattr(checkpoints_module.Checkpoints, "save", save)
     with pytest.raises(OSError, match="No space left on device"):
         _train(setup, tmp_path)
-    monkeypatch.setattr(train_module._Checkpoints, "save", real)
+    monkeypatch.setattr(checkpoints_module.Checkpoints, "save", real)
     assert _steps(tmp_path) == [2]
     _, summary = _train(setup, tmp_path)
     assert summary["resumed_from"] == 2 and _log_steps(tmp_path) == list(range(1, STEPS + 1))
