@@ -18,13 +18,9 @@ checkpoint restores onto whatever mesh the resumed run has.
 from __future__ import annotations
 
 import csv
-import logging
-import os
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +31,7 @@ import optax
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
+from harness.cell.checkpoints import Checkpoints, as_path, open_checkpoints
 from model import sharding
 from model.config import PaliGemmaConfig
 from model.losses import chunked_token_losses, default_chunk, masked_mean, token_losses
@@ -238,67 +235,6 @@ class StateShardings:
                    batch=sharding.batch_sharding(mesh), scalar=sharding.replicated(mesh))
 
 
-class _Checkpoints:
-    """Orbax manager for (params, opt_state, step); writes are atomic (temp dir + rename)."""
-
-    def __init__(self, directory: Path, every: int):
-        import orbax.checkpoint as ocp
-
-        self._ocp = ocp
-        self.every = every
-        self.manager = ocp.CheckpointManager(
-            directory.absolute(), options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
-
-    def restore(self, like: dict, shardings: dict | None = None) -> dict | None:
-        """The latest checkpoint, or None. With `shardings` (a tree like `like`) every array is read
-        straight into its place on the current mesh, whatever mesh wrote it: orbax reads each device's
-        slice from the stored array."""
-        step = self.manager.latest_step()
-        if step is None:
-            return None
-        abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), like)
-        if shardings is not None:
-            abstract = sharding.with_shardings(abstract, shardings)
-        return self.manager.restore(step, args=self._ocp.args.StandardRestore(abstract))
-
-    def save(self, step: int, state: dict) -> None:
-        self.manager.save(step, args=self._ocp.args.StandardSave(state))
-
-    def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
-
-
-def open_checkpoints(directory: Path, every: int, like: dict,
-                     shardings: dict | None = None) -> tuple[_Checkpoints, dict | None]:
-    """The cell's checkpoints and the state restored from the latest one (None: start from the base).
-
-    A checkpoint that cannot be read (files overwritten, half written, from an incompatible run) is named
-    in one line on stderr and moved aside to ckpt.corrupt-<UTC time>, never deleted, and training starts
-    again from the base params: a bad checkpoint costs the steps it held, not the cell. Orbax and
-    TensorStore log the failure at length; their logging is muted while restoring.
-    """
-    logging.disable(logging.CRITICAL)
-    ckpt = None
-    try:
-        ckpt = _Checkpoints(directory, every)
-        return ckpt, ckpt.restore(like, shardings)
-    except Exception as e:  # noqa: BLE001 - any failure to read means the checkpoint is unusable
-        error = " ".join(f"{type(e).__name__}: {e}".split())[:300]
-    finally:
-        logging.disable(logging.NOTSET)
-    if ckpt is not None:
-        try:
-            ckpt.manager.close()
-        except Exception:  # noqa: BLE001 - closing a manager over unreadable files may fail too
-            pass
-    aside = directory.with_name(f"{directory.name}.corrupt-{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}")
-    os.rename(directory, aside)
-    print(f"{directory}: unreadable checkpoint ({error}); moved aside to {aside.name}, training restarts "
-          "from the base checkpoint", file=sys.stderr)
-    return _Checkpoints(directory, every), None
-
-
 def train(config: PaliGemmaConfig, params: Any, batches: Sequence[dict], cfg: TrainConfig, *,
           workdir: Path | None = None, progress: bool | None = None,
           desc: str = "train", metrics_log: Any = None, mesh: Mesh | None = None) -> tuple[Any, dict]:
@@ -319,10 +255,10 @@ def train(config: PaliGemmaConfig, params: Any, batches: Sequence[dict], cfg: Tr
     params = sharding.place(params, shards.params)
     opt_state = jax.jit(tx.init, out_shardings=shards.opt_state)(params)
     start = 0
-    ckpt = None
+    ckpt: Checkpoints | None = None
     if workdir is not None and cfg.checkpoint_every > 0:
         ckpt, restored = open_checkpoints(
-            Path(workdir) / "ckpt", cfg.checkpoint_every,
+            as_path(workdir) / "ckpt", cfg.checkpoint_every,
             {"params": params, "opt_state": opt_state, "step": np.int64(0)},
             {"params": shards.params, "opt_state": shards.opt_state, "step": shards.scalar})
         if restored is not None:
