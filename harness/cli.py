@@ -9,9 +9,8 @@ import os
 import sys
 from pathlib import Path
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
-DEFAULT_GRID = CONFIGS / "grids" / "demo.yaml"
-DEFAULT_PRETRAIN = CONFIGS / "pretrain" / "nano.yaml"
+DEFAULT_GRID = "demo"  # a shipped grid's name (harness/shipped.py)
+DEFAULT_PRETRAIN = "configs/pretrain/nano.yaml"
 
 DESCRIPTION = """\
 Fine-tune PaliGemma 2 on transfer tasks over a task x size x resolution x learning-rate grid, score the
@@ -79,7 +78,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         initialize_distributed()  # a multi-host job (docs/scale.md): before anything touches a device
 
     start = time.perf_counter()
-    grid = load_grid(args.grid, check_files=not (args.dry_run or args.random_init))
+    from harness.shipped import grid_path
+
+    grid = load_grid(grid_path(args.grid), check_files=not (args.dry_run or args.random_init))
     if args.random_init:
         grid = grid.random_init_twin()
     if args.log is not None:
@@ -214,6 +215,10 @@ def _cost_plan(args: argparse.Namespace, text_len) -> int:
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     from harness.pretrain.stages import load_spec, make_tokenizer, pretrain
+    from harness.shipped import shipped
+
+    if not Path(args.config).exists() and shipped(args.config) is not None:
+        args.config = str(shipped(args.config))
 
     if args.tokenizer:
         from model.config import NANO_SP_VOCAB
@@ -242,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run every cell of a grid file. Finished cells (those with a record in "
                        "WORKDIR/records) are never rerun; an interrupted cell resumes from its last "
                        "checkpoint; a lock keeps two schedulers from running one cell.")
-    p.add_argument("grid", nargs="?", default=str(DEFAULT_GRID),
+    p.add_argument("grid", nargs="?", default=DEFAULT_GRID,
                    help="grid YAML (default: configs/grids/demo.yaml)")
     p.add_argument("--workdir", help="where records, predictions, checkpoints and tables go "
                    "(default: runs/<grid name>)")

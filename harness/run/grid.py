@@ -30,6 +30,7 @@ import yaml
 from harness.cell.experiment_log import DEFAULT as DEFAULT_LOGGING
 from harness.cell.experiment_log import check_names
 from harness.cell.recipe import AUTO_MESH, HARNESS_KEYS, MeshRequest, effective, recipe_fields, tokenizer_path
+from harness.shipped import resolve_relative
 from model import hub
 from model.config import config_for, family_of
 from results.lr_choice import format_lr
@@ -192,7 +193,7 @@ class Grid:
     def checkpoint(self, size: str, resolution: int) -> str:
         if self.checkpoints == RANDOM_INIT:
             return RANDOM_INIT
-        return self.checkpoints.format(size=size, resolution=resolution)
+        return resolve_relative(self.checkpoints.format(size=size, resolution=resolution))
 
     def data_dir(self, task: str) -> str:
         return os.path.join(self.data_root, task)
@@ -650,7 +651,10 @@ def _checkpoints(value: Any, sizes: Sequence[str], resolutions: Iterable[int], w
                     hub.parse(path)
                 except ValueError as e:
                     raise where.error(("checkpoints",), f"{e} (size {size}, resolution {res})") from None
-            elif check_files and not Path(path).is_file() and not Path(path, "config.json").is_file():
+            path = resolve_relative(path)
+            if hub.is_hub_id(path):
+                continue
+            if check_files and not Path(path).is_file() and not Path(path, "config.json").is_file():
                 raise where.error(("checkpoints",), f"checkpoint file {path} does not exist (size {size}, "
                                   f"resolution {res}); relative paths are read from {os.getcwd()}")
     return pattern
