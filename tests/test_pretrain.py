@@ -170,7 +170,7 @@ def test_a_bad_from_or_a_repeated_name_is_a_one_line_error(tmp_path):
             load_spec(path)
 
 
-def test_the_pretrain_config_writes_exactly_the_shipped_family():
+def test_the_pretrain_config_writes_exactly_the_shipped_family(monkeypatch):
     """configs/pretrain/nano.yaml is the one pretraining config: the file each size's last stage at each
     resolution writes, and stage 0's encoder, are the files shipped in checkpoints/nano/ (so a bare
     `paligemma-transfer pretrain` on a fresh clone finds them all and trains nothing), and the stages chain
@@ -185,6 +185,13 @@ def test_the_pretrain_config_writes_exactly_the_shipped_family():
               if p.stem.count("-") == 2}
     encoder = {f"encoder-{s.resolution}.npz" for s in spec.stages if s.kind == "encoder"}
     assert finals | encoder == {p.name for p in (ROOT / "checkpoints/nano").glob("*.npz")}
+    import harness.pretrain.stages as stages
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a stage trained although its shipped file exists")
+
+    monkeypatch.setattr(stages, "train", no_training)
+    assert {p.name for p in pretrain(configs[0], progress=False)} == finals  # the shipped files, loaded
 
     names = {s.name: i for i, s in enumerate(spec.stages)}
     s, m = stage_sources(spec, "nano-s"), stage_sources(spec, "nano-m")
