@@ -15,7 +15,7 @@ NUM_LOC_TOKENS = 1024
 NUM_SEG_TOKENS = 128
 PALIGEMMA_VOCAB = GEMMA_VOCAB + NUM_LOC_TOKENS + NUM_SEG_TOKENS  # 257152
 
-# The nano family's own SentencePiece model (issue 4) has 2944 pieces; loc and seg tokens follow them.
+# The nano family's own SentencePiece model has 2944 pieces; loc and seg tokens follow them.
 NANO_SP_VOCAB = 2944
 NANO_VOCAB = NANO_SP_VOCAB + NUM_LOC_TOKENS + NUM_SEG_TOKENS  # 4096
 
@@ -111,7 +111,7 @@ GEMMA2 = {
                      vocab_size=PALIGEMMA_VOCAB, query_pre_attn_scalar=4608 / 32),
 }
 
-# The nano family (issue 4): CPU-sized models of the same architecture. As in PaliGemma 2, the image
+# The nano family: CPU-sized models of the same architecture. As in PaliGemma 2, the image
 # encoder is shared by all sizes and only the language model grows; image tokens grow 4x per
 # resolution step (16 / 64 / 256 at 32 / 64 / 128 px with patch 8), as 256 / 1024 / 4096 do.
 NANO_VIT = dict(width=128, depth=4, mlp_dim=512, num_heads=4, patch_size=8)

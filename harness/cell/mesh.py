@@ -34,20 +34,18 @@ def device_name(device: jax.Device) -> str:
 
 def auto_model_parallel(config: PaliGemmaConfig, *, text_len: int, batch_size: int, devices: list,
                         remat: bool = False, compute_dtype: str = "float32") -> int:
-    """The model axis the memory plan picks for this cell on `devices`.
+    """The model axis the memory plan (model.cost.auto_model_parallel) picks for this cell on `devices`.
 
-    The planner lives in model/cost.py (issue 13, memory plan). Where it is missing, or on a device it
-    has no memory figures for (a CPU), this falls back to model_parallel 1: pure FSDP over all devices,
-    the layout that keeps the least state per device.
+    On a device it has no memory figures for (a CPU) this is model_parallel 1: pure FSDP over all
+    devices, the layout that keeps the least state per device.
     """
     from model import cost
 
-    planner = getattr(cost, "auto_model_parallel", None)
     name = device_name(devices[0])
-    if planner is None or name == "cpu":  # FALLBACK until model.cost.auto_model_parallel exists
+    if name == "cpu":
         return 1
-    return int(planner(config, text_len=text_len, batch_size=batch_size, device=name,
-                       num_devices=len(devices), remat=remat, compute_dtype=compute_dtype))
+    return int(cost.auto_model_parallel(config, text_len=text_len, batch_size=batch_size, device=name,
+                                        num_devices=len(devices), remat=remat, compute_dtype=compute_dtype))
 
 
 def resolve_mesh(request: MeshRequest, config: PaliGemmaConfig, *, text_len: int, batch_size: int,

@@ -1,9 +1,9 @@
-"""Stage 0 of the nano family: pretrain the image encoder alone, before the VLM stages (issue 12).
+"""Stage 0 of the nano family: pretrain the image encoder alone, before the VLM stages.
 
 PaliGemma never learns its encoder from scratch: its stage 0 is a SigLIP pretrained contrastively on
 billions of image-text pairs (docs/paligemma2-facts.md §1.4). The nano family had no stage 0 and learned its
 SigLIP inside stage 1 from ~21k generated examples: enough for colours and shapes, not for glyphs
-(docs/demo-sensitivity.md §7: the same encoder with a direct label reads a page's title at 0.59 from 1k
+(docs/demo-findings.md §2: the same encoder with a direct label reads a page's title at 0.59 from 1k
 pages and 0.86 from 10k). Contrastive learning wants large batches of negatives; this stage uses the
 classification objective of SuperClass (Huang et al., "Classification Done Right for Vision-Language
 Pre-Training", NeurIPS 2024, arXiv 2411.03313), which needs neither a text encoder nor large batches and

@@ -1,4 +1,4 @@
-"""Pretrain the nano family with the project's own trainer, in stages like PaliGemma 2's (issue 4).
+"""Pretrain the nano family with the project's own trainer, in stages like PaliGemma 2's.
 
 PaliGemma 2 (docs/paligemma2-facts.md §1.4): stage 1 trains at 224 px on a broad multitask mixture; stage 2
 continues at 448 and then 896 px with the resolution-hungry tasks upweighted and longer text. Here: stage 1
@@ -10,7 +10,7 @@ never sees its eval images here. Soft-caps stay on during pretraining, as in the
 
 Each stage's result is the base checkpoint for that (size, resolution): `{out}/{size}-{res}.npz`,
 in bfloat16 like the released `.b16.npz` files. A stage continues the one before it, or the earlier stage
-its `from:` names, so one config may hold two recipes on a shared trunk (configs/pretrain/nano-mimic64.yaml).
+its `from:` names, so one config may hold two recipes on a shared trunk (configs/pretrain/nano.yaml).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ The text is drawn for the demo grid's resolutions: font size 24-28 px on a 192 p
 13-15 px, about 4.4-5.1 px once the page is resized to 64 px (legible) and 2.2-2.6 px at 32 px (not), so
 the task needs the higher resolution as real DocVQA needs 448 px over 224. A line holds about 11
 characters at that size, so keys and values are short; a page whose text would run past its edge is
-redrawn. `bench/demo_legibility.py` measures the x-height at each grid resolution.
+redrawn. `docs/demo-findings.md` §3 gives the x-height at each grid resolution.
 
 Layout written (RRC's single-page DocVQA download, so the real TFDS builder reads it unchanged):
     {train,val,test}_v1.0_withQT.json      ("data": questionId, question, question_types, image, docId,

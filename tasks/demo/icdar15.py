@@ -10,7 +10,7 @@ words from a bounded vocabulary (about 170 scene words, in upper, title or lower
 an x-height of about 15-22 px: 3.8-5.5 px once the image is resized to 64 px (legible) and 1.9-2.7 px at
 32 px (not), so reading the words needs the higher resolution as text spotting needs 448-896 px in the
 paper. Now and then a tiny blurred word (~5 px) is marked `###`, as ICDAR'15 marks illegible text.
-`bench/demo_legibility.py` measures the x-height at each grid resolution.
+`docs/demo-findings.md` §3 gives the x-height at each grid resolution.
 """
 
 from __future__ import annotations

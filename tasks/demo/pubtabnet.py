@@ -11,7 +11,7 @@ rows, cell texts of 1-5 characters from a bounded vocabulary, in a 20-26 px font
 a table whose padded square would be wider than 8.5 font sizes is redrawn, so the x-height is at least
 4 px once the table is padded square and resized to 64 px (legible) and about 2 px at 32 px (not): the
 paper's finding that tables need resolution (docs/paligemma2-facts.md §2.6) has room to show between the
-grid's two resolutions. `bench/demo_legibility.py` measures the x-height at each grid resolution.
+grid's two resolutions. `docs/demo-findings.md` §3 gives the x-height at each grid resolution.
 """
 
 from __future__ import annotations
