@@ -362,9 +362,13 @@ class ExampleSource(Sequence[Example]):
     def __getitem__(self, index: int) -> Example:  # type: ignore[override]
         return self._task.example(self._source[index])
 
+    def __getitems__(self, indices: Sequence[int]) -> list[Example]:
+        if hasattr(self._source, "__getitems__"):
+            return [self._task.example(r) for r in self._source.__getitems__(indices)]
+        return [self[i] for i in indices]
+
     def __iter__(self) -> Iterator[Example]:
-        for i in range(len(self)):
-            yield self[i]
+        return (self._task.example(record) for record in self._source)
 
 
 def text(value: Any) -> str:

@@ -30,7 +30,7 @@ import bisect
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -238,12 +238,20 @@ class PreparedSplit:
             self._order = np.load(self.folder / ORDER, mmap_mode="r")
         return int(self._order[position])
 
-    def fields(self, position: int) -> dict[str, Any]:
+    def _source(self):
         if self._examples is None:
             from grain.sources import ArrayRecordDataSource
 
             self._examples = ArrayRecordDataSource([str(self.folder / EXAMPLES)])
-        return json.loads(self._examples[self._record_index(position)])
+        return self._examples
+
+    def fields(self, position: int) -> dict[str, Any]:
+        return json.loads(self._source()[self._record_index(position)])
+
+    def many_fields(self, positions: Sequence[int]) -> list[dict[str, Any]]:
+        """`fields` of many positions in one parallel read (several times faster than one by one)."""
+        raw = self._source().__getitems__([self._record_index(p) for p in positions])
+        return [json.loads(r) for r in raw]
 
     def image_bytes(self, index: int) -> bytes:
         if self._images is None:
@@ -253,7 +261,12 @@ class PreparedSplit:
         return self._images[index]
 
     def record(self, position: int) -> dict[str, Any]:
-        stored = self.fields(position)
+        return self._decode(self.fields(position))
+
+    def records(self, positions: Sequence[int]) -> list[dict[str, Any]]:
+        return [self._decode(stored) for stored in self.many_fields(positions)]
+
+    def _decode(self, stored: dict[str, Any]) -> dict[str, Any]:
         out = {}
         for name, kind in self.kinds.items():
             if kind["kind"] == "image":
@@ -263,6 +276,7 @@ class PreparedSplit:
         return out
 
 
+_CHUNK = 1024  # records per read when iterating
 _TERM = re.compile(r"^(\w+)\[(\d+):(\d+)\]$")
 
 
@@ -299,6 +313,20 @@ class RecordView(Sequence[dict]):
     def __getitem__(self, index: int) -> dict[str, Any]:  # type: ignore[override]
         split, position = self._locate(index)
         return split.record(position)
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        """Many records, read in one parallel read per split (grain's batched access)."""
+        located = [self._locate(i) for i in indices]
+        out: list[Any] = [None] * len(located)
+        for split in {id(s): s for s, _ in located}.values():
+            mine = [k for k, (s, _) in enumerate(located) if s is split]
+            for k, record in zip(mine, split.records([located[k][1] for k in mine])):
+                out[k] = record
+        return out
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for start in range(0, self._len, _CHUNK):
+            yield from self.__getitems__(range(start, min(start + _CHUNK, self._len)))
 
 
 class _ImageLoader:
