@@ -1,13 +1,20 @@
 """Per-cell experiment logs: train loss, lr, grad norm, examples/s per step and the eval metrics at the end.
 
-One small interface (`ExperimentLog`: `scalars(step, values)` and `close()`) with three writers, chosen by
-name in the grid file (`logging: [csv, tensorboard]`) or on the command line (`run --log tensorboard`):
+One small interface (`ExperimentLog`: `scalars(step, values)`, `resume_at(step)`, `flush()` and `close()`)
+with three writers, chosen by name in the grid file (`logging: [csv, tensorboard]`) or on the command line
+(`run --log tensorboard`):
 
     csv          cells/<id>/scalars.csv, long format (step, name, value), appended across resumes
     tensorboard  cells/<id>/tensorboard/events.out.tfevents.*, written by tensorboardX (no TensorFlow);
                  `tensorboard --logdir WORKDIR/cells` shows every cell as a run
     wandb        a Weights & Biases run per cell (the [wandb] extra); its id is the cell id, so a resumed
                  cell continues its run. WANDB_PROJECT, WANDB_MODE=offline etc. are wandb's own settings.
+
+A resumed cell trains again the steps after its checkpoint, so the trainer calls `resume_at(step)` first:
+scalars.csv drops its rows after `step`, and TensorBoard gets a new event file that starts with a purge
+marker at step + 1 (tensorboardX's `purge_step`), so TensorBoard hides the old file's later steps and shows
+each step once. wandb keeps what it has (it drops steps below the last one it logged). The trainer
+flushes the logs whenever it saves a checkpoint.
 
 train_log.csv (harness/cell/train.py) is written whatever is chosen. Names are "train/loss", "train/lr",
 "train/grad_norm", "train/examples_per_s" and "eval/<metric>"; the eval metrics are logged at the last
@@ -19,6 +26,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import numbers
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,6 +38,11 @@ _PACKAGES = {"tensorboard": ("tensorboardX", "tensorboardX"), "wandb": ("wandb",
 
 class ExperimentLog(Protocol):
     def scalars(self, step: int, values: Mapping[str, float]) -> None: ...
+
+    def resume_at(self, step: int) -> None:
+        """Training continues after `step`: forget what was logged past it."""
+
+    def flush(self) -> None: ...
 
     def close(self) -> None: ...
 
@@ -55,16 +68,35 @@ def _numeric(values: Mapping[str, Any]) -> dict[str, float]:
 class CsvLog:
     """Long-format CSV (step, name, value): new names (an eval metric) need no new column."""
 
+    HEADER = ("step", "name", "value")
+
     def __init__(self, path: Path):
-        fresh = not path.exists()
-        self._file = open(path, "a", newline="", encoding="utf-8")
+        self._path = path
+        self._open()
+
+    def _open(self) -> None:
+        fresh = not self._path.exists()
+        self._file = open(self._path, "a", newline="", encoding="utf-8")
         self._writer = csv.writer(self._file)
         if fresh:
-            self._writer.writerow(["step", "name", "value"])
+            self._writer.writerow(self.HEADER)
 
     def scalars(self, step: int, values: Mapping[str, float]) -> None:
         for name, value in _numeric(values).items():
             self._writer.writerow([step, name, repr(value)])
+        self._file.flush()
+
+    def resume_at(self, step: int) -> None:
+        """Keep the rows of steps <= `step` (rows that do not parse as a step go too)."""
+        self._file.close()
+        with open(self._path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))[1:]
+        kept = [r for r in rows if r and r[0].lstrip("-").isdigit() and int(r[0]) <= step]
+        with open(self._path, "w", newline="", encoding="utf-8") as f:
+            csv.writer(f).writerows([self.HEADER, *kept])
+        self._open()
+
+    def flush(self) -> None:
         self._file.flush()
 
     def close(self) -> None:
@@ -75,16 +107,41 @@ class TensorBoardLog:
     """TensorBoard event files through tensorboardX (protobuf only, no TensorFlow)."""
 
     def __init__(self, directory: Path):
-        from tensorboardX import SummaryWriter
+        self._directory = directory
+        self._earlier = directory.is_dir() and any(directory.glob("events.out.tfevents.*"))
+        self._purge_step: int | None = None
+        self._writer: Any = None
 
-        self._writer = SummaryWriter(logdir=str(directory), flush_secs=30)
+    @property
+    def writer(self) -> Any:
+        """The SummaryWriter, opened on first use. Its file name ends in the time in ns, so a later
+        writer's file sorts after an earlier one's even within one second (TensorBoard reads them in
+        name order, and a purge marker only hides what it has read before)."""
+        if self._writer is None:
+            from tensorboardX import SummaryWriter
+
+            self._writer = SummaryWriter(logdir=str(self._directory), flush_secs=30, purge_step=self._purge_step,
+                                         filename_suffix=f".{time.time_ns():020d}")
+        return self._writer
 
     def scalars(self, step: int, values: Mapping[str, float]) -> None:
         for name, value in _numeric(values).items():
-            self._writer.add_scalar(name, value, global_step=step)
+            self.writer.add_scalar(name, value, global_step=step)
+
+    def resume_at(self, step: int) -> None:
+        """A new event file whose purge marker hides the earlier files' steps > `step`."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer, self._earlier = None, True
+        self._purge_step = step + 1 if self._earlier else None
+
+    def flush(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
 
     def close(self) -> None:
-        self._writer.close()
+        if self._writer is not None:
+            self._writer.close()
 
 
 class WandbLog:
@@ -99,6 +156,12 @@ class WandbLog:
     def scalars(self, step: int, values: Mapping[str, float]) -> None:
         self._run.log(_numeric(values), step=step)
 
+    def resume_at(self, step: int) -> None:
+        """Nothing to cut: wandb drops steps below the last one it logged."""
+
+    def flush(self) -> None:
+        """wandb sends in the background."""
+
     def close(self) -> None:
         self._run.finish()
 
@@ -112,6 +175,14 @@ class FanOut:
     def scalars(self, step: int, values: Mapping[str, float]) -> None:
         for log in self.logs:
             log.scalars(step, values)
+
+    def resume_at(self, step: int) -> None:
+        for log in self.logs:
+            log.resume_at(step)
+
+    def flush(self) -> None:
+        for log in self.logs:
+            log.flush()
 
     def close(self) -> None:
         for log in self.logs:

@@ -23,7 +23,11 @@ NANO_TOKENIZER = Path(__file__).resolve().parents[2] / "model" / "assets" / "nan
 
 # Override keys the harness itself reads; every other override must be a Recipe field.
 HARNESS_KEYS = {"tokenizer", "eval_batch_size", "checkpoint_every", "compute_dtype", "remat",
-                "max_eval_examples", "param_dtype", "loss_impl", "remat_img", "remat_llm"}
+                "max_eval_examples", "param_dtype", "loss_impl", "remat_img", "remat_llm", "data_workers"}
+# Harness options that change how fast a cell runs, never its numbers, so they are left out of its
+# identity: `data_workers`, the input pipeline's worker processes per host (default
+# harness/cell/data.default_workers; the batches are the same for any number).
+RUN_ONLY_KEYS = frozenset({"data_workers"})
 # Trainer options passed through as they are (harness/cell/train.py TrainConfig; docs/efficiency.md).
 EFFICIENCY_KEYS = ("param_dtype", "loss_impl", "remat_img", "remat_llm")
 

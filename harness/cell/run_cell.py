@@ -7,14 +7,16 @@ checkpoints it left in `cell_dir`, and writes `cell_dir/predictions.jsonl` for t
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import jax
 import numpy as np
 
-from harness.cell.data import TextSpec, train_batches
+from harness.cell import hosts
+from harness.cell.checkpoints import SHARDED_PARAMS, as_path, quiet_libraries
+from harness.cell.data import TextSpec, default_workers, train_batches, training_examples
 from harness.cell.evaluate import predict, score_rows, write_jsonl
 from harness.cell.experiment_log import DEFAULT as DEFAULT_LOGS
 from harness.cell.experiment_log import open_log
@@ -27,6 +29,8 @@ from model.config import PaliGemmaConfig
 from model.paligemma import init_params
 from model.tokenizer import Tokenizer
 from tasks.registry import get_task
+
+T = TypeVar("T")
 
 
 def tokenizer_for(config: PaliGemmaConfig, options: Mapping[str, Any], checkpoint_path: str = "") -> Tokenizer:
@@ -58,6 +62,10 @@ def base_params(config: PaliGemmaConfig, checkpoint_path: str, seed: int, mesh=N
         return jax.jit(lambda k: init_params(config, k),
                        out_shardings=sharding.param_shardings(shapes, mesh))(jax.random.key(seed))
     directory = hub.resolve(checkpoint_path) if hub.is_hub_id(checkpoint_path) else checkpoint_path
+    if mesh is not None:
+        # Each process reads only the slices its devices hold: a 28B checkpoint is never whole on a host.
+        shapes = jax.eval_shape(lambda k: init_params(config, k), jax.random.key(0))
+        return checkpoint.load_sharded(directory, config, sharding.param_shardings(shapes, mesh), np.float32)
     if os.path.isdir(directory):
         # A transformers directory carries its own config.json; the cell's config decides the semantics
         # (soft-caps, sliding window), so only the shapes must agree.
@@ -68,18 +76,53 @@ def base_params(config: PaliGemmaConfig, checkpoint_path: str, seed: int, mesh=N
     return params
 
 
+def prepared_once(read: Callable[[], T], what: str) -> T:
+    """`read()` (a split's examples, prepared into the shared cache on first use). In a multi-host job
+    process 0 prepares while the others wait, then they read what it wrote: no two hosts write the same
+    prepared files at once."""
+    if jax.process_count() == 1:
+        return read()
+    if jax.process_index() == 0:
+        examples = read()
+        hosts.barrier(f"prepared {what}")
+        return examples
+    hosts.barrier(f"prepared {what}")
+    return read()
+
+
+def keep_params(params: Any, cell_dir: Path) -> None:
+    """The fine-tuned params (grid `keep_checkpoints: params | all`): params.npz from one process, or, on
+    a mesh spanning several processes, the orbax folder SHARDED_PARAMS into which each process writes its
+    own shards (gathering them would put the whole model, 62 GB in one leaf at 28B, on every host);
+    model.checkpoint.restore_orbax reads it back."""
+    if jax.process_count() == 1:
+        checkpoint.save_npz(str(Path(cell_dir) / "params.npz"), params)
+        return
+    import orbax.checkpoint as ocp
+
+    target = as_path(cell_dir) / SHARDED_PARAMS
+    with quiet_libraries():
+        if jax.process_index() == 0 and target.exists():  # left by an attempt killed after writing it
+            target.rmtree()
+        hosts.barrier(f"keep params {cell_dir}")
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save(target, params)
+        checkpointer.wait_until_finished()
+
+
 def run_cell(cell: Any, cell_dir: Path, *, progress: bool | None = None) -> dict:
     task = get_task(cell.task)
     eff = effective(task, cell.size, cell.resolution, cell.lr, dict(cell.overrides))
     recipe, options, config = eff.recipe, eff.options, eff.model_config
     tokenizer = tokenizer_for(config, options, cell.checkpoint)
     spec = TextSpec(text_len=recipe.text_len, square_pad=recipe.pad_to_square,
-                    resolution=cell.resolution)
+                    resolution=cell.resolution, antialias=recipe.antialias)
 
     cache = getattr(cell, "data_cache", "") or None  # the scheduler sets it to WORKDIR/prepared
     # An eval-only cell (grid `train: false`) scores the base checkpoint as it is: no train split needed.
     trains = bool(getattr(cell, "train", True))
-    train_examples = task.examples(cell.data_dir, "train", cache_dir=cache) if trains else []
+    train_examples = prepared_once(lambda: training_examples(task, cell.data_dir, cache_dir=cache, seed=cell.seed),
+                                   f"{cell.cell_id} train") if trains else []
     num_steps = eff.num_steps(len(train_examples)) if trains else 0
     cfg = TrainConfig(
         lr=recipe.lr, num_steps=num_steps, weight_decay=recipe.weight_decay,
@@ -91,8 +134,10 @@ def run_cell(cell: Any, cell_dir: Path, *, progress: bool | None = None) -> dict
                         batch_size=recipe.batch_size, remat=cfg.remat, compute_dtype=cfg.compute_dtype)
     # Each process of a multi-host job loads only its rows of every global batch.
     rows = sharding.process_rows(sharding.batch_sharding(mesh), recipe.batch_size)
+    # Task.train_image (ChemDraw redraws its molecules): seeded by (cell seed, step, row), so resume is exact.
     batches = train_batches(train_examples, tokenizer, spec, batch_size=recipe.batch_size,
-                            num_steps=num_steps, seed=cell.seed, rows=rows) if trains else None
+                            num_steps=num_steps, seed=cell.seed, rows=rows,
+                            train_image=getattr(task, "train_image", None)) if trains else None
     params = base_params(config, cell.checkpoint, cell.seed, mesh)
     # Closed after the eval (a cell that raises leaves them to exit; a resume appends). `logging` and
     # `config()` are optional: a cell need only have the fields run_cell reads. Only process 0 logs.
@@ -101,18 +146,15 @@ def run_cell(cell: Any, cell_dir: Path, *, progress: bool | None = None) -> dict
                            config=cell.config() if callable(getattr(cell, "config", None)) else {})
     if trains:
         params, summary = train(config, params, batches, cfg, workdir=cell_dir, progress=progress,
-                                desc=f"train {cell.cell_id}", metrics_log=metrics_log, mesh=mesh)
+                                desc=f"train {cell.cell_id}", metrics_log=metrics_log, mesh=mesh,
+                                data_workers=options.get("data_workers", default_workers()))
     else:
         summary = {"steps": 0, "trained": False}
     if getattr(cell, "keep_checkpoints", "none") in ("params", "all"):
-        from jax.experimental import multihost_utils
+        keep_params(params, cell_dir)
 
-        # Sharded over every process's devices: each process gathers the whole tree, process 0 writes it.
-        host = multihost_utils.process_allgather(params) if jax.process_count() > 1 else params
-        if jax.process_index() == 0:
-            checkpoint.save_npz(str(Path(cell_dir) / "params.npz"), host)
-
-    eval_examples = task.examples(cell.data_dir, cell.split, cache_dir=cache)
+    eval_examples = prepared_once(lambda: task.examples(cell.data_dir, cell.split, cache_dir=cache),
+                                  f"{cell.cell_id} {cell.split}")
     limit = options.get("max_eval_examples")
     if limit is not None:
         eval_examples = [eval_examples[i] for i in range(min(limit, len(eval_examples)))]

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import csv
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -32,6 +34,7 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from harness.cell.checkpoints import Checkpoints, as_path, open_checkpoints
+from harness.cell.data import host_batches, normalize_images
 from model import sharding
 from model.config import PaliGemmaConfig
 from model.losses import chunked_token_losses, default_chunk, masked_mean, token_losses
@@ -173,9 +176,11 @@ def cast_params(params: Any, param_dtype: str) -> Any:
 def make_loss_fn(model: PaliGemma, label_smoothing: float, loss_impl: str = "auto",
                  chunk: int | None = None) -> Callable:
     """(params, batch, rng) -> the batch's mean loss, with the dense or the chunked cross-entropy
-    (`chunk` positions at a time; None: model.losses.default_chunk)."""
+    (`chunk` positions at a time; None: model.losses.default_chunk). uint8 images (the data pipeline's)
+    are brought to [-1, 1] here, on the device."""
     def loss_fn(params, batch, rng):
-        args = (batch["image"], batch["text"][:, :-1], batch["mask_ar"][:, :-1], batch["mask_input"][:, :-1])
+        args = (normalize_images(batch["image"]), batch["text"][:, :-1], batch["mask_ar"][:, :-1],
+                batch["mask_input"][:, :-1])
         targets = batch["text"][:, 1:]
         vocab = model.config.llm.vocab_size
         if _chunk_loss(loss_impl, targets.size * vocab):
@@ -235,17 +240,67 @@ class StateShardings:
                    batch=sharding.batch_sharding(mesh), scalar=sharding.replicated(mesh))
 
 
-def train(config: PaliGemmaConfig, params: Any, batches: Sequence[dict], cfg: TrainConfig, *,
-          workdir: Path | None = None, progress: bool | None = None,
-          desc: str = "train", metrics_log: Any = None, mesh: Mesh | None = None) -> tuple[Any, dict]:
+class NonFiniteLoss(RuntimeError):
+    """A step's loss or gradient norm is NaN or infinite: the cell stops, with no checkpoint of the state
+    that step produced and no record (the scheduler reports the one line)."""
+
+
+# How many steps the host runs ahead of the stats it has read: the loss of step s is read once step
+# s + STATS_LAG has been dispatched, so the host waits on the device only to keep that many in flight.
+STATS_LAG = 2
+
+
+class _Reporter:
+    """Each step's loss and grad norm, read from the device a few steps late (no per-step sync), checked
+    for NaN/Inf, then written to the CSV log, the experiment log and the progress bar."""
+
+    def __init__(self, desc: str, start: int, lrs: np.ndarray, log: _StepLog, metrics_log: Any, bar: Any):
+        self.desc, self.lrs, self.log, self.metrics_log, self.bar = desc, lrs, log, metrics_log, bar
+        self.pending: deque[tuple[int, dict, int]] = deque()
+        self.examples, self.loss, self.t0 = 0, float("nan"), time.perf_counter()
+
+    def add(self, step: int, stats: dict, batch_size: int) -> None:
+        """Stats of `step` (1-based, as logged), still on the device; their copy to the host starts now."""
+        for value in stats.values():
+            value.copy_to_host_async()
+        self.pending.append((step, stats, batch_size))
+
+    def report(self, keep: int = 0) -> None:
+        """Read and log all but the `keep` most recent steps' stats; NonFiniteLoss for a NaN or Inf."""
+        while len(self.pending) > keep:
+            step, stats, batch_size = self.pending.popleft()
+            loss, grad_norm = float(stats["loss"]), float(stats["grad_norm"])
+            for name, value in (("loss", loss), ("gradient norm", grad_norm)):
+                if not np.isfinite(value):
+                    raise NonFiniteLoss(f"{self.desc}: the {name} is {value} at step {step}; stopped without "
+                                        "saving that state")
+            self.loss, self.examples = loss, self.examples + batch_size
+            ex_per_s = self.examples / max(time.perf_counter() - self.t0, 1e-9)
+            self.log.write(step, loss, grad_norm, ex_per_s)
+            if self.metrics_log is not None:
+                self.metrics_log.scalars(step, {"train/loss": loss, "train/lr": float(self.lrs[step - 1]),
+                                                "train/grad_norm": grad_norm, "train/examples_per_s": ex_per_s})
+            self.bar.set_postfix(loss=f"{loss:.3f}", ex_s=f"{ex_per_s:.1f}")
+            self.bar.update(1)
+
+
+def train(config: PaliGemmaConfig, params: Any, batches: Sequence[dict] | grain.MapDataset, cfg: TrainConfig, *,
+          workdir: Path | None = None, progress: bool | None = None, desc: str = "train",
+          metrics_log: Any = None, mesh: Mesh | None = None, data_workers: int = 0) -> tuple[Any, dict]:
     """Fine-tune `params` for cfg.num_steps on `batches[step]`; returns (params, summary).
 
     With `workdir`, a per-step CSV log goes to workdir/train_log.csv and, when cfg.checkpoint_every > 0,
     checkpoints to workdir/ckpt; an existing checkpoint is resumed from (an unreadable one is moved aside).
     `metrics_log` (an harness.cell.experiment_log.ExperimentLog) gets train/loss, train/lr, train/grad_norm and
-    train/examples_per_s at every step. `mesh` (default: this process's first device) is where the state
-    lives; the returned params stay sharded on it. On a multi-host mesh `batches[step]` holds this
-    process's rows of the global batch (sharding.process_rows), and only process 0 writes the CSV log.
+    train/examples_per_s at every step, is cut back to the resumed step first and flushed at each
+    checkpoint. `mesh` (default: this process's first device) is where the state lives; the returned
+    params stay sharded on it. On a multi-host mesh `batches[step]` holds this process's rows of the global
+    batch (sharding.process_rows), and only process 0 writes the CSV log.
+
+    The device never waits on the host: the batches are read ahead by grain (data.host_batches, in
+    `data_workers` worker processes, 0: reader threads only), the next one is put on the device while
+    the step runs, and the stats are read STATS_LAG steps late. A NaN or Inf loss or gradient norm raises
+    NonFiniteLoss when read, at the latest before the next checkpoint is saved.
     """
     mesh = sharding.local_mesh() if mesh is None else mesh
     model = build_model(config, cfg)
@@ -267,36 +322,45 @@ def train(config: PaliGemmaConfig, params: Any, batches: Sequence[dict], cfg: Tr
     primary = jax.process_index() == 0
     log = _StepLog(Path(workdir) / "train_log.csv" if workdir is not None and primary else None,
                    resume_from=start)
+    if metrics_log is not None and hasattr(metrics_log, "resume_at"):
+        metrics_log.resume_at(start)  # what was logged past the checkpoint is trained again
     rng = jax.jit(lambda: jax.random.key(cfg.seed), out_shardings=shards.scalar)()  # global on any mesh
     bar = tqdm(total=cfg.num_steps, initial=start, desc=desc, leave=False, **progress_kwargs(progress),
                unit="step", dynamic_ncols=True)
-    batch_size = None
     # The lr each step's update used (optax counts updates from 0), computed once for the whole run.
     lrs = cfg.lr * np.asarray(schedule(cfg.num_steps, cfg.warmup_fraction)(np.arange(cfg.num_steps)))
-    t0, loss = time.perf_counter(), float("nan")
+    reporter = _Reporter(desc, start, lrs, log, metrics_log, bar)
+
+    def to_device(host: dict) -> dict:
+        if jax.process_count() == 1:  # multi-host: the rows are this host's part; resolve_mesh checked B
+            sharding.check_batch(len(host["text"]), mesh)
+        return sharding.put_batch(host, shards.batch)
+
+    feed = host_batches(batches, start=start, stop=cfg.num_steps, workers=data_workers)
     try:
+        upcoming = to_device(next(feed)) if start < cfg.num_steps else None
         for step in range(start, cfg.num_steps):
-            host = batches[step]
-            if jax.process_count() == 1:  # multi-host: the rows are this host's part; resolve_mesh checked B
-                sharding.check_batch(len(host["text"]), mesh)
-            batch = sharding.put_batch(host, shards.batch)
-            batch_size = batch["text"].shape[0]
+            batch = upcoming
             params, opt_state, stats = step_fn(params, opt_state, batch, jax.random.fold_in(rng, step))
-            loss = float(stats["loss"])
-            elapsed = time.perf_counter() - t0
-            ex_per_s = (step + 1 - start) * batch_size / max(elapsed, 1e-9)
-            log.write(step + 1, loss, float(stats["grad_norm"]), ex_per_s)
-            if metrics_log is not None:
-                metrics_log.scalars(step + 1, {"train/loss": loss, "train/lr": float(lrs[step]),
-                                               "train/grad_norm": float(stats["grad_norm"]),
-                                               "train/examples_per_s": ex_per_s})
-            bar.set_postfix(loss=f"{loss:.3f}", ex_s=f"{ex_per_s:.1f}")
-            bar.update(1)
+            reporter.add(step + 1, stats, batch["text"].shape[0])
+            if step + 1 < cfg.num_steps:  # while the step runs: the next batch onto the device
+                upcoming = to_device(next(feed))
+            reporter.report(keep=STATS_LAG)
             if ckpt is not None and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.num_steps:
+                reporter.report()  # every loss up to this state is finite before it is saved
                 ckpt.save(step + 1, {"params": params, "opt_state": opt_state, "step": np.int64(step + 1)})
-    except BaseException:
-        # An error mid-run (or Ctrl-C): let the checkpoint being written finish, so the rerun resumes
-        # from it instead of finding it half written.
+                if metrics_log is not None and hasattr(metrics_log, "flush"):
+                    metrics_log.flush()
+        reporter.report()
+    except BaseException as error:
+        # An error mid-run (or Ctrl-C): log the steps that ran, and let the checkpoint being written
+        # finish, so the rerun resumes from it instead of finding it half written.
+        feed.close()
+        if not isinstance(error, NonFiniteLoss):
+            try:
+                reporter.report()
+            except Exception:  # noqa: BLE001 - the original error is the one to report
+                pass
         if ckpt is not None:
             try:
                 ckpt.close()
@@ -305,12 +369,13 @@ def train(config: PaliGemmaConfig, params: Any, batches: Sequence[dict], cfg: Tr
         bar.close()
         log.close()
         raise
+    feed.close()
     bar.close()
     if ckpt is not None:
         ckpt.close()
     log.close()
-    return params, {"steps": cfg.num_steps, "resumed_from": start, "final_loss": loss,
-                    "train_seconds": time.perf_counter() - t0}
+    return params, {"steps": cfg.num_steps, "resumed_from": start, "final_loss": reporter.loss,
+                    "train_seconds": time.perf_counter() - reporter.t0}
 
 
 class _StepLog:

@@ -31,6 +31,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from harness.cell.data import normalize_images
 from harness.cell.train import TrainConfig, make_optimizer, open_checkpoints
 from model import checkpoint
 from model.config import VisionConfig
@@ -105,6 +106,7 @@ def train_encoder(vision: VisionConfig, vocab_size: int, batches, cfg: TrainConf
     t0 = time.perf_counter()
     for k in bar:
         batch = {name: jnp.asarray(batches[k][name]) for name in ("image", "text", "mask_loss")}
+        batch["image"] = normalize_images(batch["image"])  # the pipeline's uint8 -> [-1, 1], on the device
         params, opt_state, loss = step_fn(params, opt_state, batch)
         if (k + 1) % 20 == 0 or k + 1 == cfg.num_steps:
             losses.append(float(loss))

@@ -29,7 +29,15 @@ import yaml
 
 from harness.cell.experiment_log import DEFAULT as DEFAULT_LOGGING
 from harness.cell.experiment_log import check_names
-from harness.cell.recipe import AUTO_MESH, HARNESS_KEYS, MeshRequest, effective, recipe_fields, tokenizer_path
+from harness.cell.recipe import (
+    AUTO_MESH,
+    HARNESS_KEYS,
+    RUN_ONLY_KEYS,
+    MeshRequest,
+    effective,
+    recipe_fields,
+    tokenizer_path,
+)
 from harness.shipped import resolve_relative
 from model import hub
 from model.config import config_for, family_of
@@ -108,7 +116,7 @@ class Cell:
         return {"task": self.task, "size": self.size, "resolution": self.resolution, "lr": self.lr,
                 "seed": self.seed, "phase": self.phase, "split": self.split,
                 "checkpoint": self.checkpoint, "data_dir": self.data_dir,
-                "overrides": {k: v for k, v in self.overrides},
+                "overrides": {k: v for k, v in self.overrides if k not in RUN_ONLY_KEYS},
                 **({} if self.train else {"train": False}),
                 **{k: json.loads(v) for k, v in self.identity}}
 
