@@ -293,8 +293,19 @@ def host_batches(batches: Sequence[dict] | grain.MapDataset, *, start: int = 0, 
     ds = ds[start:len(ds) if stop is None else stop]
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(1, threads), prefetch_buffer_size=read_ahead))
     if workers > 0:
+        _absl_flags_at_defaults()
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=1))
     return iter(it)
+
+
+def _absl_flags_at_defaults() -> None:
+    """grain's worker processes read absl flags (its profiling switch), which only a program started by
+    absl.app has parsed; elsewhere reading one raises UnparsedFlagAccessError. Marking the flags parsed
+    leaves every one at its default, which is what later grain versions fall back to."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
 
 
 # --- eval ---------------------------------------------------------------------------------------------------
