@@ -15,6 +15,7 @@ slices (multi-slice over DCN) get a hybrid mesh with `data` outermost across sli
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import re
@@ -321,29 +322,58 @@ def put_batch(batch: Mapping[str, Any], sharding: NamedSharding, global_rows: in
             for key, value in batch.items()}
 
 
+# Seconds without a heartbeat after which jax.distributed declares a process dead and ends every other
+# process of the job (JAX's default is 100); PALIGEMMA_TRANSFER_HEARTBEAT_S overrides it.
+HEARTBEAT_S = 30
+
+
+def detected_cluster() -> Any:
+    """The cluster JAX's own detection finds (jax._src.clusters: a Cloud TPU VM pod through its metadata
+    server, GKE TPU, SLURM, Open MPI, Kubernetes), or None. jax.distributed.initialize() runs the same
+    detection; asking first lets a single host skip it. JAX offers no public call for this, so the
+    private registry is read, and any change to it reads as no cluster."""
+    try:
+        from jax._src.clusters import ClusterEnv
+
+        types = list(ClusterEnv._cluster_types)
+    except (ImportError, AttributeError):
+        return None
+    for env in types:
+        try:
+            if not getattr(env, "opt_in_only_method", False) and env.is_env_present():
+                return env
+        except Exception:  # noqa: BLE001 - a probe that cannot run (no metadata server) finds nothing
+            continue
+    return None
+
+
 def initialize_distributed() -> bool:
     """Join a multi-host job when the environment describes one; on one host, do nothing.
 
-    Recognised: JAX_COORDINATOR_ADDRESS (+ JAX_NUM_PROCESSES, JAX_PROCESS_ID), SLURM with more than one
-    task, Open MPI with more than one rank, and Cloud TPU pods listing several workers; JAX fills
-    in what these do not give. Returns whether it initialised.
+    Recognised: JAX_COORDINATOR_ADDRESS (+ JAX_NUM_PROCESSES, JAX_PROCESS_ID), else whatever JAX's cluster
+    detection finds with more than one process (Cloud TPU VM pods, GKE, SLURM with more than one task,
+    Open MPI with more than one rank); JAX fills in what these do not give. A process that dies is
+    noticed within HEARTBEAT_S and ends the others. Returns whether it initialised.
     """
     env = os.environ
     explicit = "JAX_COORDINATOR_ADDRESS" in env
-    multi_host = (
-        explicit
-        or _env_int("SLURM_NTASKS", 1) > 1
-        or _env_int("OMPI_COMM_WORLD_SIZE", 1) > 1
-        or len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1
-    )
-    if not multi_host:
-        return False
-    kwargs = {}
+    if not explicit:
+        cluster = detected_cluster()
+        if cluster is None:
+            return False
+        try:
+            if cluster.get_process_count() <= 1:
+                return False
+        except Exception:  # noqa: BLE001 - let jax.distributed.initialize say what is missing
+            pass
+    kwargs: dict[str, Any] = {}
     if explicit:
         kwargs["coordinator_address"] = env["JAX_COORDINATOR_ADDRESS"]
         for name, key in (("num_processes", "JAX_NUM_PROCESSES"), ("process_id", "JAX_PROCESS_ID")):
             if key in env:
                 kwargs[name] = _env_int(key, 0)
+    if "heartbeat_timeout_seconds" in inspect.signature(jax.distributed.initialize).parameters:
+        kwargs["heartbeat_timeout_seconds"] = _env_int("PALIGEMMA_TRANSFER_HEARTBEAT_S", HEARTBEAT_S)
     # CPU processes exchange collectives over gloo (GPUs and TPUs have their own transports).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(**kwargs)

@@ -5,13 +5,21 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
+import socket
 import sys
 from pathlib import Path
 
 from harness.run.grid import Grid
 
 DEMO_MARKER = ".demo.json"
+
+
+def unique_suffix() -> str:
+    """hostname-pid-token: processes on different machines (or containers sharing pids) never pick the
+    same temp name on a shared filesystem."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
 
 
 def prepare_demo_data(grid: Grid) -> None:
@@ -42,14 +50,14 @@ def prepare_demo_data(grid: Grid) -> None:
             print(f"{task}: demo data in {target} was generated with {old}; generating it again with "
                   f"{wanted}", file=sys.stderr)
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        tmp = target.with_name(f".{target.name}.tmp-{unique_suffix()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         d = grid.demo_data
         get_task(task).write_demo(tmp, num_train=d.num_train, num_eval=d.num_eval, seed=d.seed)
         (tmp / DEMO_MARKER).write_text(json.dumps(wanted), encoding="utf-8")
         if old is not None:
-            trash = target.with_name(f".{target.name}.old-{os.getpid()}")
+            trash = target.with_name(f".{target.name}.old-{unique_suffix()}")
             try:
                 os.rename(target, trash)
             except OSError:

@@ -1,9 +1,11 @@
 """A per-cell lock file, so two schedulers on one workdir never run the same cell at once.
 
 The lock is created with O_CREAT | O_EXCL (atomic on local and NFSv3+ filesystems) and holds the
-owner's host, pid and a random token. A lock whose owner is on this host and no longer alive is
-stale (its scheduler was killed) and is taken over; a lock from another host cannot be checked and
-counts as live, so the message names it for a person to remove if that host is gone.
+owner's host, pid, boot id and a random token; its holder renews a heartbeat (the file's mtime) every
+LEASE_S / 4. A lock is stale, and taken over, when its owner is on this host and no longer alive (its
+scheduler was killed), when it was taken on this host before the machine last booted (a container or VM
+restarted under the same name), or when its heartbeat is older than LEASE_S whatever host holds it (a
+pod restarted on new VMs leaves locks whose pids may exist on the new machines).
 """
 
 from __future__ import annotations
@@ -12,9 +14,23 @@ import json
 import os
 import secrets
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+# A lock whose heartbeat is older than this is stale on any host (its holder renews it every LEASE_S / 4).
+LEASE_S = 600.0
+
+
+def boot_id() -> str:
+    """This machine's boot id (Linux), so a lock left before a reboot under the same host name is known
+    stale; '' where the system does not say."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="utf-8") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
 
 
 @dataclass(frozen=True)
@@ -22,12 +38,16 @@ class LockOwner:
     host: str
     pid: int
     token: str
+    boot: str = ""
 
     def alive(self) -> bool:
-        """False only when we can tell: same host and no such process, or our own pid with another
-        token (left by an earlier process that had this pid, as after a container restart)."""
+        """False only when we can tell: same host and no such process, same host name but another boot,
+        or our own pid with another token (left by an earlier process that had this pid, as after a
+        container restart). Other hosts: see CellLock._live (the heartbeat)."""
         if self.host != socket.gethostname():
             return True
+        if self.boot and boot_id() and self.boot != boot_id():
+            return False
         if self.pid == os.getpid():
             return False
         try:
@@ -53,14 +73,15 @@ class CellLock:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.me = LockOwner(socket.gethostname(), os.getpid(), secrets.token_hex(8))
+        self.me = LockOwner(socket.gethostname(), os.getpid(), secrets.token_hex(8), boot_id())
         self.held = False
+        self._stop = threading.Event()
 
     def owner(self) -> LockOwner | None:
         """The current holder, or None when there is no lock (or it is being written right now)."""
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
-            return LockOwner(str(data["host"]), int(data["pid"]), str(data["token"]))
+            return LockOwner(str(data["host"]), int(data["pid"]), str(data["token"]), str(data.get("boot", "")))
         except FileNotFoundError:
             return None
         except (ValueError, KeyError, TypeError):
@@ -72,9 +93,29 @@ class CellLock:
         except FileExistsError:
             return False
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({"host": self.me.host, "pid": self.me.pid, "token": self.me.token}, f)
+            json.dump({"host": self.me.host, "pid": self.me.pid, "token": self.me.token, "boot": self.me.boot,
+                       "started": time.time()}, f)
         self.held = True
+        self._stop.clear()
+        threading.Thread(target=self._heartbeat, name=f"lock {self.path}", daemon=True).start()
         return True
+
+    def _heartbeat(self) -> None:
+        """Renew the lock's mtime while it is held, so other hosts see its holder is alive."""
+        while not self._stop.wait(LEASE_S / 4):
+            try:
+                if self.owner() == self.me:
+                    os.utime(self.path)
+            except OSError:
+                pass
+
+    def _live(self, owner: LockOwner) -> bool:
+        """A live holder: alive as far as this host can tell, and its heartbeat fresher than LEASE_S."""
+        try:
+            fresh = time.time() - self.path.stat().st_mtime <= LEASE_S
+        except FileNotFoundError:
+            return False
+        return fresh and owner.alive()
 
     def acquire(self) -> bool:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -89,7 +130,7 @@ class CellLock:
             except FileNotFoundError:
                 return self._create()
             return self._take_over(owner) if stale else False
-        if owner.alive():
+        if self._live(owner):
             return False
         return self._take_over(owner)
 
@@ -125,6 +166,7 @@ class CellLock:
 
     def release(self) -> None:
         """Remove the lock if it is still ours."""
+        self._stop.set()
         if self.held and self.owner() == self.me:
             self.path.unlink(missing_ok=True)
         self.held = False

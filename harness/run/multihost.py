@@ -6,6 +6,11 @@ whether it got a cell's lock) and broadcasts its decision; every process then ru
 process 0 writes (records, predictions, best_lr.json, tables, the cell lock). The others follow its
 decisions instead of reading the workdir themselves, so they never race it on a shared filesystem.
 
+Any failure on any process ends the job (docs/scale.md): the process that failed records it in the
+cell's error.txt, naming itself, and exits at once instead of moving on to a collective the others will
+not reach; the others learn it from their next collective (the connection to it closes) or from
+jax.distributed's missing heartbeats, and exit too. The rerun resumes.
+
 On one process every function here is a no-op that needs no jax backend (a Ray driver must not grab
 the accelerators its workers need).
 """
@@ -13,6 +18,7 @@ the accelerators its workers need).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -48,6 +54,25 @@ def barrier(name: str) -> None:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(name)
+
+
+def broadcast_json(value: Any) -> Any:
+    """Process 0's `value` (JSON data) on every process: decisions such as the lrs the sweep chose are
+    made once, not re-derived on each host from files a shared filesystem may show them differently."""
+    if not multi_host():
+        return value
+    from harness.cell.hosts import broadcast_json as broadcast
+
+    return broadcast(value)
+
+
+def describe() -> str:
+    """'process 1 of 2 (host h, pid p)' in a multi-host job, '' on one process."""
+    if not multi_host():
+        return ""
+    from harness.cell.hosts import describe as this_process
+
+    return this_process()
 
 
 class FollowerLock:

@@ -33,6 +33,7 @@ from harness.run.plan import Costs, format_plan, plan_rows, plan_warnings
 from harness.run.provenance import device_info, provenance
 from harness.run.workdir import (  # noqa: F401 - BEST_LR_RULE, PARAMS_FILE, TRAINING_STATE: the layout's names
     BEST_LR_RULE,
+    ERROR_FILE,
     OUTCOME,
     PARAMS_FILE,
     TRAINING_STATE,
@@ -109,10 +110,12 @@ def execute_cell(cell: Cell, workdir: str | Path, runner: str) -> dict[str, Any]
 
 
 def raw_data_fingerprint(data_dir: str | Path) -> str | None:
-    """Names, sizes and mtimes of a task's raw files, hashed (tasks/prepared.py); None when absent."""
-    from tasks.prepared import files_fingerprint, raw_files
+    """The content key of a task's raw files (tasks/prepared.py: names, sizes and the bytes of every
+    annotation file), the one the prepared-data cache uses; None when absent. A copied or moved folder
+    keeps its key."""
+    from tasks.prepared import content_files, content_key, data_cache
 
-    return files_fingerprint(raw_files(Path(data_dir)))[:16] if Path(data_dir).is_dir() else None
+    return content_key(content_files(Path(data_dir), data_cache(None))) if Path(data_dir).is_dir() else None
 
 
 def warn_changed_data(grid: Grid, workdir: Path) -> None:
@@ -219,6 +222,8 @@ class _Phase:
         if has_record(self.workdir, cell.cell_id):  # finished by its previous holder
             lock.release()
             return None
+        if multihost.multi_host():  # error.txt is created afresh by this attempt's first failure
+            (cell_dir(self.workdir, cell.cell_id) / ERROR_FILE).unlink(missing_ok=True)
         return lock
 
     def _finish(self, cell: Cell, outcome: Mapping[str, Any] | BaseException, lock: CellLock) -> None:
@@ -226,7 +231,7 @@ class _Phase:
         record write that fails (no space left) or is killed leaves what the next run needs to write the
         record without running the cell again."""
         directory = cell_dir(self.workdir, cell.cell_id)
-        primary = multihost.is_primary()  # process 0 writes records and error.txt; the others follow
+        primary = multihost.is_primary()  # process 0 writes records; the process that failed, error.txt
         try:
             if not isinstance(outcome, BaseException):
                 if not primary:
@@ -244,16 +249,13 @@ class _Phase:
                     outcome = OSError(e.errno, f"the record of {cell.cell_id} was not written ({e.strerror}); "
                                       f"the outcome is kept in {directory / OUTCOME} when it could be saved, "
                                       "and the next run writes the record from it")
-            try:
-                text = "".join(traceback.format_exception(outcome))
-                if primary:
-                    atomic_write_text(directory / "error.txt", text)
-            except OSError:
-                pass  # no space even for the traceback: the one-line message below still says what failed
+            unwritten = write_error(directory / ERROR_FILE, outcome)
             cause = getattr(outcome, "cause", None)  # a RayTaskError's original exception
             outcome = cause if isinstance(cause, Exception) else outcome
             message = " ".join(str(outcome).split())  # one line; Ray's errors hold a traceback
-            self.failures[cell.cell_id] = f"{type(outcome).__name__}: {message[:300]}"
+            where = multihost.describe()
+            self.failures[cell.cell_id] = (f"{where + ': ' if where else ''}{type(outcome).__name__}: "
+                                           f"{message[:300]}{unwritten}")
             self.bar.write(f"{cell.cell_id}: FAILED: {self.failures[cell.cell_id]}")
         finally:
             lock.release()
@@ -281,12 +283,30 @@ class _Phase:
                 continue
             try:
                 outcome: Any = execute_cell(cell, self.workdir, self.runner)
-            except Exception as e:  # noqa: BLE001 - recorded in error.txt; the phase goes on
+            except Exception as e:  # noqa: BLE001 - recorded in error.txt; the phase goes on (one host)
                 outcome = e
             except BaseException:
                 lock.release()
                 raise
             self._finish(cell, outcome, lock)
+            if multihost.multi_host():
+                self._end_of_cell(cell)
+
+    def _end_of_cell(self, cell: Cell) -> None:
+        """Multi-host: a process whose cell failed ends the job now, without entering another collective
+        (the others may still be inside the cell's); the others check here that every process finished
+        the cell (a process that failed or died makes this barrier fail) before the next collective."""
+        if cell.cell_id in self.failures:
+            raise RunError(f"{cell.cell_id} failed on {self.failures[cell.cell_id]} (traceback in "
+                           f"{cell_dir(self.workdir, cell.cell_id) / ERROR_FILE}); the job stops on every "
+                           "process, and the rerun resumes")
+        try:
+            multihost.barrier(f"cell done {cell.cell_id}")
+        except Exception as e:  # noqa: BLE001 - a process that failed has left the job
+            reason = " ".join(str(e).split())[:200]
+            raise RunError(f"{cell.cell_id}: another process of the job failed or died ({reason}); "
+                           f"its error is in {cell_dir(self.workdir, cell.cell_id) / ERROR_FILE} when it could "
+                           "write one; the rerun resumes") from None
 
     def _run_ray(self, cells: list[Cell]) -> None:
         """All claimable cells at once; Ray places them. This process holds their locks, so a killed
@@ -354,7 +374,7 @@ def run_grid(grid: Grid, workdir: str | Path, *, backend: str = "local", dry_run
         raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
     workdir = Path(workdir)
     if dry_run:
-        costs = Costs(grid, cache_dir if cache_dir is not None else workdir / "prepared")
+        costs = Costs(grid, cache_dir)
         print(format_plan(grid, plan_rows(grid, workdir, costs=costs)))
         for line in plan_warnings(grid, costs):
             print(line, file=sys.stderr)
@@ -378,21 +398,50 @@ def run_grid(grid: Grid, workdir: str | Path, *, backend: str = "local", dry_run
     total = len(sweep) + len(grid.final_plan())
     with tqdm(total=total, unit="cell", desc=grid.name, disable=not progress, file=sys.stderr) as bar:
         phase = _Phase(workdir, grid.runner, bar, backend, num_cpus_per_cell, poll_s,
-                       data_cache=str(Path(cache_dir) if cache_dir is not None else workdir / "prepared"),
+                       data_cache=str(cache_dir) if cache_dir is not None else "",
                        keep_checkpoints=grid.keep_checkpoints)
         phase.run(sweep)
         _raise_failures(phase, workdir, "sweep")
-        multihost.barrier("sweep recorded")  # process 0's records are on disk for every process
-        lrs, choices = best_lrs(grid, workdir)
+        multihost.barrier("sweep recorded")
+        # Process 0 reads the sweep's records and chooses; the others take its lrs, so every process runs
+        # the same final cells whatever a shared filesystem's caches show them.
+        lrs: dict[tuple, float] = {}
         if primary:
+            lrs, choices = best_lrs(grid, workdir)
             write_best_lrs(workdir, grid, choices)
             write_grid_cells(workdir, sweep + grid.final_cells(lrs))
+        chosen = multihost.broadcast_json([[list(key), lr] for key, lr in lrs.items()])
+        lrs = {tuple(key): float(lr) for key, lr in chosen}
         final = grid.final_cells(lrs)
         phase.done_before = len(sweep)
         phase.run(final)
         _raise_failures(phase, workdir, "final")
         multihost.barrier("final recorded")
     return _records(workdir, sweep + final)
+
+
+def write_error(path: Path, error: BaseException) -> str:
+    """The failure's traceback into the cell's error.txt, headed by the process that failed in a multi-host
+    job; '' when written, else a note for the one-line message (no space left even for the traceback).
+
+    In a multi-host job the first process to fail creates the file and a process that fails after it (its
+    collectives broke because the first one left) adds one line, so the cause is recorded once."""
+    text = "".join(traceback.format_exception(error))
+    where = multihost.describe()
+    try:
+        if not where:
+            atomic_write_text(path, text)
+            return ""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(path, "x", encoding="utf-8") as f:
+                f.write(f"{where} failed:\n{text}")
+        except FileExistsError:
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(f"\nthen {where}: {type(error).__name__}: {' '.join(str(error).split())[:300]}\n")
+        return ""
+    except OSError as e:
+        return f" ({path} could not be written: {e.strerror or e})"
 
 
 def _raise_failures(phase: _Phase, workdir: Path, name: str) -> None:
