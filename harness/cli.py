@@ -384,15 +384,51 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyError, ValueError, FileNotFoundError) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f"paligemma-transfer {args.command}: error: {message}", file=sys.stderr)
-        return 2
+        return _end_job(2)
     except (RuntimeError, OSError) as e:
         # Failed cells (RunError; tracebacks in cells/<id>/error.txt) or the system refusing (no space
         # left, permissions): one line and a non-zero exit, never a traceback. Other errors are bugs.
         if isinstance(e, RuntimeError) and type(e).__name__ != "RunError":
+            _end_job_after_traceback()
             raise
         message = " ".join(str(e).split())
         print(f"paligemma-transfer {args.command}: error: {type(e).__name__}: {message}", file=sys.stderr)
-        return 1
+        return _end_job(1)
+    except KeyboardInterrupt:
+        print(f"paligemma-transfer {args.command}: interrupted; run the same command again to resume "
+              "(finished cells are kept; a cell resumes from its last checkpoint)", file=sys.stderr)
+        return _end_job(130)
+    except Exception:
+        _end_job_after_traceback()
+        raise
+
+
+def _in_multihost_job() -> bool:
+    if "jax" not in sys.modules:
+        return False
+    from harness.run import multihost
+
+    return multihost.multi_host()
+
+
+def _end_job(code: int) -> int:
+    """`code`, or in a multi-host job the end of this process with it, now: a normal exit would wait in
+    jax.distributed's shutdown for processes that are still inside a cell, and they must see this one
+    leave (their collectives with it fail, its heartbeats stop) to end too (docs/scale.md)."""
+    if code and _in_multihost_job():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _end_job_after_traceback() -> None:
+    """A bug in a multi-host job: its traceback, then this process ends (no other waits on it)."""
+    if _in_multihost_job():
+        import traceback
+
+        traceback.print_exc()
+        _end_job(1)
 
 
 if __name__ == "__main__":
