@@ -262,8 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "or none; replaces the grid's `logging` (default: csv and tensorboard, under "
                    "WORKDIR/cells/<cell id>/)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--cache-dir", help="where prepared (TFDS) data goes, keyed on the raw files "
-                   "(default: WORKDIR/prepared)")
+    p.add_argument("--cache-dir", help="where prepared data goes, keyed on the raw files' content (default: "
+                   "the cache `run`, `eval` and `score` share, ~/.cache/paligemma-transfer/data)")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("tables", help="regenerate Markdown/CSV/LaTeX tables and PNG plots from records")
@@ -309,8 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="eval", help="split role: train, minival, eval or test "
                    "(default: eval)")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
-    p.add_argument("--cache-dir", help="where prepared (TFDS) data goes, keyed on the raw files "
-                   "(default: $XDG_CACHE_HOME/paligemma-transfer/data, i.e. ~/.cache/paligemma-transfer/data)")
+    p.add_argument("--cache-dir", help="where prepared data goes, keyed on the raw files' content (default: "
+                   "$XDG_CACHE_HOME/paligemma-transfer/data, i.e. ~/.cache/paligemma-transfer/data, shared with run)")
     p.set_defaults(func=_cmd_score)
 
     p = sub.add_parser("cost", help="params and training FLOPs per example for the 3x3 family, "

@@ -24,17 +24,14 @@ KNOWN_TRAIN_SIZES: dict[str, tuple[int, str]] = {
 
 def counted_train_size(task, data_dir: str | Path, cache_dir: str | Path | None) -> int | None:
     """Examples in the `train` role of data already prepared in the cache; None when it is not there."""
-    from tasks.prepared import find_prepared
+    from tasks.prepared import prepared_sizes
     from tasks.splits import resolve_split, split_names
 
     expression = task.split_name("train")
-    folder = find_prepared(task.name, task.version, Path(data_dir), Path(cache_dir) if cache_dir else None,
-                           split_names(expression))
-    if folder is None:
-        return None
     try:
-        builder = task.builder(Path(data_dir), folder)
-        sizes = {name: info.num_examples for name, info in builder.info.splits.items()}
+        sizes = prepared_sizes(task.name, task.version, Path(data_dir), cache_dir, split_names(expression))
+        if sizes is None:
+            return None
         total = 0
         for term in resolve_split(expression, sizes).split("+"):
             name, _, bounds = term.partition("[")

@@ -87,7 +87,7 @@ def plan_rows(grid: Grid, workdir: str | Path, cache_dir: str | Path | None = No
               costs: Costs | None = None) -> list[PlanRow]:
     """Every cell of the grid with its status and cost; reads the workdir, writes nothing."""
     workdir = Path(workdir)
-    costs = costs if costs is not None else Costs(grid, cache_dir if cache_dir is not None else workdir / "prepared")
+    costs = costs if costs is not None else Costs(grid, cache_dir)
     lrs, _ = best_lrs(grid, workdir)
 
     def status(cell: Cell) -> str:
