@@ -35,6 +35,8 @@ from harness.cell import hosts
 from model import sharding
 
 MANIFEST = "manifest.sha256.json"
+# cells/<id>/: the kept params of a multi-host cell, each process's shards (harness/cell/run_cell.py)
+SHARDED_PARAMS = "params"
 _BLOCK = 1 << 20
 
 

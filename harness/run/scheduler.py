@@ -25,6 +25,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from harness.cell.checkpoints import SHARDED_PARAMS
 from harness.run import multihost
 from harness.run.demo_data import prepare_demo_data
 from harness.run.grid import Cell, Grid
@@ -62,12 +63,14 @@ RAY_MAX_RETRIES = 3
 
 def apply_keep_checkpoints(directory: Path, keep: str) -> None:
     """Delete what a finished cell does not keep (grid `keep_checkpoints`): `none` keeps neither the
-    params nor the training state, `params` keeps PARAMS_FILE, `all` keeps both. Set-aside corrupt
+    params nor the training state, `params` keeps PARAMS_FILE (from a multi-host cell: the orbax
+    folder SHARDED_PARAMS), `all` keeps both. Set-aside corrupt
     checkpoints (ckpt.corrupt-*) are never deleted."""
     if keep != "all":
         shutil.rmtree(directory / TRAINING_STATE, ignore_errors=True)
     if keep == "none":
         (directory / PARAMS_FILE).unlink(missing_ok=True)
+        shutil.rmtree(directory / SHARDED_PARAMS, ignore_errors=True)
 
 
 class RunError(RuntimeError):
