@@ -110,6 +110,7 @@ lrs: [1.0e-3, 3.0e-3]
 data_root: {data}
 checkpoints: random
 mesh: {{model_parallel: 2}}
+keep_checkpoints: params
 overrides:
   all: {{steps: 2, batch_size: 4, text_len: 24, max_decode_len: 4, eval_batch_size: 4, tokenizer: {tok}}}
 """
@@ -145,4 +146,6 @@ def test_grid_run_on_two_processes_writes_each_record_once(tmp_path):
         assert {k: r["extra"]["mesh"][k] for k in ("data", "model", "devices", "processes")} == {
             "data": 2, "model": 2, "devices": 4, "processes": 2}
         assert (tmp_path / "out" / "predictions" / f"{r['cell_id']}.jsonl").exists()
+        # Kept params: each process wrote its own shards into one orbax folder (no gather onto a host).
+        assert (tmp_path / "out" / "cells" / r["cell_id"] / "params").is_dir()
     assert (tmp_path / "out" / "best_lr.json").exists()
