@@ -17,11 +17,14 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-# The splits without public answers, per task: a cell on one of them writes a submission, not scores.
+# The prepared splits without public answers, per task: a cell on one of them writes a submission, not
+# scores (harness/cell/run_cell.py). VQAv2's `test` holds the test2015 questions (EvalAI scores test-dev and
+# test-std from one file of them); DocVQA's the RRC test questions. COCO captions' `test` is Karpathy's,
+# which has public captions and is scored here; `write_coco_captions` serves the caption server's own
+# test2014 images for a user who decodes them.
 UNSCORED_SPLITS: dict[str, tuple[str, ...]] = {
     "vqav2": ("test-dev", "test"),
     "docvqa": ("test",),
-    "coco_captions": ("test",),
 }
 
 
