@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from harness.run import fingerprint as fp
+from harness.cell import fingerprint as fp
 from harness.run import grid as grid_module
 from harness.run.grid import load_grid
 

@@ -50,6 +50,23 @@ def tokenizer_for(config: PaliGemmaConfig, options: Mapping[str, Any], checkpoin
     return Tokenizer(str(path))
 
 
+def check_base_checkpoint(cell: Any) -> None:
+    """The base checkpoint is still the one the cell's id names (its content fingerprint, harness/cell/
+    fingerprint.py): a file replaced after the grid was loaded would otherwise train under the old id."""
+    import json
+
+    from harness.cell.fingerprint import MISSING, fingerprint
+
+    expected = dict(getattr(cell, "identity", ()) or ()).get("checkpoint_sha256")
+    if expected is None or json.loads(expected) == MISSING:
+        return
+    found = fingerprint(cell.checkpoint)
+    if found != json.loads(expected):
+        raise ValueError(f"{cell.cell_id}: base checkpoint {cell.checkpoint} is not the one this cell's id names "
+                         f"(sha256 {found[:12]}, expected {json.loads(expected)[:12]}); run the grid again: "
+                         "its cells get new ids")
+
+
 def base_params(config: PaliGemmaConfig, checkpoint_path: str, seed: int, mesh=None) -> Any:
     """Random init, or a checkpoint's params in float32 (released ones are bfloat16; the trainer keeps
     float32 master weights whatever the compute dtype). With `mesh`, a random init is created already
@@ -138,6 +155,7 @@ def run_cell(cell: Any, cell_dir: Path, *, progress: bool | None = None) -> dict
     batches = train_batches(train_examples, tokenizer, spec, batch_size=recipe.batch_size,
                             num_steps=num_steps, seed=cell.seed, rows=rows,
                             train_image=getattr(task, "train_image", None)) if trains else None
+    check_base_checkpoint(cell)
     params = base_params(config, cell.checkpoint, cell.seed, mesh)
     # Closed after the eval (a cell that raises leaves them to exit; a resume appends). `logging` and
     # `config()` are optional: a cell need only have the fields run_cell reads. Only process 0 logs.
@@ -161,15 +179,40 @@ def run_cell(cell: Any, cell_dir: Path, *, progress: bool | None = None) -> dict
     rows = predict(config, params, eval_examples, tokenizer, recipe, spec,
                    batch_size=options.get("eval_batch_size", recipe.batch_size), progress=progress,
                    desc=f"decode {cell.cell_id}", mesh=mesh)
+    common = {"headline": task.headline, "steps": summary["steps"], "train": summary,
+              "mesh": sharding.mesh_info(mesh), "softcap_policy": recipe.softcap_policy}
+    submission = submission_writer(task, cell.split)
+    if submission is not None:  # no public answers: the test server scores it
+        metrics_log.close()
+        if jax.process_index() == 0:
+            write_jsonl(Path(cell_dir) / "predictions.jsonl", rows)
+            submission(Path(cell_dir) / SUBMISSION_FILE, {r["id"]: r["prediction"] for r in rows},
+                       [ex.id for ex in eval_examples])
+        return {"metrics": {}, **common, "num_eval_examples": len(rows), "scored": False,
+                "submission": SUBMISSION_FILE}
     references = {ex.id: ex.reference for ex in eval_examples}
     scores, rows = score_rows(task, rows, references)
     metrics_log.scalars(summary["steps"], {f"eval/{k}": v for k, v in scores.metrics.items()})
     metrics_log.close()
     if jax.process_index() == 0:  # every process decoded the same rows; one writes them
         write_jsonl(Path(cell_dir) / "predictions.jsonl", rows)
-    return {"metrics": scores.metrics, "headline": task.headline, "steps": summary["steps"],
-            "num_eval_examples": scores.num_examples, "num_unparsable": scores.num_unparsable,
-            "train": summary, "mesh": sharding.mesh_info(mesh), "softcap_policy": recipe.softcap_policy}
+    return {"metrics": scores.metrics, **common, "num_eval_examples": scores.num_examples,
+            "num_unparsable": scores.num_unparsable}
+
+
+SUBMISSION_FILE = "submission.json"  # cells/<id>/: the test-server file of a split without public answers
+
+
+def submission_writer(task: Any, role: str) -> Any:
+    """The writer of the task's test-server file (tasks/submission.py) when the split `role` reads has no
+    public answers (VQAv2 test, DocVQA test, COCO test), else None."""
+    from tasks.splits import split_names
+    from tasks.submission import UNSCORED_SPLITS, WRITERS
+
+    unscored = UNSCORED_SPLITS.get(task.name, ())
+    if task.name not in WRITERS or not unscored or role not in task.splits:
+        return None
+    return WRITERS[task.name] if split_names(task.split_name(role)) & set(unscored) else None
 
 
 # The scheduler calls a runner's `check(cell)` before running it (harness/run/scheduler.py); the default

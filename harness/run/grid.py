@@ -278,7 +278,7 @@ def identity(task: str, size: str, resolution: int, lr: float, checkpoint: str,
     the plugin's version, the effective recipe (harness/cell/recipe.py, as the run computes it), the content
     fingerprints of the base checkpoint and the tokenizer, the project's version and the demo data's
     identity. `load_grid` has already checked that the overrides make a valid recipe."""
-    from harness.run.fingerprint import MISSING, fingerprint
+    from harness.cell.fingerprint import MISSING, fingerprint
 
     plugin = _task(task)
     known = recipe_fields() | HARNESS_KEYS  # a custom runner's own keys are hashed as overrides only

@@ -115,8 +115,8 @@ def plan_warnings(grid: Grid, costs: Costs | None = None) -> list[str]:
     """One line per missing base checkpoint or tokenizer (their cells' ids change once they exist), per
     missing data folder, and per epoch-recipe task whose data size is not known (its FLOPs are left out of
     the totals)."""
+    from harness.cell.fingerprint import MISSING
     from harness.cell.recipe import tokenizer_path
-    from harness.run.fingerprint import MISSING
 
     lines, seen = [], set()
     cells = grid.sweep_cells() + grid.final_cells({key: lrs[0] for key, lrs in grid.lrs.items()})
