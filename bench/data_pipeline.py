@@ -199,14 +199,18 @@ def plain_rate(examples, resolution: int, count: int) -> float:
 
 
 def pipeline_rate(examples, tokenizer, resolution: int, *, workers: int, batch_size: int, batches: int) -> float:
-    """Examples/s of the training pipeline with `workers` worker processes, after its first batch (worker
-    start-up left out: it happens once per cell)."""
-    from harness.cell.data import TextSpec, host_batches, train_batches
+    """Examples/s of the training pipeline with `workers` worker processes in its steady state: timed after
+    twice as many batches as its buffers hold (worker start-up, once per cell, and the batches read
+    ahead meanwhile left out)."""
+    from harness.cell.data import READ_AHEAD, READ_THREADS, TextSpec, host_batches, train_batches
 
+    warm = 2 * max(1, workers) * (READ_AHEAD + READ_THREADS)
     spec = TextSpec(text_len=32, square_pad=False, resolution=resolution)
-    ds = train_batches(examples, tokenizer, spec, batch_size=batch_size, num_steps=WINDOWS * batches + 1, seed=0)
+    ds = train_batches(examples, tokenizer, spec, batch_size=batch_size, num_steps=warm + WINDOWS * batches,
+                       seed=0)
     it = host_batches(ds, workers=workers)
-    next(it)
+    for _ in range(warm):
+        next(it)
     best = 0.0
     for _ in range(WINDOWS):
         start = time.perf_counter()
