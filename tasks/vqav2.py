@@ -128,7 +128,7 @@ class VQAv2(Task):
     name = "vqav2"
     description = "VQAv2 open-ended VQA on COCO; official VQA accuracy (minival, as the paper reports)."
     headline = "accuracy"
-    version = 1  # bump with any change to prompt, parse, metric, recipe or demo data
+    version = 2  # bump with any change to prompt, parse, metric, recipe or demo data
     # big_vision's roles (facts §2.1): minival = the last 10,240 validation questions, train = train + the
     # rest of validation. The paper reports minival (Table 13), so `eval` is minival too.
     splits = {

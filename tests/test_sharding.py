@@ -75,10 +75,6 @@ def test_initialize_distributed(monkeypatch):
     monkeypatch.setenv("JAX_PROCESS_ID", "1")
     assert initialize_distributed() is True
     assert calls == [dict(coordinator_address="10.0.0.1:1234", num_processes=2, process_id=1)]
-    monkeypatch.delenv("JAX_COORDINATOR_ADDRESS")
-    monkeypatch.setenv("SLURM_NTASKS", "two")
-    with pytest.raises(ValueError, match="SLURM_NTASKS='two'; expected an integer"):
-        initialize_distributed()
 
 
 SCRIPT = textwrap.dedent("""

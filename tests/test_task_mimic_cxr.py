@@ -176,7 +176,8 @@ def test_recipe_and_annotator_choice(tmp_path, monkeypatch, caplog):
     assert (r.epochs, r.lr, r.label_smoothing, r.dropout, r.weight_decay, r.decode) == \
         (8, 5e-6, 0.0, 0.0, 0.0, "greedy")
     assert (r.text_len, r.max_decode_len) == (256, 256)
-    assert TASK.recipe("nano-l", 128) == r
+    # nano-l at 128 px stands for 28b at 896 px: the same recipe, re-swept at its own resolution.
+    assert TASK.recipe("nano-l", 128) == r.replace(sweep_resolution=128)
     monkeypatch.setattr(radgraph, "radgraph_model_dir", lambda *a, **k: tmp_path / "radgraph")
     with pytest.raises(RadGraphUnavailable, match="never downloads"):  # weights absent: no fetch
         MimicCxr(annotator="model").annotator()

@@ -52,6 +52,6 @@ def test_the_pattern_catches_each_kind_of_word(tmp_path):
     caught = ["measured in st" + "op 21", "the last sess" + "ion", "see iss" + "ue #12", "since the iss" + "ue",
               "no GPU " + "was lent", "on a slow d" + "ay"]
     kept = ["stops at 21 steps", "the issuer", "a fast path", "days of data"]
-    (tmp_path / "notes.md").write_text("\n".join(caught + kept) + "\n")
+    (tmp_path / "notes.txt").write_text("\n".join(caught + kept) + "\n")
     hits = [line.split(":", 2)[2] for line in _git_grep(PATTERN, tmp_path).stdout.splitlines()]
     assert hits == caught

@@ -30,3 +30,14 @@ def real(cell: Any, cell_dir: Path) -> dict:
 
     _mark(cell_dir)
     return run_cell(cell, cell_dir, progress=False)
+
+
+def _check(cell: Any) -> None:
+    from harness.cell.memory_check import check_cell
+
+    check_cell(cell)
+
+
+# Both carry the default runner's memory check, as run_cell does (harness/run/scheduler.py calls it).
+fake.check = _check
+real.check = _check
