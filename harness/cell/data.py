@@ -279,8 +279,11 @@ def training_examples(task: Any, data_dir: str | os.PathLike, *, cache_dir: str 
 
 def default_workers() -> int:
     """Worker processes per host when the grid does not say (`data_workers`): half the cores, at most 8,
-    leaving the other half to the trainer's own thread, the reader threads and XLA."""
-    return min(MAX_DEFAULT_WORKERS, (os.cpu_count() or 1) // 2)
+    leaving the other half to the trainer's own thread, the reader threads and XLA. Below 4 cores none: a
+    worker process would take the one core the step needs, and starting it costs ~2 s per cell (a demo
+    cell trains in seconds; measured on 2 cores, 2026-12-06)."""
+    cores = os.cpu_count() or 1
+    return 0 if cores < 4 else min(MAX_DEFAULT_WORKERS, cores // 2)
 
 
 def host_batches(batches: Sequence[dict] | grain.MapDataset, *, start: int = 0, stop: int | None = None,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import numbers
 import os
 import shutil
@@ -104,6 +105,10 @@ def execute_cell(cell: Cell, workdir: str | Path, runner: str) -> dict[str, Any]
             and isinstance(result.get("headline"), str) and isinstance(result.get("steps"), numbers.Integral)):
         raise RunError(f"runner {runner} returned {result!r} for {cell.cell_id}; expected a dict with "
                        "'metrics' (a mapping), 'headline' (str) and 'steps' (int)")
+    bad = {k: v for k, v in result["metrics"].items()
+           if isinstance(v, numbers.Real) and not math.isfinite(float(v))}
+    if bad:  # a NaN is never a score (a table would print it as a number, or as 0.0)
+        raise RunError(f"{cell.cell_id}: the runner's metrics {bad} are not finite numbers; no record written")
     produced = directory / "predictions.jsonl"
     if produced.exists() and multihost.is_primary():
         target = predictions_path(workdir, cell.cell_id)
