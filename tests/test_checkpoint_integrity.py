@@ -17,12 +17,8 @@ import pytest
 
 from harness.cell import checkpoints
 from harness.cell.checkpoints import MANIFEST, Checkpoints, as_path
-from harness.cell.data import TextSpec, train_batches
 from harness.cell.train import TrainConfig, train
-from model.config import get_config
-from model.paligemma import init_params
-from model.tokenizer import Tokenizer
-from tasks.base import Example
+from tests.helpers.tiny_training import FailAt, nano_setup
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS, EVERY = 6, 2
@@ -30,34 +26,15 @@ STEPS, EVERY = 6, 2
 
 @pytest.fixture(scope="module")
 def setup():
-    rng = np.random.default_rng(0)
-    examples = [Example(id=str(i), image=rng.integers(0, 256, (24, 24, 3), dtype=np.uint8),
-                        prefix=f"answer en color {i}", targets=("red", "blue"), reference=None)
-                for i in range(8)]
-    config = get_config("nano-s-32")
-    batches = train_batches(examples, Tokenizer(str(REPO / "model/assets/nano_tokenizer.model")),
-                            TextSpec(12, False, 32), batch_size=2, num_steps=STEPS, seed=1)
-    return config, jax.tree_util.tree_map(np.asarray, init_params(config, jax.random.key(0))), batches
+    return nano_setup(STEPS)
 
-
-class _StopAt:
-    def __init__(self, batches, step):
-        self.batches, self.step = batches, step
-
-    def __len__(self):
-        return len(self.batches)
-
-    def __getitem__(self, i):
-        if i == self.step:
-            raise RuntimeError("interrupted")
-        return self.batches[i]
 
 
 def _train(setup, workdir, stop_at=None):
     config, base, batches = setup
     params = jax.tree_util.tree_map(jnp.asarray, base)
     cfg = TrainConfig(lr=1e-3, num_steps=STEPS, checkpoint_every=EVERY, seed=0)
-    return train(config, params, batches if stop_at is None else _StopAt(batches, stop_at), cfg,
+    return train(config, params, batches if stop_at is None else FailAt(batches, stop_at), cfg,
                  workdir=workdir, progress=False)
 
 

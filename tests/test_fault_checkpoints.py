@@ -16,12 +16,8 @@ import numpy as np
 import pytest
 
 from harness.cell import checkpoints as checkpoints_module
-from harness.cell.data import TextSpec, train_batches
 from harness.cell.train import TrainConfig, train
-from model.config import get_config
-from model.paligemma import init_params
-from model.tokenizer import Tokenizer
-from tasks.base import Example
+from tests.helpers.tiny_training import FailAt, nano_setup
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS, EVERY = 6, 2
@@ -29,14 +25,7 @@ STEPS, EVERY = 6, 2
 
 @pytest.fixture(scope="module")
 def setup():
-    rng = np.random.default_rng(0)
-    examples = [Example(id=str(i), image=rng.integers(0, 256, (24, 24, 3), dtype=np.uint8),
-                        prefix=f"answer en color {i}", targets=("red", "blue"), reference=None)
-                for i in range(8)]
-    config = get_config("nano-s-32")
-    batches = train_batches(examples, Tokenizer(str(REPO / "model/assets/nano_tokenizer.model")),
-                            TextSpec(12, False, 32), batch_size=2, num_steps=STEPS, seed=1)
-    return config, jax.tree_util.tree_map(np.asarray, init_params(config, jax.random.key(0))), batches
+    return nano_setup(STEPS)
 
 
 def _train(setup, workdir, batches=None):
@@ -46,20 +35,6 @@ def _train(setup, workdir, batches=None):
     return train(config, params, batches if batches is not None else all_batches, cfg, workdir=workdir,
                  progress=False)
 
-
-class _FailAt:
-    """Batches that raise at one step: a run interrupted after some steps were logged."""
-
-    def __init__(self, batches, step):
-        self.batches, self.step = batches, step
-
-    def __len__(self):
-        return len(self.batches)
-
-    def __getitem__(self, i):
-        if i == self.step:
-            raise RuntimeError("interrupted")
-        return self.batches[i]
 
 
 def _steps(workdir: Path) -> list[int]:
@@ -75,7 +50,7 @@ def _log_steps(workdir: Path) -> list[int]:
 def test_resume_logs_each_step_once_and_matches_an_uninterrupted_run(setup, tmp_path):
     reference, _ = _train(setup, tmp_path / "ref")
     with pytest.raises(RuntimeError, match="interrupted"):
-        _train(setup, tmp_path / "run", _FailAt(setup[2], 3))  # steps 1-3 logged, checkpoint at 2
+        _train(setup, tmp_path / "run", FailAt(setup[2], 3))  # steps 1-3 logged, checkpoint at 2
     assert _log_steps(tmp_path / "run") == [1, 2, 3] and _steps(tmp_path / "run") == [2]
     params, summary = _train(setup, tmp_path / "run")
     assert summary["resumed_from"] == 2
@@ -87,7 +62,7 @@ def test_resume_logs_each_step_once_and_matches_an_uninterrupted_run(setup, tmp_
 @pytest.mark.parametrize("damage", ["random bytes", pytest.param("half written", marks=pytest.mark.slow)])
 def test_corrupt_checkpoint_is_set_aside_and_training_restarts_from_the_base(setup, tmp_path, capfd, damage):
     with pytest.raises(RuntimeError, match="interrupted"):
-        _train(setup, tmp_path, _FailAt(setup[2], 5))  # checkpoint at step 4
+        _train(setup, tmp_path, FailAt(setup[2], 5))  # checkpoint at step 4
     step_dir = tmp_path / "ckpt" / "4"
     files = sorted(p for p in step_dir.rglob("*") if p.is_file())
     for i, path in enumerate(files):

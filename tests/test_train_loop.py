@@ -17,6 +17,7 @@ from harness.cell.experiment_log import open_log
 from harness.cell.train import NonFiniteLoss, TrainConfig, build_model, make_loss_fn, train
 from model.paligemma import init_params
 from model.testing import tiny_config
+from tests.helpers.tiny_training import FailAt
 from tests.test_experiment_log import read_tensorboard
 
 STEPS, EVERY = 6, 2
@@ -59,20 +60,6 @@ def test_a_nan_loss_stops_the_cell_in_one_line_before_its_state_is_saved(setup, 
         assert [int(r["step"]) for r in csv.DictReader(f)] == [1, 2]
 
 
-class _FailAt:
-    """Batches that raise at one step: a run killed after some steps were logged past its checkpoint."""
-
-    def __init__(self, batches, step):
-        self.batches, self.step = batches, step
-
-    def __len__(self):
-        return len(self.batches)
-
-    def __getitem__(self, i):
-        if i == self.step:
-            raise RuntimeError("interrupted")
-        return self.batches[i]
-
 
 def test_experiment_logs_cut_back_to_the_resumed_step(tmp_path):
     """A run logs steps 1-5 and dies; its checkpoint was step 2; the rerun logs 3-6 with new values."""
@@ -98,7 +85,7 @@ def test_experiment_logs_cut_back_to_the_resumed_step(tmp_path):
 def test_a_resumed_run_logs_each_step_once(setup, tmp_path):
     log = open_log(["csv", "tensorboard"], tmp_path, run_name="cell")
     with pytest.raises(RuntimeError, match="interrupted"):
-        _train(setup, tmp_path, _FailAt(setup[2], 3), metrics_log=log)  # steps 1-3 logged, checkpoint at 2
+        _train(setup, tmp_path, FailAt(setup[2], 3), metrics_log=log)  # steps 1-3 logged, checkpoint at 2
     log.close()
     first = read_tensorboard(tmp_path / "tensorboard")
     assert [s for s, _ in first["train/loss"]] == [1, 2, 3]
