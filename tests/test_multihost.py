@@ -149,3 +149,21 @@ def test_grid_run_on_two_processes_writes_each_record_once(tmp_path):
         # Kept params: each process wrote its own shards into one orbax folder (no gather onto a host).
         assert (tmp_path / "out" / "cells" / r["cell_id"] / "params").is_dir()
     assert (tmp_path / "out" / "best_lr.json").exists()
+
+    # The same grid on one device (no `mesh:`: the mesh is not part of a cell's id) writes the same cells
+    # with the same metrics and predictions.
+    one = tmp_path / "one.yaml"
+    one.write_text(grid.read_text().replace("mesh: {model_parallel: 2}\n", ""))
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PALIGEMMA_TRANSFER_CACHE=str(tmp_path / "cache-one"))
+    env.pop("XLA_FLAGS", None)
+    done = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(one), "--workdir", str(tmp_path / "one"),
+                           "--quiet"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    single = {json.loads(p.read_text())["cell_id"]: json.loads(p.read_text())
+              for p in (tmp_path / "one" / "records").glob("*.json")}
+    assert set(single) == {r["cell_id"] for r in records}
+    for r in records:
+        assert single[r["cell_id"]]["extra"]["mesh"]["devices"] == 1
+        assert single[r["cell_id"]]["metrics"] == pytest.approx(r["metrics"], abs=1e-6)
+        mine = (tmp_path / "out" / "predictions" / f"{r['cell_id']}.jsonl").read_text()
+        assert (tmp_path / "one" / "predictions" / f"{r['cell_id']}.jsonl").read_text() == mine
