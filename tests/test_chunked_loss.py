@@ -65,6 +65,7 @@ def _batch(config):
                 mask_loss=mask_ar * mask_input)
 
 
+@pytest.mark.slow
 def test_train_step_loss_dense_equals_chunked():
     config = tiny_config()
     params = init_params(config, jax.random.key(0))

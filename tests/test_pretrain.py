@@ -4,6 +4,7 @@ big_vision .npz, and a rerun keeps finished stages instead of redoing them."""
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 
 from harness.pretrain.stages import load_spec, pretrain
@@ -31,6 +32,7 @@ def tiny_spec(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_stages_resume_and_continue(tmp_path):
     path = tiny_spec(tmp_path)
     spec = load_spec(path)
@@ -74,6 +76,7 @@ def test_ocr_mixture_reads_each_text_tasks_ocr_view(tmp_path):
         assert ex.image.ndim == 3 and "<loc" not in ex.targets[0] and "<td" not in ex.targets[0]
 
 
+@pytest.mark.slow
 def test_two_stages_at_one_resolution(tmp_path):
     """A stage followed by another at its resolution writes {size}-{px}-{name}.npz; the last one writes the
     resolution's checkpoint from it; once that exists the earlier stage is not needed, even if its own file
@@ -119,6 +122,7 @@ def test_a_stage_may_train_the_tower_at_a_fraction_of_the_lr(tmp_path):
             load_spec(path)
 
 
+@pytest.mark.slow
 def test_a_stage_may_branch_from_an_earlier_one_and_keep_its_seed(tmp_path):
     """`from:` continues an earlier stage instead of the one before it, and `seed:` keeps a moved stage's
     seed: a 32 px stage placed after a 64 px one, `from` stage 1 with the seed of its old index, writes the

@@ -54,6 +54,7 @@ def _cfg(steps: int, every: int = 0) -> TrainConfig:
     return TrainConfig(lr=3e-3, num_steps=steps, seed=0, checkpoint_every=every)
 
 
+@pytest.mark.slow
 def test_encoder_learns_what_the_pixels_say():
     batches = _batches(60)
     img, summary = train_encoder(VISION, VOCAB, batches, _cfg(60), ignore=(0, 1, 2), progress=False)
@@ -110,6 +111,7 @@ def _with_stage0(tmp_path: Path, **extra) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_pretrain_runs_stage0_once_and_starts_stage1_from_it(tmp_path):
     path = _with_stage0(tmp_path)
     spec = load_spec(path)

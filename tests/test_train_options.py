@@ -49,6 +49,7 @@ def test_remat_policy_names():
         policy_name("everything")
 
 
+@pytest.mark.slow
 def test_bfloat16_params_loss(setup):
     config, params, batch = setup
     want, _ = loss_and_grads(config, params, batch, compute_dtype="bfloat16")
@@ -72,6 +73,7 @@ def test_train_with_bfloat16_params_learns(setup):
     assert summary["final_loss"] < float(first) - 0.1
 
 
+@pytest.mark.slow
 def test_native_matmul_mode_matches_cast_mode(setup, monkeypatch):
     """The accelerators' mode (plain bf16 dots, bf16 backward products) on the CPU: float32 compute is
     the same program; bfloat16 compute agrees to bfloat16 precision."""
