@@ -7,13 +7,14 @@ code in the same process (the reference no collective touches).
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+
+from tests.helpers.two_processes import run_two
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,27 +64,10 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory):
-    port, logs = _free_port(), tmp_path_factory.mktemp("multihost")
-    procs = []
-    for i in range(2):
-        env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
-                   JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i))
-        with open(logs / f"out{i}", "w") as out, open(logs / f"err{i}", "w") as err:
-            procs.append(subprocess.Popen([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, stdout=out, stderr=err))
-    try:
-        codes = [p.wait(timeout=900) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+    logs = tmp_path_factory.mktemp("multihost")
+    codes = run_two([sys.executable, "-c", SCRIPT], logs, devices=4, timeout=900)
     for i, code in enumerate(codes):
         assert code == 0, (logs / f"err{i}").read_text()[-3000:]
     return [json.loads((logs / f"out{i}").read_text().strip().splitlines()[-1]) for i in range(2)]
@@ -122,22 +106,9 @@ def test_grid_run_on_two_processes_writes_each_record_once(tmp_path):
     sweep's 2 cells and the final cell each get one record, with the 2-process (2, 2)-per-host mesh."""
     grid = tmp_path / "mh.yaml"
     grid.write_text(GRID.format(data=tmp_path / "data", tok=ROOT / "model" / "assets" / "nano_tokenizer.model"))
-    port = _free_port()
-    procs = []
-    for i in range(2):
-        env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
-                   JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i),
-                   PALIGEMMA_TRANSFER_CACHE=str(tmp_path / f"cache{i}"))
-        with open(tmp_path / f"err{i}", "w") as err:
-            procs.append(subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(grid), "--workdir",
-                                           str(tmp_path / "out"), "--quiet"], cwd=ROOT, env=env,
-                                          stdout=subprocess.DEVNULL, stderr=err))
-    try:
-        codes = [p.wait(timeout=1200) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+    codes = run_two([sys.executable, "-m", "harness.cli", "run", str(grid), "--workdir", str(tmp_path / "out"),
+                     "--quiet"], tmp_path, devices=2, timeout=1200,
+                    per_process={"PALIGEMMA_TRANSFER_CACHE": str(tmp_path / "cache")})
     for i, code in enumerate(codes):
         assert code == 0, (tmp_path / f"err{i}").read_text()[-3000:]
     records = [json.loads(p.read_text()) for p in (tmp_path / "out" / "records").glob("*.json")]

@@ -5,14 +5,14 @@ names the host that failed and why; the rerun finishes the grid without running 
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from tests.helpers.two_processes import run_two
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,31 +29,15 @@ runner: tests.helpers.multihost_runner:run
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run_job(tmp_path: Path, grid: Path, fault: str, tag: str) -> tuple[list[int], float, list[str]]:
-    port, procs, errs = _free_port(), [], []
+    logs = tmp_path / f"logs-{tag}"
+    logs.mkdir()
     start = time.monotonic()
-    for i in range(2):
-        env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu",
-                   JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i),
-                   PALIGEMMA_TRANSFER_HEARTBEAT_S="5", MULTIHOST_FAULT=fault,
-                   PALIGEMMA_TRANSFER_CACHE=str(tmp_path / f"cache{i}"))
-        errs.append(tmp_path / f"err-{tag}-{i}")
-        with open(errs[-1], "w") as err:
-            procs.append(subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(grid), "--workdir",
-                                           str(tmp_path / "out"), "--quiet"], cwd=ROOT, env=env,
-                                          stdout=subprocess.DEVNULL, stderr=err))
-    try:
-        codes = [p.wait(timeout=240) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+    codes = run_two([sys.executable, "-m", "harness.cli", "run", str(grid), "--workdir", str(tmp_path / "out"),
+                     "--quiet"], logs, devices=1, timeout=240,
+                    env={"PALIGEMMA_TRANSFER_HEARTBEAT_S": "5", "MULTIHOST_FAULT": fault},
+                    per_process={"PALIGEMMA_TRANSFER_CACHE": str(tmp_path / "cache")})
+    errs = [logs / f"err{i}" for i in range(2)]
     return codes, time.monotonic() - start, [e.read_text() for e in errs]
 
 

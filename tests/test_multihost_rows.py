@@ -4,15 +4,13 @@ and global_batch must still assemble exactly the global batch (checked by gather
 sharded loss over it must equal the loss of the whole batch on one device."""
 
 import json
-import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
-from tests.test_multihost import _free_port
+from tests.helpers.two_processes import run_two
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,18 +41,7 @@ SCRIPT = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_non_contiguous_rows_assemble_the_global_batch(tmp_path):
-    port, procs = _free_port(), []
-    for i in range(2):
-        env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
-                   JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i))
-        with open(tmp_path / f"out{i}", "w") as out, open(tmp_path / f"err{i}", "w") as err:
-            procs.append(subprocess.Popen([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, stdout=out, stderr=err))
-    try:
-        codes = [p.wait(timeout=600) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+    codes = run_two([sys.executable, "-c", SCRIPT], tmp_path, devices=4, timeout=600)
     for i, code in enumerate(codes):
         assert code == 0, (tmp_path / f"err{i}").read_text()[-3000:]
     results = [json.loads((tmp_path / f"out{i}").read_text().strip().splitlines()[-1]) for i in range(2)]
