@@ -73,6 +73,9 @@ SCRIPT = textwrap.dedent("""
         first = list(batches[:2]) + [None, None]  # a run that dies after its step-2 checkpoint
 
         class Dies:
+            def __len__(self):
+                return len(first)
+
             def __getitem__(self, i):
                 if first[i] is None:
                     raise KeyboardInterrupt

@@ -337,14 +337,25 @@ def train(config: PaliGemmaConfig, params: Any, batches: Sequence[dict] | grain.
         return sharding.put_batch(host, shards.batch)
 
     feed = host_batches(batches, start=start, stop=cfg.num_steps, workers=data_workers)
+
+    def fetch() -> tuple[dict | None, BaseException | None]:
+        """The next batch on the device, or the error reading it: raised when that batch's step comes, so
+        the checkpoint due before it is still written (a bad example at step k keeps step k - 1's state)."""
+        try:
+            return to_device(next(feed)), None
+        except BaseException as e:  # noqa: BLE001 - re-raised at its own step
+            return None, e
+
     try:
-        upcoming = to_device(next(feed)) if start < cfg.num_steps else None
+        upcoming, failed = fetch() if start < cfg.num_steps else (None, None)
         for step in range(start, cfg.num_steps):
+            if failed is not None:
+                raise failed
             batch = upcoming
             params, opt_state, stats = step_fn(params, opt_state, batch, jax.random.fold_in(rng, step))
             reporter.add(step + 1, stats, batch["text"].shape[0])
             if step + 1 < cfg.num_steps:  # while the step runs: the next batch onto the device
-                upcoming = to_device(next(feed))
+                upcoming, failed = fetch()
             reporter.report(keep=STATS_LAG)
             if ckpt is not None and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.num_steps:
                 reporter.report()  # every loss up to this state is finite before it is saved
