@@ -62,7 +62,6 @@ def readme_commands() -> set[str]:
             if command.startswith("paligemma-transfer"):
                 found.add(command)
     found |= {m.strip() for m in re.findall(r"`(paligemma-transfer [^`]*)`", README)}
-    found.add("paligemma-transfer run") if "pip install -e . && .venv/bin/paligemma-transfer run" in README else None
     return found
 
 

@@ -57,14 +57,15 @@ def check_base_checkpoint(cell: Any) -> None:
 
     from harness.cell.fingerprint import MISSING, fingerprint
 
-    expected = dict(getattr(cell, "identity", ()) or ()).get("checkpoint_sha256")
-    if expected is None or json.loads(expected) == MISSING:
+    named = dict(getattr(cell, "identity", ()) or ()).get("checkpoint_sha256")
+    expected = json.loads(named) if named is not None else MISSING
+    if expected == MISSING:
         return
     found = fingerprint(cell.checkpoint)
-    if found != json.loads(expected):
+    if found != expected:
         raise ValueError(f"{cell.cell_id}: base checkpoint {cell.checkpoint} is not the one this cell's id names "
-                         f"(sha256 {found[:12]}, expected {json.loads(expected)[:12]}); run the grid again: "
-                         "its cells get new ids")
+                         f"(sha256 {found[:12]}, expected {expected[:12]}); run the grid again: its cells get "
+                         "new ids")
 
 
 def base_params(config: PaliGemmaConfig, checkpoint_path: str, seed: int, mesh=None) -> Any:
