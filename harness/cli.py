@@ -72,6 +72,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from harness.run.scheduler import run_grid
     from harness.run.workdir import read_grid_cells
     from model.sharding import initialize_distributed
+    from results.paths import as_path
     from results.tables import write_tables
 
     if not args.dry_run:
@@ -89,7 +90,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from harness.cell.experiment_log import check_names
 
         grid = replace(grid, logging=check_names([n for n in args.log if n != "none"]))
-    workdir = Path(args.workdir or Path("runs") / grid.name)
+    workdir = as_path(args.workdir) if args.workdir else Path("runs") / grid.name  # a folder or gs://...
     if grid.demo:
         print(f"[demo scale] {grid.name}: tiny models on generated data; numbers show that the pipeline "
               "works and how the protocol behaves, not what PaliGemma 2 scores.", file=sys.stderr)
@@ -130,11 +131,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     text = eval_grid_text(args)
     import yaml
 
+    from results.paths import as_path
+    from results.store import atomic_write_text
+
     name = yaml.safe_load(text)["name"]
-    workdir = Path(args.workdir or Path("runs") / name)
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = as_path(args.workdir) if args.workdir else Path("runs") / name
     grid_path = workdir / "eval-grid.yaml"
-    grid_path.write_text(text, encoding="utf-8")
+    atomic_write_text(grid_path, text)
     run_args = argparse.Namespace(grid=str(grid_path), workdir=str(workdir), dry_run=args.dry_run,
                                   random_init=False, log=None, backend="local", quiet=args.quiet,
                                   cache_dir=args.cache_dir)
@@ -145,11 +148,12 @@ def _cmd_tables(args: argparse.Namespace) -> int:
     """The tables of the grid last run in the workdir (its grid_cells.json); a workdir without one (from an
     older version) is tabled from every record, newest first, and says so."""
     from harness.run.workdir import read_grid_cells
+    from results.paths import as_path
     from results.tables import write_tables
 
-    workdir = Path(args.workdir)
-    baseline = Path(args.baseline) if args.baseline else None
-    print(write_tables(workdir, Path(args.out) if args.out else None, baseline=baseline,
+    workdir = as_path(args.workdir)  # a folder or a bucket URL (gs://bucket/run), as `run --workdir` takes
+    baseline = as_path(args.baseline) if args.baseline else None
+    print(write_tables(workdir, as_path(args.out) if args.out else None, baseline=baseline,
                        cell_ids=read_grid_cells(workdir),
                        baseline_cell_ids=read_grid_cells(baseline) if baseline else None))
     return 0

@@ -11,6 +11,8 @@ from __future__ import annotations
 import sysconfig
 from pathlib import Path
 
+from results.paths import AnyPath, as_path, is_remote
+
 SOURCE_ROOT = Path(__file__).resolve().parents[1]
 INSTALLED_ROOT = Path(sysconfig.get_path("data")) / "share" / "paligemma-transfer"
 GRIDS = "configs/grids"
@@ -26,9 +28,11 @@ def shipped(relative: str | Path) -> Path | None:
     return None
 
 
-def grid_path(name: str) -> Path:
+def grid_path(name: str) -> AnyPath:
     """A grid argument as a user gives it: a file path (relative to the current directory), a path the
     project ships ("configs/grids/paper.yaml" from anywhere), or a shipped grid's name ("demo-seeds")."""
+    if is_remote(name):  # a grid file in a bucket (`eval --workdir gs://...` writes one there)
+        return as_path(name)
     given = Path(name)
     if given.exists():
         return given

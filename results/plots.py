@@ -11,10 +11,11 @@ A demo grid's plots say "[demo scale]" in their title and in the PNG's Title/Des
 
 from __future__ import annotations
 
+import io
 import math
+import os
 import textwrap
 from collections.abc import Mapping
-from pathlib import Path
 
 import matplotlib
 
@@ -24,22 +25,29 @@ import pandas as pd  # noqa: E402
 from matplotlib.text import Text  # noqa: E402
 from matplotlib.transforms import Bbox  # noqa: E402
 
+from results.paths import AnyPath, as_path, is_remote, write_object  # noqa: E402
 from results.sensitivity import Sensitivity  # noqa: E402
 
 DEMO_TAG = "[demo scale] "
 
 
-def _save(fig, path: str | Path, title: str, demo: bool) -> Path:
+def _save(fig, path: str | os.PathLike, title: str, demo: bool) -> AnyPath:
     """Write the PNG with its title (and, for a demo grid, "demo scale") in its metadata too, so the file
-    says what it is to a reader that sees no pixels."""
+    says what it is to a reader that sees no pixels. A bucket path gets the PNG rendered into memory and
+    written as one object (savefig only writes to local files and file objects)."""
     fig.tight_layout()
     metadata = {"Title": (DEMO_TAG if demo else "") + title}
     if demo:
         metadata["Description"] = ("demo scale: tiny models on generated data; the numbers show that the "
                                    "pipeline and the protocol work, not what PaliGemma 2 scores")
-    fig.savefig(path, dpi=120, metadata=metadata)
+    if is_remote(path):
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=120, metadata=metadata)
+        write_object(as_path(path), buffer.getvalue())
+    else:
+        fig.savefig(path, dpi=120, metadata=metadata)
     plt.close(fig)
-    return Path(path)
+    return as_path(path)
 
 
 def _points(size: float | str) -> float:
@@ -71,7 +79,7 @@ def _no_data(ax, text: str) -> None:
     ax.set_axis_off()
 
 
-def gains_scatter(sens: list[Sensitivity], path: str | Path, demo: bool = False) -> Path:
+def gains_scatter(sens: list[Sensitivity], path: str | os.PathLike, demo: bool = False) -> AnyPath:
     fig, ax = plt.subplots(figsize=(5.5, 5))
     points = [s for s in sens if s.resolution is not None and s.size is not None]
     if not points:
@@ -136,7 +144,7 @@ def _label_points(fig, ax, points: list[Sensitivity], xs: list[float], ys: list[
         taken.append(box)
 
 
-def lr_sweep_curves(sweep: pd.DataFrame, chosen: Mapping, path: str | Path, demo: bool = False) -> Path:
+def lr_sweep_curves(sweep: pd.DataFrame, chosen: Mapping, path: str | os.PathLike, demo: bool = False) -> AnyPath:
     """`sweep`: the tidy sweep frame of results.tables (task, size, lr, metric, score, best)."""
     tasks = sorted(sweep["task"].unique())
     cols = min(3, max(1, len(tasks)))
@@ -164,8 +172,8 @@ def lr_sweep_curves(sweep: pd.DataFrame, chosen: Mapping, path: str | Path, demo
     return _save(fig, path, title, demo)
 
 
-def versus_bars(tidy: pd.DataFrame, baseline: str, path: str | Path, sizes: list[str],
-                demo: bool = False) -> Path:
+def versus_bars(tidy: pd.DataFrame, baseline: str, path: str | os.PathLike, sizes: list[str],
+                demo: bool = False) -> AnyPath:
     """Per task, one bar per size-resolution cell: score minus the baseline's (points x100); bars in
     the tables' column order (resolution, then `sizes` in family order)."""
     fig, ax = plt.subplots(figsize=(8, 3.8))

@@ -1,9 +1,10 @@
 """One JSON record per finished cell, written atomically; the record is a cell's commit point.
 
 The scheduler publishes a cell's predictions first and writes its record last (temp file + os.replace,
-docs/design.md "results/"), so a record on disk always means a complete cell and a rerun skips it. Records
+docs/design.md "results/"; on an object store one object write, atomic there), so a record on disk always
+means a complete cell and a rerun skips it. A workdir is a local folder or a bucket URL (results/paths.py). Records
 hold everything a table needs (config, metrics, versions), so `results/` never reads anything else.
-This module imports nothing from the rest of the project: any layer may read records.
+This module imports nothing from the rest of the project but results/paths.py: any layer may read records.
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from etils import epath
+
+from results.paths import AnyPath, as_path, is_remote, write_object
 
 RECORDS_DIR = "records"
 PREDICTIONS_DIR = "predictions"
@@ -82,10 +87,14 @@ def versions() -> dict[str, str | None]:
     return found
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """The project's one atomic writer (records, predictions, best_lr.json, grid.yaml, error.txt): a temp
     file in the same folder, fsynced, then os.replace and an fsync of the folder, so readers never see half
-    a file and a crash right after the call cannot lose the rename."""
+    a file and a crash right after the call cannot lose the rename. On an object store (gs://, s3://) an
+    object is published whole by the single write that creates it, so it is written in one call."""
+    if is_remote(path):
+        write_object(as_path(path), text.encode("utf-8"))
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -118,15 +127,15 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def record_path(workdir: str | Path, cell_id: str) -> Path:
-    return Path(workdir) / RECORDS_DIR / f"{cell_id}.json"
+def record_path(workdir: str | os.PathLike, cell_id: str) -> AnyPath:
+    return as_path(workdir) / RECORDS_DIR / f"{cell_id}.json"
 
 
-def predictions_path(workdir: str | Path, cell_id: str) -> Path:
-    return Path(workdir) / PREDICTIONS_DIR / f"{cell_id}.jsonl"
+def predictions_path(workdir: str | os.PathLike, cell_id: str) -> AnyPath:
+    return as_path(workdir) / PREDICTIONS_DIR / f"{cell_id}.jsonl"
 
 
-def has_record(workdir: str | Path, cell_id: str) -> bool:
+def has_record(workdir: str | os.PathLike, cell_id: str) -> bool:
     return record_path(workdir, cell_id).is_file()
 
 
@@ -136,7 +145,7 @@ def jsonable(value: Any) -> Any:
     Anything else is an error naming its type, not a silent str(): what is written must read back."""
     if hasattr(value, "tolist"):
         return value.tolist()
-    if isinstance(value, Path):
+    if isinstance(value, (Path, epath.Path)):
         return str(value)
     if isinstance(value, (set, frozenset)):
         return sorted(value, key=repr)
@@ -145,16 +154,16 @@ def jsonable(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON-serialisable: {value!r}")
 
 
-def write_record(workdir: str | Path, record: Record) -> Path:
+def write_record(workdir: str | os.PathLike, record: Record) -> AnyPath:
     path = record_path(workdir, record.cell_id)
     text = json.dumps(record.to_json(), indent=2, sort_keys=True, default=jsonable)
     atomic_write_text(path, text + "\n")
     return path
 
 
-def read_record(path: str | Path) -> Record:
+def read_record(path: str | os.PathLike) -> Record:
     """One record file -> Record, with an error naming the file for bad JSON or missing fields."""
-    path = Path(path)
+    path = as_path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
@@ -174,9 +183,9 @@ def read_record(path: str | Path) -> Record:
     return Record(**data)
 
 
-def load_records(workdir: str | Path) -> list[Record]:
+def load_records(workdir: str | os.PathLike) -> list[Record]:
     """Every record under workdir/records, sorted by cell id (an empty list when none are written)."""
-    workdir = Path(workdir)
+    workdir = as_path(workdir)
     if not workdir.is_dir():
         raise FileNotFoundError(f"workdir {workdir} does not exist")
     folder = workdir / RECORDS_DIR

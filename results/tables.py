@@ -17,7 +17,8 @@ lr, seed) wins. `paligemma-transfer run` passes its grid's cells; `tables` passe
 saved in workdir/grid_cells.json, and uses every record only in a workdir that has no such file.
 
 Where: files go to `out_dir`, else workdir/tables; a workdir that cannot be written (a finished run on a
-read-only mount) gets its files in a new folder under the system's temp dir, named on stderr. The
+read-only mount) gets its files in a new folder under the system's temp dir, named on stderr. The workdir,
+`out_dir` and a baseline may each be a local folder or a bucket URL (gs://bucket/run; results/paths.py). The
 Markdown is returned either way (the CLI prints it).
 """
 
@@ -38,6 +39,7 @@ from model.config import FAMILIES
 from results import plots
 from results.compare import tasks_won, versus
 from results.lr_choice import format_lr, select_best_lrs
+from results.paths import AnyPath, as_path, is_remote, make_dirs, write_object, write_text
 from results.sensitivity import ONE_SEED, RULE, sensitivities
 from results.store import Record, load_records
 from results.tabular import latex, markdown
@@ -55,11 +57,14 @@ DEMO_VALUE = "demo scale"
 OTHER_RECORDS_SHOWN = 50  # rows of the "Other records" listing in tables.md (other_records.csv has all)
 
 
-def _write_csv(frame: pd.DataFrame, path: Path, demo: bool) -> None:
+def _write_csv(frame: pd.DataFrame, path: AnyPath, demo: bool) -> None:
     """A plain CSV that `pandas.read_csv(path)` reads as is; a demo grid's gains a last column
     `scale` = "demo scale" (a comment line would turn into a garbled header under a plain read_csv)."""
     if demo:
         frame = frame.assign(**{DEMO_COLUMN: DEMO_VALUE})
+    if is_remote(path):
+        write_object(path, frame.to_csv(index=False).encode("utf-8"))
+        return
     with open(path, "w", encoding="utf-8", newline="") as f:
         frame.to_csv(f, index=False)
 
@@ -270,7 +275,7 @@ class _Tables:
     notes: list[str]
 
 
-def _compute(workdir: Path, cell_ids: Iterable[str | GridCell] | None) -> _Tables:
+def _compute(workdir: AnyPath, cell_ids: Iterable[str | GridCell] | None) -> _Tables:
     selection = select_records(load_records(workdir), cell_ids)
     df = records_frame(selection.records)
     chosen = select_best_lrs(selection.records)
@@ -283,15 +288,15 @@ def _compute(workdir: Path, cell_ids: Iterable[str | GridCell] | None) -> _Table
     return _Tables(selection, df, chosen, cells, notes)
 
 
-def _out_dir(workdir: Path, out_dir: str | Path | None) -> Path:
+def _out_dir(workdir: AnyPath, out_dir: str | os.PathLike | None) -> AnyPath:
     """`out_dir` when given; else workdir/tables, or a new temp folder when the workdir cannot be written."""
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
+        out = as_path(out_dir)
+        make_dirs(out)
         return out
     out = workdir / "tables"
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        make_dirs(out)
         _check_writable(out)
     except OSError as e:
         fallback = Path(tempfile.mkdtemp(prefix=f"{workdir.name}-tables-"))
@@ -301,9 +306,14 @@ def _out_dir(workdir: Path, out_dir: str | Path | None) -> Path:
     return out
 
 
-def _check_writable(folder: Path) -> None:
-    """Create and remove a file in `folder`: the only test that a read-only mount fails (and root too)."""
+def _check_writable(folder: AnyPath) -> None:
+    """Create and remove a file in `folder`: the only test that a read-only mount fails (and root too).
+    On a bucket, an empty object written and deleted (an object store has no exclusive create)."""
     probe = folder / f".write-probe-{os.getpid()}"
+    if is_remote(probe):
+        write_object(probe, b"")
+        probe.unlink()
+        return
     os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
     probe.unlink()
 
@@ -347,8 +357,8 @@ def version_mix(records: Iterable[Record]) -> str | None:
         if mixed else None
 
 
-def write_tables(workdir: str | Path, out_dir: str | Path | None = None,
-                 baseline: str | Path | None = None, *, cell_ids: Iterable[str | GridCell] | None = None,
+def write_tables(workdir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
+                 baseline: str | os.PathLike | None = None, *, cell_ids: Iterable[str | GridCell] | None = None,
                  baseline_cell_ids: Iterable[str | GridCell] | None = None) -> str:
     """Write tables.md, *.csv, *.tex and *.png; return the Markdown.
 
@@ -358,7 +368,7 @@ def write_tables(workdir: str | Path, out_dir: str | Path | None = None,
     out_dir: default workdir/tables, or a temp folder named on stderr when the workdir is read-only.
     baseline: another workdir, compared cell by cell (results/compare.py); baseline_cell_ids its grid's.
     """
-    workdir = Path(workdir)
+    workdir = as_path(workdir)
     t = _compute(workdir, cell_ids)
     sel, df, chosen, cells, notes = t.selection, t.df, t.chosen, t.cells, t.notes
     records = sel.records
@@ -394,7 +404,7 @@ def write_tables(workdir: str | Path, out_dir: str | Path | None = None,
     parts += ["", "## Final runs (Table 13 layout)", "", markdown(t13, "task"), "", caption13]
     parts += [f"Note: {n}." for n in notes]
     _write_csv(_with_missing_cells(cells, planned_final).reset_index(), out / "table13.csv", demo)
-    (out / "table13.tex").write_text(latex(t13, "task", _caption(caption13, demo)), encoding="utf-8")
+    write_text(out / "table13.tex", latex(t13, "task", _caption(caption13, demo)))
 
     sweep, bold, sweep_csv = sweep_table(df, chosen, sel.expected)
     sweep_split = ", ".join(sorted(df[df["phase"] == "sweep"]["split"].unique())) or MISSING
@@ -408,7 +418,7 @@ def write_tables(workdir: str | Path, out_dir: str | Path | None = None,
     else:
         parts += [markdown(sweep, "task size", bold), "", caption14]
     _write_csv(sweep_csv, out / "lr_sweep.csv", demo)
-    (out / "lr_sweep.tex").write_text(latex(sweep, "task size", _caption(caption14, demo), bold), encoding="utf-8")
+    write_text(out / "lr_sweep.tex", latex(sweep, "task size", _caption(caption14, demo), bold))
 
     sens = sensitivities(cells, sizes, resolutions)
     if sens:
@@ -416,7 +426,7 @@ def write_tables(workdir: str | Path, out_dir: str | Path | None = None,
         caption = ("Sensitivity (Fig. 3): gain in points x100 from the lowest to the next resolution at the "
                    "smallest size, and from the smallest to the next size at the lowest resolution. " + RULE)
         parts += ["", "## Resolution vs size sensitivity (Fig. 3)", "", markdown(st, "task"), "", caption]
-        (out / "sensitivity.tex").write_text(latex(st, "task", _caption(caption, demo)), encoding="utf-8")
+        write_text(out / "sensitivity.tex", latex(st, "task", _caption(caption, demo)))
     _write_csv(sensitivity_csv(sens), out / "sensitivity.csv", demo)
 
     plots.gains_scatter(sens, out / "sensitivity.png", demo=demo)
@@ -427,7 +437,7 @@ def write_tables(workdir: str | Path, out_dir: str | Path | None = None,
         plots.lr_sweep_curves(sweep_csv, chosen, out / "lr_sweep.png", demo=demo)
         pngs.append("lr_sweep.png")
     if baseline is not None:
-        baseline = Path(baseline)
+        baseline = as_path(baseline)
         base_cells = _compute(baseline, baseline_cell_ids).cells
         vs, tidy = versus(cells, base_cells, sizes, resolutions)
         won, compared = tasks_won(tidy)
@@ -437,7 +447,7 @@ def write_tables(workdir: str | Path, out_dir: str | Path | None = None,
                    f"tasks (positive mean diff).")
         parts += ["", f"## Against {baseline.name}", "", markdown(vs, "task"), "", caption]
         _write_csv(tidy, out / "versus.csv", demo)
-        (out / "versus.tex").write_text(latex(vs, "task", _caption(caption, demo)), encoding="utf-8")
+        write_text(out / "versus.tex", latex(vs, "task", _caption(caption, demo)))
         plots.versus_bars(tidy, baseline.name, out / "versus.png", sizes, demo=demo)
         pngs.append("versus.png")
     if sel.grid_size is not None:
@@ -448,7 +458,7 @@ def write_tables(workdir: str | Path, out_dir: str | Path | None = None,
         (out / "other_records.csv").unlink(missing_ok=True)
     parts += ["", f"Plots beside this file: {', '.join(pngs)}."]
     text = "\n".join(parts) + "\n"
-    (out / "tables.md").write_text(text, encoding="utf-8")
+    write_text(out / "tables.md", text)
     return text
 
 

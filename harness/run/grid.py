@@ -42,6 +42,7 @@ from harness.shipped import resolve_relative
 from model import hub
 from model.config import config_for, family_of
 from results.lr_choice import format_lr
+from results.paths import as_path
 from tasks.registry import available
 
 DEFAULT_RUNNER = "harness.cell.run_cell:run_cell"
@@ -699,7 +700,7 @@ def load_grid(path: str | Path, *, check_files: bool = True) -> Grid:
     `check_files=False` skips the checkpoint existence check, e.g. to plan the paper grid on a
     machine without its checkpoints.
     """
-    path = Path(path)
+    path = as_path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:

@@ -1,11 +1,25 @@
-"""A per-cell lock file, so two schedulers on one workdir never run the same cell at once.
+"""A per-cell lock, so two schedulers on one workdir never run the same cell at once.
 
-The lock is created with O_CREAT | O_EXCL (atomic on local and NFSv3+ filesystems) and holds the
-owner's host, pid, boot id and a random token; its holder renews a heartbeat (the file's mtime) every
-LEASE_S / 4. A lock is stale, and taken over, when its owner is on this host and no longer alive (its
-scheduler was killed), when it was taken on this host before the machine last booted (a container or VM
-restarted under the same name), or when its heartbeat is older than LEASE_S whatever host holds it (a
-pod restarted on new VMs leaves locks whose pids may exist on the new machines).
+Local and NFS workdirs (CellLock): the lock is created with O_CREAT | O_EXCL (atomic on local and NFSv3+
+filesystems) and holds the owner's host, pid, boot id and a random token; its holder renews a heartbeat
+(the file's mtime) every LEASE_S / 4. A lock is stale, and taken over, when its owner is on this host and
+no longer alive (its scheduler was killed), when it was taken on this host before the machine last booted
+(a container or VM restarted under the same name), or when its heartbeat is older than LEASE_S whatever
+host holds it (a pod restarted on new VMs leaves locks whose pids may exist on the new machines).
+
+Object-store workdirs, gs:// or s3:// (ObjectStoreLock): a bucket has no exclusive create and no mtime
+to touch, so the lock is a lease held in the object's content. To take it, a scheduler reads the object;
+if it is absent, unreadable or stale it writes its own token (host, pid, boot id, a random token and the
+heartbeat time), waits SETTLE_S, reads the object back and holds the lease only if its own token is still
+there. Writes to one object are serialised and reads are strongly consistent (GCS, S3), so of several
+contenders that raced the last writer wins and every other one reads another token back and gives up.
+The rule is safe as long as no contender takes longer than SETTLE_S between reading the object and
+writing its token (one request each). The holder renews the lease by rewriting the object with a new
+heartbeat time every LEASE_S / 4, after checking that it is still its own; release deletes it if so. A
+lease is stale when its heartbeat time is older than LEASE_S by the reader's clock (hosts' clocks are
+assumed to agree to well within LEASE_S), or when its owner is on this host and no longer alive.
+
+open_lock(path) picks the kind the path needs.
 """
 
 from __future__ import annotations
@@ -19,8 +33,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from results.paths import AnyPath, as_path, is_remote, write_object
+
 # A lock whose heartbeat is older than this is stale on any host (its holder renews it every LEASE_S / 4).
 LEASE_S = 600.0
+# ObjectStoreLock: the wait between writing a token and reading it back; longer than any contender's gap
+# between its read of the object and its write.
+SETTLE_S = 2.0
 
 
 def boot_id() -> str:
@@ -170,3 +189,80 @@ class CellLock:
         if self.held and self.owner() == self.me:
             self.path.unlink(missing_ok=True)
         self.held = False
+
+
+class ObjectStoreLock:
+    """The lease of the module docstring on an object store: acquire() -> True when this process now
+    holds it; release() gives it back. Same interface as CellLock."""
+
+    def __init__(self, path: str | AnyPath):
+        self.path = as_path(path)
+        self.me = LockOwner(socket.gethostname(), os.getpid(), secrets.token_hex(8), boot_id())
+        self.held = False
+        self._stop = threading.Event()
+
+    def _read(self) -> tuple[LockOwner, float] | None:
+        """(holder, heartbeat time) of the lease object; None when there is none, UNREADABLE with a
+        heartbeat of 0 (stale) for content that is not a lease (an object is never seen half-written)."""
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            owner = LockOwner(str(data["host"]), int(data["pid"]), str(data["token"]), str(data.get("boot", "")))
+            return owner, float(data["beat"])
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError):
+            return UNREADABLE, 0.0
+
+    def owner(self) -> LockOwner | None:
+        """The current holder, or None when there is no lease."""
+        found = self._read()
+        return None if found is None else found[0]
+
+    def _live(self, found: tuple[LockOwner, float] | None) -> bool:
+        if found is None or found[0] == UNREADABLE:
+            return False
+        owner, beat = found
+        return time.time() - beat <= LEASE_S and owner.alive()
+
+    def _write(self) -> None:
+        token = {"host": self.me.host, "pid": self.me.pid, "token": self.me.token, "boot": self.me.boot,
+                 "beat": time.time()}
+        write_object(self.path, json.dumps(token).encode("utf-8"))
+
+    def acquire(self) -> bool:
+        if self._live(self._read()):
+            return False
+        self._write()
+        time.sleep(SETTLE_S)
+        if self.owner() != self.me:  # another contender wrote after us: theirs
+            return False
+        self.held = True
+        self._stop.clear()
+        threading.Thread(target=self._heartbeat, name=f"lease {self.path}", daemon=True).start()
+        return True
+
+    def _heartbeat(self) -> None:
+        """Rewrite the lease with a new heartbeat time while it is held and still ours."""
+        while not self._stop.wait(LEASE_S / 4):
+            try:
+                if self.owner() == self.me:
+                    self._write()
+            except OSError:
+                pass
+
+    def clear_if_stale(self) -> None:
+        """Remove the lease if its holder is gone (see CellLock.clear_if_stale)."""
+        if self.acquire():
+            self.release()
+
+    def release(self) -> None:
+        """Delete the lease if it is still ours."""
+        self._stop.set()
+        if self.held and self.owner() == self.me:
+            self.path.unlink(missing_ok=True)
+        self.held = False
+
+
+def open_lock(path: str | AnyPath) -> CellLock | ObjectStoreLock:
+    """The lock for `path`: a lock file on a local or NFS workdir, a lease on an object store."""
+    return ObjectStoreLock(path) if is_remote(path) else CellLock(path)

@@ -4,14 +4,16 @@ FLOPs come from each cell's effective recipe (harness/cell/recipe.py), as the ru
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from harness.cell.recipe import effective
 from harness.run.grid import Cell, Grid
-from harness.run.locks import CellLock
+from harness.run.locks import open_lock
 from harness.run.workdir import best_lrs, cell_dir
 from results.lr_choice import format_lr
+from results.paths import as_path
 from results.store import has_record
 from results.tabular import fixed_width
 
@@ -83,17 +85,17 @@ class Costs:
         return str(steps), batch, steps * batch * flops_per_example(eff.model_config, text_len)
 
 
-def plan_rows(grid: Grid, workdir: str | Path, cache_dir: str | Path | None = None,
+def plan_rows(grid: Grid, workdir: str | os.PathLike, cache_dir: str | Path | None = None,
               costs: Costs | None = None) -> list[PlanRow]:
     """Every cell of the grid with its status and cost; reads the workdir, writes nothing."""
-    workdir = Path(workdir)
+    workdir = as_path(workdir)
     costs = costs if costs is not None else Costs(grid, cache_dir)
     lrs, _ = best_lrs(grid, workdir)
 
     def status(cell: Cell) -> str:
         if has_record(workdir, cell.cell_id):
             return "done"
-        owner = CellLock(cell_dir(workdir, cell.cell_id) / "lock").owner()
+        owner = open_lock(cell_dir(workdir, cell.cell_id) / "lock").owner()
         return f"locked by {owner}" if owner is not None and owner.alive() else "todo"
 
     rows = [PlanRow(c.phase, c.cell_id, c.task, c.size, c.resolution, format_lr(c.lr), c.seed, c.split,

@@ -1,6 +1,7 @@
 """Run a grid's cells, resumably: sweep, pick the lr, then the final runs (harness/run/grid.py protocol).
 
-The workdir's layout is harness/run/workdir.py's. A cell with a record is never run again; a killed cell
+The workdir's layout is harness/run/workdir.py's; it is a local folder or a bucket URL (gs://bucket/run,
+reached through results/paths.py). A cell with a record is never run again; a killed cell
 is simply called again and its runner resumes from what it left in cells/<cell_id>/. The runner is
 `runner(cell, cell_dir) -> dict` with at least {"metrics", "headline", "steps"}; other keys are kept in the
 record's `extra`. A runner may carry `check(cell)`, called before it runs (the default runner's is its
@@ -14,7 +15,6 @@ import json
 import math
 import numbers
 import os
-import shutil
 import sys
 import time
 import traceback
@@ -30,7 +30,7 @@ from harness.cell.checkpoints import SHARDED_PARAMS
 from harness.run import multihost
 from harness.run.demo_data import prepare_demo_data
 from harness.run.grid import Cell, Grid
-from harness.run.locks import CellLock
+from harness.run.locks import CellLock, ObjectStoreLock, open_lock
 from harness.run.plan import Costs, format_plan, plan_rows, plan_warnings
 from harness.run.provenance import device_info, provenance
 from harness.run.workdir import (  # noqa: F401 - BEST_LR_RULE, PARAMS_FILE, TRAINING_STATE: the layout's names
@@ -44,6 +44,7 @@ from harness.run.workdir import (  # noqa: F401 - BEST_LR_RULE, PARAMS_FILE, TRA
     write_best_lrs,
     write_grid_cells,
 )
+from results.paths import AnyPath, append_text, as_path, is_remote, make_dirs, move_file, remove_tree
 from results.store import (
     SCHEMA_VERSION,
     Record,
@@ -62,23 +63,23 @@ BACKENDS = ("local", "ray")
 RAY_MAX_RETRIES = 3
 
 
-def apply_keep_checkpoints(directory: Path, keep: str) -> None:
+def apply_keep_checkpoints(directory: AnyPath, keep: str) -> None:
     """Delete what a finished cell does not keep (grid `keep_checkpoints`): `none` keeps neither the
     params nor the training state, `params` keeps PARAMS_FILE (from a multi-host cell: the orbax
     folder SHARDED_PARAMS), `all` keeps both. Set-aside corrupt
     checkpoints (ckpt.corrupt-*) are never deleted."""
     if keep != "all":
-        shutil.rmtree(directory / TRAINING_STATE, ignore_errors=True)
+        remove_tree(directory / TRAINING_STATE)
     if keep == "none":
         (directory / PARAMS_FILE).unlink(missing_ok=True)
-        shutil.rmtree(directory / SHARDED_PARAMS, ignore_errors=True)
+        remove_tree(directory / SHARDED_PARAMS)
 
 
 class RunError(RuntimeError):
     """Cells that failed; each one's traceback is in cells/<cell_id>/error.txt."""
 
 
-def load_runner(target: str) -> Callable[[Cell, Path], Mapping[str, Any]]:
+def load_runner(target: str) -> Callable[[Cell, AnyPath], Mapping[str, Any]]:
     module, _, name = target.partition(":")
     try:
         return getattr(importlib.import_module(module), name)
@@ -86,13 +87,13 @@ def load_runner(target: str) -> Callable[[Cell, Path], Mapping[str, Any]]:
         raise RunError(f"runner {target!r} cannot be loaded: {e}") from None
 
 
-def execute_cell(cell: Cell, workdir: str | Path, runner: str) -> dict[str, Any]:
+def execute_cell(cell: Cell, workdir: str | os.PathLike, runner: str) -> dict[str, Any]:
     """Call the runner in cells/<id>/ and publish its predictions; the caller then writes the record.
 
     This is what a Ray worker runs, so it takes the runner by name and returns plain data.
     """
     directory = cell_dir(workdir, cell.cell_id)
-    directory.mkdir(parents=True, exist_ok=True)
+    make_dirs(directory)
     run = load_runner(runner)
     check = getattr(run, "check", None)  # the runner's own check (the default: its memory plan)
     if callable(check):
@@ -111,9 +112,7 @@ def execute_cell(cell: Cell, workdir: str | Path, runner: str) -> dict[str, Any]
         raise RunError(f"{cell.cell_id}: the runner's metrics {bad} are not finite numbers; no record written")
     produced = directory / "predictions.jsonl"
     if produced.exists() and multihost.is_primary():
-        target = predictions_path(workdir, cell.cell_id)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(produced, target)
+        move_file(produced, predictions_path(workdir, cell.cell_id))
     return {"result": dict(result), "wall_time_s": wall, "device": {**device_info(), "raw_data": data}}
 
 
@@ -126,7 +125,7 @@ def raw_data_fingerprint(data_dir: str | Path) -> str | None:
     return content_key(content_files(Path(data_dir), data_cache(None))) if Path(data_dir).is_dir() else None
 
 
-def warn_changed_data(grid: Grid, workdir: Path) -> None:
+def warn_changed_data(grid: Grid, workdir: AnyPath) -> None:
     """One line per task whose finished cells were computed on raw files that have changed since: their
     records are kept (the id hashes the data folder, not its content), so say so."""
     try:
@@ -160,7 +159,7 @@ def make_record(cell: Cell, outcome: Mapping[str, Any]) -> Record:
 class _Phase:
     """Runs one phase's cells under their locks; cells locked by a live process are waited for."""
 
-    workdir: Path
+    workdir: AnyPath
     runner: str
     bar: tqdm
     backend: str
@@ -186,7 +185,7 @@ class _Phase:
         for cell in cells:
             lock_path = cell_dir(self.workdir, cell.cell_id) / "lock"
             if lock_path.exists() and has_record(self.workdir, cell.cell_id):
-                CellLock(lock_path).clear_if_stale()
+                open_lock(lock_path).clear_if_stale()
         pending = self._agreed([c for c in cells if not has_record(self.workdir, c.cell_id)])
         while pending:
             if self.backend == "ray":
@@ -208,7 +207,7 @@ class _Phase:
         keep = multihost.agree([c.cell_id in ids for c in self.cells])
         return [c for c, k in zip(self.cells, keep) if k]
 
-    def _claim(self, cell: Cell) -> CellLock | multihost.FollowerLock | None:
+    def _claim(self, cell: Cell) -> CellLock | ObjectStoreLock | multihost.FollowerLock | None:
         """The cell's lock, or None when the cell is done or a live process holds the lock.
 
         Multi-host: process 0 takes the lock, the others follow its answer (one cell per pod)."""
@@ -218,10 +217,10 @@ class _Phase:
             return (lock if multihost.is_primary() else multihost.FollowerLock()) if claimed else None
         return self._claim_one(cell)
 
-    def _claim_one(self, cell: Cell) -> CellLock | None:
+    def _claim_one(self, cell: Cell) -> CellLock | ObjectStoreLock | None:
         if has_record(self.workdir, cell.cell_id):
             return None
-        lock = CellLock(cell_dir(self.workdir, cell.cell_id) / "lock")
+        lock = open_lock(cell_dir(self.workdir, cell.cell_id) / "lock")
         if not lock.acquire():
             if cell.cell_id not in self.reported:
                 self.reported.add(cell.cell_id)
@@ -234,7 +233,8 @@ class _Phase:
             (cell_dir(self.workdir, cell.cell_id) / ERROR_FILE).unlink(missing_ok=True)
         return lock
 
-    def _finish(self, cell: Cell, outcome: Mapping[str, Any] | BaseException, lock: CellLock) -> None:
+    def _finish(self, cell: Cell, outcome: Mapping[str, Any] | BaseException,
+                lock: CellLock | ObjectStoreLock | multihost.FollowerLock) -> None:
         """Write the cell's record, or its failure. The runner's outcome is saved first (OUTCOME), so a
         record write that fails (no space left) or is killed leaves what the next run needs to write the
         record without running the cell again."""
@@ -276,7 +276,7 @@ class _Phase:
             return None
         return data if isinstance(data, dict) and isinstance(data.get("result"), dict) else None
 
-    def _keep_checkpoints(self, directory: Path) -> None:
+    def _keep_checkpoints(self, directory: AnyPath) -> None:
         apply_keep_checkpoints(directory, self.keep_checkpoints)
 
     def _run_local(self, cells: list[Cell]) -> None:
@@ -370,7 +370,7 @@ def import_ray():
     return ray
 
 
-def run_grid(grid: Grid, workdir: str | Path, *, backend: str = "local", dry_run: bool = False,
+def run_grid(grid: Grid, workdir: str | os.PathLike, *, backend: str = "local", dry_run: bool = False,
              progress: bool = True, num_cpus_per_cell: float = 1, poll_s: float = 2.0,
              cache_dir: str | Path | None = None) -> list[Record]:
     """Run (or with dry_run, list) every cell of `grid` in `workdir`; returns the grid's records.
@@ -380,7 +380,7 @@ def run_grid(grid: Grid, workdir: str | Path, *, backend: str = "local", dry_run
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
-    workdir = Path(workdir)
+    workdir = as_path(workdir)
     if dry_run:
         costs = Costs(grid, cache_dir)
         print(format_plan(grid, plan_rows(grid, workdir, costs=costs)))
@@ -395,7 +395,7 @@ def run_grid(grid: Grid, workdir: str | Path, *, backend: str = "local", dry_run
     load_runner(grid.runner)  # fail now, not once per cell
     primary = multihost.is_primary()
     if primary:
-        workdir.mkdir(parents=True, exist_ok=True)
+        make_dirs(workdir)
         atomic_write_text(workdir / "grid.yaml", grid.text)
         prepare_demo_data(grid)
         warn_changed_data(grid, workdir)
@@ -428,36 +428,40 @@ def run_grid(grid: Grid, workdir: str | Path, *, backend: str = "local", dry_run
     return _records(workdir, sweep + final)
 
 
-def write_error(path: Path, error: BaseException) -> str:
+def write_error(path: AnyPath, error: BaseException) -> str:
     """The failure's traceback into the cell's error.txt, headed by the process that failed in a multi-host
     job; '' when written, else a note for the one-line message (no space left even for the traceback).
 
     In a multi-host job the first process to fail creates the file and a process that fails after it (its
-    collectives broke because the first one left) adds one line, so the cause is recorded once."""
+    collectives broke because the first one left) adds one line, so the cause is recorded once. On an
+    object store (no exclusive create, no append) the file is read and written back whole."""
     text = "".join(traceback.format_exception(error))
     where = multihost.describe()
     try:
         if not where:
             atomic_write_text(path, text)
             return ""
+        then = f"\nthen {where}: {type(error).__name__}: {' '.join(str(error).split())[:300]}\n"
+        if is_remote(path):
+            append_text(path, then if path.exists() else f"{where} failed:\n{text}")
+            return ""
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             with open(path, "x", encoding="utf-8") as f:
                 f.write(f"{where} failed:\n{text}")
         except FileExistsError:
-            with open(path, "a", encoding="utf-8") as f:
-                f.write(f"\nthen {where}: {type(error).__name__}: {' '.join(str(error).split())[:300]}\n")
+            append_text(path, then)
         return ""
     except OSError as e:
         return f" ({path} could not be written: {e.strerror or e})"
 
 
-def _raise_failures(phase: _Phase, workdir: Path, name: str) -> None:
+def _raise_failures(phase: _Phase, workdir: AnyPath, name: str) -> None:
     if phase.failures:
         lines = "; ".join(f"{cid}: {msg}" for cid, msg in phase.failures.items())
         raise RunError(f"{len(phase.failures)} {name} cell(s) failed (tracebacks in "
                        f"{workdir / 'cells'}/<cell_id>/error.txt): {lines}")
 
 
-def _records(workdir: Path, cells: Iterable[Cell]) -> list[Record]:
+def _records(workdir: AnyPath, cells: Iterable[Cell]) -> list[Record]:
     return [read_record(record_path(workdir, c.cell_id)) for c in cells if has_record(workdir, c.cell_id)]

@@ -10,19 +10,21 @@
     tables/                    tables and plots of the grid's records (results/tables.py)
 
 Records and predictions are read and written through results/store.py, which holds their two folder
-names; everything else is named here.
+names; everything else is named here. The root is a local folder or a bucket URL (gs://bucket/run):
+results/paths.py's `as_path` gives each the path object that reaches it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from types import SimpleNamespace
 
 from harness.run.grid import Grid
 from results.lr_choice import LrChoice, select_best_lrs
+from results.paths import AnyPath, as_path
 from results.store import atomic_write_text, has_record, predictions_path, read_record, record_path
 
 BEST_LR_RULE = ("per (task, size, sweep resolution), the sweep lr with the highest headline metric on the sweep split; "
@@ -37,58 +39,58 @@ ERROR_FILE = "error.txt"  # cells/<id>/: the traceback of the cell's last failur
 class Workdir:
     """Paths of one workdir; creates nothing."""
 
-    root: Path
+    root: AnyPath
 
-    def __init__(self, root: str | Path):
-        object.__setattr__(self, "root", Path(root))
+    def __init__(self, root: str | os.PathLike):
+        object.__setattr__(self, "root", as_path(root))
 
     @property
-    def grid_file(self) -> Path:
+    def grid_file(self) -> AnyPath:
         return self.root / "grid.yaml"
 
     @property
-    def best_lr_file(self) -> Path:
+    def best_lr_file(self) -> AnyPath:
         return self.root / "best_lr.json"
 
     @property
-    def grid_cells_file(self) -> Path:
+    def grid_cells_file(self) -> AnyPath:
         return self.root / "grid_cells.json"
 
     @property
-    def tables(self) -> Path:
+    def tables(self) -> AnyPath:
         return self.root / "tables"
 
     @property
-    def cells(self) -> Path:
+    def cells(self) -> AnyPath:
         return self.root / "cells"
 
-    def cell(self, cell_id: str) -> Path:
+    def cell(self, cell_id: str) -> AnyPath:
         return self.cells / cell_id
 
-    def lock(self, cell_id: str) -> Path:
+    def lock(self, cell_id: str) -> AnyPath:
         return self.cell(cell_id) / "lock"
 
-    def error(self, cell_id: str) -> Path:
+    def error(self, cell_id: str) -> AnyPath:
         return self.cell(cell_id) / ERROR_FILE
 
-    def outcome(self, cell_id: str) -> Path:
+    def outcome(self, cell_id: str) -> AnyPath:
         return self.cell(cell_id) / OUTCOME
 
-    def record(self, cell_id: str) -> Path:
+    def record(self, cell_id: str) -> AnyPath:
         return record_path(self.root, cell_id)
 
-    def predictions(self, cell_id: str) -> Path:
+    def predictions(self, cell_id: str) -> AnyPath:
         return predictions_path(self.root, cell_id)
 
     def done(self, cell_id: str) -> bool:
         return has_record(self.root, cell_id)
 
 
-def cell_dir(workdir: str | Path, cell_id: str) -> Path:
+def cell_dir(workdir: str | os.PathLike, cell_id: str) -> AnyPath:
     return Workdir(workdir).cell(cell_id)
 
 
-def best_lrs(grid: Grid, workdir: str | Path) -> tuple[dict[tuple, float], dict[tuple[str, str, int], LrChoice]]:
+def best_lrs(grid: Grid, workdir: str | os.PathLike) -> tuple[dict[tuple, float], dict[tuple[str, str, int], LrChoice]]:
     """(lr per (task, size) without a sweep and per (task, size, sweep resolution) whose sweep is complete,
     the sweep choices by the same keys), from the grid's own sweep records (Grid.final_lr reads it).
 
@@ -107,7 +109,7 @@ def best_lrs(grid: Grid, workdir: str | Path) -> tuple[dict[tuple, float], dict[
     return {**grid.fixed_lrs(), **{key: ch.lr for key, ch in choices.items()}}, choices
 
 
-def write_best_lrs(workdir: str | Path, grid: Grid, choices: Mapping[tuple[str, str, int], LrChoice]) -> None:
+def write_best_lrs(workdir: str | os.PathLike, grid: Grid, choices: Mapping[tuple[str, str, int], LrChoice]) -> None:
     data = {"rule": BEST_LR_RULE,
             "swept": [{"task": t, "size": s, "sweep_resolution": r, "lr": c.lr, "headline": c.headline,
                        "used_at": [res for res in grid.protocol.final_resolutions
@@ -121,14 +123,14 @@ def write_best_lrs(workdir: str | Path, grid: Grid, choices: Mapping[tuple[str, 
 GRID_CELL_FIELDS = ("cell_id", "task", "size", "resolution", "lr", "seed", "phase")
 
 
-def write_grid_cells(workdir: str | Path, cells: Iterable) -> None:
+def write_grid_cells(workdir: str | os.PathLike, cells: Iterable) -> None:
     """The grid's cells as far as they are known (final cells once their lr is), for `tables`: a table
     reports exactly these cells' records, never a record of another configuration of the same place."""
     rows = [{k: getattr(c, k) for k in GRID_CELL_FIELDS} for c in cells]
     atomic_write_text(Workdir(workdir).grid_cells_file, json.dumps(rows, indent=1) + "\n")
 
 
-def read_grid_cells(workdir: str | Path) -> list[SimpleNamespace] | None:
+def read_grid_cells(workdir: str | os.PathLike) -> list[SimpleNamespace] | None:
     """The cells `write_grid_cells` left, or None for a workdir without the file."""
     path = Workdir(workdir).grid_cells_file
     try:

@@ -4,7 +4,8 @@ It "trains" STEPS steps, sleeping a little and saving its step in cell_dir/progr
 resumes from that file when called again, appends "start <id> <from_step> <pid>" and "done <id>" to
 workdir/runner.log (so tests can count runs), writes predictions.jsonl, and returns metrics that
 are a fixed function of the cell's fields (so an interrupted and an uninterrupted run agree).
-Sleeps come from the environment so a kill test can widen its windows.
+Sleeps come from the environment so a kill test can widen its windows. A cell folder in a bucket
+(gs://...: a remote workdir) is reached through results/paths.py, as the real runner's files are.
 """
 
 from __future__ import annotations
@@ -16,14 +17,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from results.paths import AnyPath, append_text, as_path, is_remote, write_text
+
 STEPS = 5
 SIZE_GAIN = {"nano-s": 0.0, "nano-m": 0.10, "nano-l": 0.12}
 RES_GAIN = {32: 0.0, 64: 0.04, 128: 0.06}
 BEST_LR = {"nano-s": 1e-3, "nano-m": 1e-4, "nano-l": 1e-4}
 
 
-def log_path(cell_dir: Path) -> Path:
-    return Path(cell_dir).parent.parent / "runner.log"
+def log_path(cell_dir: str | os.PathLike) -> AnyPath:
+    return as_path(cell_dir).parent.parent / "runner.log"
 
 
 def score(cell: Any) -> float:
@@ -32,15 +35,24 @@ def score(cell: Any) -> float:
     return round(0.5 + SIZE_GAIN[cell.size] + RES_GAIN[cell.resolution] - lr_penalty + 0.01 * cell.seed, 6)
 
 
-def _log(cell_dir: Path, line: str) -> None:
-    with open(log_path(cell_dir), "a", encoding="utf-8") as f:
-        f.write(line + "\n")
+def _log(cell_dir: str | os.PathLike, line: str) -> None:
+    append_text(log_path(cell_dir), line + "\n")
+
+
+def _save_step(progress: AnyPath, step: int) -> None:
+    """The step reached, replaced atomically (one object write in a bucket)."""
+    if is_remote(progress):
+        write_text(progress, json.dumps({"step": step}))
+        return
+    tmp = progress.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"step": step}))
+    os.replace(tmp, progress)
 
 
 def run(cell: Any, cell_dir: Path) -> dict:
     start_s = float(os.environ.get("FAKE_RUNNER_START_S", "0"))
     step_s = float(os.environ.get("FAKE_RUNNER_STEP_S", "0.002"))
-    progress = Path(cell_dir) / "progress.json"
+    progress = as_path(cell_dir) / "progress.json"
     step = json.loads(progress.read_text())["step"] if progress.exists() else 0
     time.sleep(start_s)
     _log(cell_dir, f"start {cell.cell_id} {step} {os.getpid()}")
@@ -48,11 +60,9 @@ def run(cell: Any, cell_dir: Path) -> dict:
     while step < STEPS:
         time.sleep(step_s)
         step += 1
-        tmp = progress.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"step": step}))
-        os.replace(tmp, progress)
+        _save_step(progress, step)
     value = score(cell)
-    (Path(cell_dir) / "predictions.jsonl").write_text(json.dumps({"id": "0", "prediction": value}) + "\n")
+    write_text(as_path(cell_dir) / "predictions.jsonl", json.dumps({"id": "0", "prediction": value}) + "\n")
     _log(cell_dir, f"done {cell.cell_id}")
     return {"metrics": {"accuracy": value, "loss": 1.0 - value}, "headline": "accuracy", "steps": STEPS,
             "resumed_from": first}
