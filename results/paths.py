@@ -16,6 +16,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TypeAlias
@@ -124,3 +125,43 @@ def write_text(path: AnyPath, text: str) -> None:
         write_object(path, text.encode("utf-8"))
     else:
         Path(path).write_text(text, encoding="utf-8")
+
+
+class LocalCopy:
+    """A local working copy of a file that may live in a bucket, for writers that append and rewrite in
+    place (the CSV logs): they write `local`, and `push()` uploads it whole, since an object cannot be
+    appended to. A local target is its own copy: `local` is the target and pushing does nothing.
+
+    A remote target's current content is downloaded first, so a resumed cell's log continues it."""
+
+    def __init__(self, target: str | os.PathLike, push_every_s: float = 30.0):
+        self.target = as_path(target)
+        self.push_every_s = push_every_s
+        self._folder: Path | None = None
+        self._pushed = 0.0
+        if not is_remote(self.target):
+            self.local = Path(self.target)
+            return
+        self._folder = Path(tempfile.mkdtemp(prefix="paligemma-copy-"))
+        self.local = self._folder / self.target.name
+        try:
+            copy_file(self.target, self.local)
+        except FileNotFoundError:
+            self.local.unlink(missing_ok=True)
+
+    def push(self) -> None:
+        """Upload the local copy (a local target: nothing to do)."""
+        if self._folder is not None and self.local.exists():
+            copy_file(self.local, self.target)
+            self._pushed = time.monotonic()
+
+    def push_if_due(self) -> None:
+        """push(), at most once per `push_every_s` (a per-step log would otherwise upload every step)."""
+        if self._folder is not None and time.monotonic() - self._pushed >= self.push_every_s:
+            self.push()
+
+    def close(self) -> None:
+        """Upload the last state and delete the local copy."""
+        self.push()
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)

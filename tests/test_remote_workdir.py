@@ -161,3 +161,45 @@ def test_the_holder_renews_its_lease(bucket, monkeypatch):
     assert json.loads(lock.path.read_text())["beat"] > first  # its start is older than LEASE_S by now
     assert ObjectStoreLock(lock.path).owner() == lock.me
     lock.release()
+
+
+def test_experiment_logs_of_a_cell_in_a_bucket(bucket):
+    """train_log.csv, scalars.csv and the TensorBoard event files of a cell folder in a bucket: written
+    through local copies, uploaded at flush and close, and continued by a resumed cell."""
+    import jax
+    import numpy as np
+
+    from harness.cell.experiment_log import open_log
+    from harness.cell.train import TrainConfig, train
+    from model.paligemma import init_params
+    from model.testing import tiny_config
+    from tests.test_experiment_log import TRAIN_TAGS, read_tensorboard
+
+    rng = np.random.default_rng(0)
+    config = tiny_config(sliding_window=None)
+    mask_ar = np.array([0] * 4 + [1] * 4, np.int32)
+    batches = [dict(image=rng.uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32),
+                    text=rng.integers(3, 300, (2, 8)).astype(np.int32), mask_ar=np.tile(mask_ar, (2, 1)),
+                    mask_loss=np.tile(mask_ar, (2, 1)), mask_input=np.ones((2, 8), np.int32)) for _ in range(3)]
+    log = open_log(["csv", "tensorboard"], "gs://b/run/cells/c", run_name="c")
+    train(config, init_params(config, jax.random.key(0)), batches, TrainConfig(lr=1e-3, num_steps=3, seed=0),
+          workdir="gs://b/run/cells/c", progress=False, metrics_log=log)
+    log.scalars(3, {"eval/accuracy": 0.5})
+    log.close()
+
+    stored = bucket / "b" / "run" / "cells" / "c"
+    assert [line.split(",")[0] for line in (stored / "train_log.csv").read_text().splitlines()] == \
+        ["step", "1", "2", "3"]
+    scalars = read_tensorboard(stored / "tensorboard")
+    assert set(scalars) == TRAIN_TAGS | {"eval/accuracy"}
+    assert [step for step, _ in scalars["train/loss"]] == [1, 2, 3]
+
+    resumed = open_log(["csv", "tensorboard"], "gs://b/run/cells/c", run_name="c")
+    resumed.resume_at(2)  # the steps after the checkpoint are trained again
+    resumed.scalars(3, {"train/loss": 0.125})
+    resumed.close()
+    rows = [line.split(",") for line in (stored / "scalars.csv").read_text().splitlines()]
+    assert rows[0] == ["step", "name", "value"] and max(int(r[0]) for r in rows[1:]) == 3
+    assert ["3", "train/loss", "0.125"] in rows and ["3", "eval/accuracy", "0.5"] not in rows
+    assert len(list((stored / "tensorboard").glob("events.out.tfevents.*"))) == 2
+    assert read_tensorboard(stored / "tensorboard")["train/loss"][-1] == (3, 0.125)

@@ -7,8 +7,8 @@ the rows are what `paligemma-transfer score` reads back, so a table can be resco
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -57,7 +57,8 @@ def score_rows(task: Task, rows: Iterable[dict], references: dict[str, Any]) -> 
     return task.score(parsed, references), rows
 
 
-def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
-    """Atomic JSONL write (results.store.atomic_write_text: temp file, fsync, rename, fsync the folder)."""
+def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
+    """Atomic JSONL write (results.store.atomic_write_text: temp file, fsync, rename, fsync the folder;
+    one object write in a bucket)."""
     text = "".join(json.dumps(row, ensure_ascii=False, default=jsonable) + "\n" for row in rows)
-    atomic_write_text(Path(path), text)
+    atomic_write_text(path, text)

@@ -16,6 +16,12 @@ marker at step + 1 (tensorboardX's `purge_step`), so TensorBoard hides the old f
 each step once. wandb keeps what it has (it drops steps below the last one it logged). The trainer
 flushes the logs whenever it saves a checkpoint.
 
+A cell folder in a bucket (a gs:// workdir): scalars.csv is kept in a local copy that is uploaded whole
+(an object cannot be appended to) at most every PUSH_S while training, at every flush and at close;
+tensorboardX writes its event files into a local folder whose files are uploaded at every flush and at
+close (its own gs:// writer needs google-cloud-storage and bypasses etils.epath). wandb keeps its local
+files where wandb puts them.
+
 train_log.csv (harness/cell/train.py) is written whatever is chosen. Names are "train/loss", "train/lr",
 "train/grad_norm", "train/examples_per_s" and "eval/<metric>"; the eval metrics are logged at the last
 training step.
@@ -26,14 +32,20 @@ from __future__ import annotations
 import csv
 import importlib.util
 import numbers
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from results.paths import AnyPath, LocalCopy, as_path, copy_file, is_remote, make_dirs
+
 DEFAULT = ("csv", "tensorboard")
 WRITERS = ("csv", "tensorboard", "wandb")
 _PACKAGES = {"tensorboard": ("tensorboardX", "tensorboardX"), "wandb": ("wandb", "the [wandb] extra")}
+PUSH_S = 30.0  # a bucket's scalars.csv is uploaded at most this often between flushes
 
 
 class ExperimentLog(Protocol):
@@ -70,8 +82,9 @@ class CsvLog:
 
     HEADER = ("step", "name", "value")
 
-    def __init__(self, path: Path):
-        self._path = path
+    def __init__(self, path: AnyPath):
+        self._copy = LocalCopy(path, push_every_s=PUSH_S)  # the file itself when it is local
+        self._path = self._copy.local
         self._open()
 
     def _open(self) -> None:
@@ -85,6 +98,7 @@ class CsvLog:
         for name, value in _numeric(values).items():
             self._writer.writerow([step, name, repr(value)])
         self._file.flush()
+        self._copy.push_if_due()
 
     def resume_at(self, step: int) -> None:
         """Keep the rows of steps <= `step` (rows that do not parse as a step go too)."""
@@ -95,20 +109,26 @@ class CsvLog:
         with open(self._path, "w", newline="", encoding="utf-8") as f:
             csv.writer(f).writerows([self.HEADER, *kept])
         self._open()
+        self._copy.push()
 
     def flush(self) -> None:
         self._file.flush()
+        self._copy.push()
 
     def close(self) -> None:
         self._file.close()
+        self._copy.close()
 
 
 class TensorBoardLog:
-    """TensorBoard event files through tensorboardX (protobuf only, no TensorFlow)."""
+    """TensorBoard event files through tensorboardX (protobuf only, no TensorFlow). A bucket folder gets
+    them written locally and uploaded at flush and close."""
 
-    def __init__(self, directory: Path):
-        self._directory = directory
+    def __init__(self, directory: AnyPath):
+        self._target = directory
         self._earlier = directory.is_dir() and any(directory.glob("events.out.tfevents.*"))
+        self._directory = Path(tempfile.mkdtemp(prefix="paligemma-tensorboard-")) if is_remote(directory) \
+            else Path(directory)
         self._purge_step: int | None = None
         self._writer: Any = None
 
@@ -133,21 +153,33 @@ class TensorBoardLog:
         if self._writer is not None:
             self._writer.close()
             self._writer, self._earlier = None, True
+            self._upload()
         self._purge_step = step + 1 if self._earlier else None
+
+    def _upload(self) -> None:
+        """A bucket folder: copy every local event file up (whole: they are small and only grow)."""
+        if is_remote(self._target):
+            for name in sorted(os.listdir(self._directory)):
+                copy_file(self._directory / name, self._target / name)
 
     def flush(self) -> None:
         if self._writer is not None:
             self._writer.flush()
+            self._upload()
 
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
+            self._upload()
+        if is_remote(self._target):
+            shutil.rmtree(self._directory, ignore_errors=True)
 
 
 class WandbLog:
     """A Weights & Biases run named and identified by the cell id, its config the cell's config."""
 
     def __init__(self, directory: Path, run_name: str, config: Mapping[str, Any]):
+        """`directory` is where wandb keeps its local files (a local folder: wandb writes there itself)."""
         import wandb
 
         self._run = wandb.init(project=None, name=run_name, id=run_name, resume="allow", dir=str(directory),
@@ -189,17 +221,18 @@ class FanOut:
             log.close()
 
 
-def open_log(names: Sequence[str], directory: str | Path, *, run_name: str,
+def open_log(names: Sequence[str], directory: str | os.PathLike, *, run_name: str,
              config: Mapping[str, Any] | None = None) -> FanOut:
-    """The chosen writers for one cell, writing under `directory` (the cell's directory)."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    """The chosen writers for one cell, writing under `directory` (the cell's directory, local or in a
+    bucket)."""
+    directory = as_path(directory)
+    make_dirs(directory)
     logs: list[ExperimentLog] = []
     for name in check_names(names):
         if name == "csv":
             logs.append(CsvLog(directory / "scalars.csv"))
         elif name == "tensorboard":
             logs.append(TensorBoardLog(directory / "tensorboard"))
-        else:
-            logs.append(WandbLog(directory, run_name, config or {}))
+        else:  # wandb's files stay local: the current folder's ./wandb for a cell in a bucket
+            logs.append(WandbLog(Path.cwd() if is_remote(directory) else directory, run_name, config or {}))
     return FanOut(logs)

@@ -2,6 +2,8 @@
 
 This is the default runner the scheduler calls (`runner(cell, cell_dir) -> dict`). It resumes from the
 checkpoints it left in `cell_dir`, and writes `cell_dir/predictions.jsonl` for the scheduler to publish.
+`cell_dir` is a local folder or a folder in a bucket (gs://...): its files go through results/paths.py,
+its checkpoints through orbax and etils.epath (harness/cell/checkpoints.py).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from model import checkpoint, hub, sharding
 from model.config import PaliGemmaConfig
 from model.paligemma import init_params
 from model.tokenizer import Tokenizer
+from results.paths import as_path as workdir_path
+from results.paths import local_file
 from tasks.registry import get_task
 
 T = TypeVar("T")
@@ -108,13 +112,15 @@ def prepared_once(read: Callable[[], T], what: str) -> T:
     return read()
 
 
-def keep_params(params: Any, cell_dir: Path) -> None:
+def keep_params(params: Any, cell_dir: str | os.PathLike) -> None:
     """The fine-tuned params (grid `keep_checkpoints: params | all`): params.npz from one process, or, on
     a mesh spanning several processes, the orbax folder SHARDED_PARAMS into which each process writes its
     own shards (gathering them would put the whole model, 62 GB in one leaf at 28B, on every host);
-    model.checkpoint.restore_orbax reads it back."""
+    model.checkpoint.restore_orbax reads it back. np.savez writes local files, so a cell folder in a
+    bucket gets params.npz through a local temp file."""
     if jax.process_count() == 1:
-        checkpoint.save_npz(str(Path(cell_dir) / "params.npz"), params)
+        with local_file(workdir_path(cell_dir) / "params.npz") as path:
+            checkpoint.save_npz(str(path), params)
         return
     import orbax.checkpoint as ocp
 
@@ -186,9 +192,9 @@ def run_cell(cell: Any, cell_dir: Path, *, progress: bool | None = None) -> dict
     if submission is not None:  # no public answers: the test server scores it
         metrics_log.close()
         if jax.process_index() == 0:
-            write_jsonl(Path(cell_dir) / "predictions.jsonl", rows)
-            submission(Path(cell_dir) / SUBMISSION_FILE, {r["id"]: r["prediction"] for r in rows},
-                       [ex.id for ex in eval_examples])
+            write_jsonl(workdir_path(cell_dir) / "predictions.jsonl", rows)
+            with local_file(workdir_path(cell_dir) / SUBMISSION_FILE) as path:  # the task writes a local file
+                submission(path, {r["id"]: r["prediction"] for r in rows}, [ex.id for ex in eval_examples])
         return {"metrics": {}, **common, "num_eval_examples": len(rows), "scored": False,
                 "submission": SUBMISSION_FILE}
     references = {ex.id: ex.reference for ex in eval_examples}
@@ -196,7 +202,7 @@ def run_cell(cell: Any, cell_dir: Path, *, progress: bool | None = None) -> dict
     metrics_log.scalars(summary["steps"], {f"eval/{k}": v for k, v in scores.metrics.items()})
     metrics_log.close()
     if jax.process_index() == 0:  # every process decoded the same rows; one writes them
-        write_jsonl(Path(cell_dir) / "predictions.jsonl", rows)
+        write_jsonl(workdir_path(cell_dir) / "predictions.jsonl", rows)
     return {"metrics": scores.metrics, **common, "num_eval_examples": scores.num_examples,
             "num_unparsable": scores.num_unparsable}
 

@@ -39,6 +39,7 @@ from model import sharding
 from model.config import PaliGemmaConfig
 from model.losses import chunked_token_losses, default_chunk, masked_mean, token_losses
 from model.paligemma import PaliGemma
+from results import paths as workdir_paths
 
 
 @dataclass(frozen=True)
@@ -320,7 +321,7 @@ def train(config: PaliGemmaConfig, params: Any, batches: Sequence[dict] | grain.
             params, opt_state, start = restored["params"], restored["opt_state"], int(restored["step"])
     step_fn = make_train_step(model, tx, cfg.label_smoothing, shards, cfg.loss_impl)
     primary = jax.process_index() == 0
-    log = _StepLog(Path(workdir) / "train_log.csv" if workdir is not None and primary else None,
+    log = _StepLog(workdir_paths.as_path(workdir) / "train_log.csv" if workdir is not None and primary else None,
                    resume_from=start)
     if metrics_log is not None and hasattr(metrics_log, "resume_at"):
         metrics_log.resume_at(start)  # what was logged past the checkpoint is trained again
@@ -390,12 +391,17 @@ def train(config: PaliGemmaConfig, params: Any, batches: Sequence[dict] | grain.
 
 
 class _StepLog:
-    """Per-step metrics as CSV (step, loss, grad_norm, examples_per_s), appended across resumes."""
+    """Per-step metrics as CSV (step, loss, grad_norm, examples_per_s), appended across resumes. In a
+    bucket it is written to a local copy uploaded whole every PUSH_S and at close (results/paths.py)."""
 
-    def __init__(self, path: Path | None, resume_from: int):
+    PUSH_S = 30.0
+
+    def __init__(self, target: workdir_paths.AnyPath | None, resume_from: int):
         self._file = None
-        if path is None:
+        if target is None:
             return
+        self._copy = workdir_paths.LocalCopy(target, push_every_s=self.PUSH_S)
+        path = self._copy.local  # the file itself when it is local
         fresh = resume_from == 0 or not path.exists()
         if not fresh:  # steps logged after the checkpoint are trained again: drop them, not repeat them
             with open(path, newline="") as f:
@@ -412,7 +418,9 @@ class _StepLog:
         if self._file is not None:
             self._writer.writerow([step, f"{loss:.6f}", f"{grad_norm:.6f}", f"{ex_per_s:.2f}"])
             self._file.flush()
+            self._copy.push_if_due()
 
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
+            self._copy.close()
