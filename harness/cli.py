@@ -253,8 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "checkpoint; a lock keeps two schedulers from running one cell.")
     p.add_argument("grid", nargs="?", default=DEFAULT_GRID,
                    help="grid YAML (default: configs/grids/demo.yaml)")
-    p.add_argument("--workdir", help="where records, predictions, checkpoints and tables go "
-                   "(default: runs/<grid name>)")
+    p.add_argument("--workdir", help="where records, predictions, checkpoints and tables go: a folder or a "
+                   "bucket URL such as gs://bucket/run (default: runs/<grid name>)")
     p.add_argument("--backend", choices=("local", "ray"), default="local",
                    help="run cells in this process (local) or spread them over a Ray cluster")
     p.add_argument("--dry-run", action="store_true", help="list the cells and their estimated cost only")
@@ -271,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("tables", help="regenerate Markdown/CSV/LaTeX tables and PNG plots from records")
-    p.add_argument("workdir", help="a grid's workdir (holds records/)")
+    p.add_argument("workdir", help="a grid's workdir (holds records/): a folder or a bucket URL")
     p.add_argument("--out", help="output folder (default: WORKDIR/tables)")
     p.add_argument("--baseline", metavar="WORKDIR", help="another grid's workdir to compare against cell by "
                    "cell (e.g. the random-init twin of the demo: runs/demo-random)")

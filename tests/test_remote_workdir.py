@@ -75,6 +75,10 @@ def test_run_and_tables_on_a_bucket_workdir(tmp_path, bucket, grid_file, capsys)
 
     assert cli.main(["run", str(grid_file), "--workdir", "gs://b/run", "--quiet"]) == 0
     assert _starts(stored / "runner.log") == CELLS  # finished cells are skipped
+    capsys.readouterr()
+    assert cli.main(["run", str(grid_file), "--workdir", "gs://b/run", "--dry-run"]) == 0
+    plan = capsys.readouterr().out
+    assert f"{CELLS} done; left to run: 0 cells" in plan
 
     local = tmp_path / "local" / "run"
     assert cli.main(["run", str(grid_file), "--workdir", str(local), "--quiet"]) == 0
