@@ -207,3 +207,35 @@ def test_experiment_logs_of_a_cell_in_a_bucket(bucket):
     assert ["3", "train/loss", "0.125"] in rows and ["3", "eval/accuracy", "0.5"] not in rows
     assert len(list((stored / "tensorboard").glob("events.out.tfevents.*"))) == 2
     assert read_tensorboard(stored / "tensorboard")["train/loss"][-1] == (3, 0.125)
+
+
+@pytest.mark.slow  # about a minute on two cores: a real nano model compiles, trains and decodes
+def test_the_real_runner_writes_a_cell_in_a_bucket(tmp_path, bucket):
+    """run_cell end to end on a bucket workdir: predictions, experiment logs and the record land in the
+    bucket. Checkpoints are off (checkpoint_every: 0): orbax writes gs:// through tensorstore's own GCS
+    driver, which the folder served as gs:// does not reach."""
+    grid = tmp_path / "tiny.yaml"
+    grid.write_text(f"""\
+name: tiny
+demo: {{num_train: 8, num_eval: 4, seed: 5}}
+tasks: [vqav2]
+sizes: [nano-s]
+resolutions: [32]
+lrs: [1.0e-3]
+protocol:
+  final: {{seeds: 1, split: eval}}
+data_root: {tmp_path / 'data'}
+checkpoints: random
+overrides:
+  all: {{steps: 2, batch_size: 4, text_len: 24, max_decode_len: 4, eval_batch_size: 4, checkpoint_every: 0,
+        tokenizer: {REPO / 'model' / 'assets' / 'nano_tokenizer.model'}}}
+""")
+    assert cli.main(["run", str(grid), "--workdir", "gs://b/tiny", "--quiet"]) == 0
+    stored = bucket / "b" / "tiny"
+    (record,) = (stored / "records").glob("*.json")
+    cell = stored / "cells" / record.stem
+    assert json.loads(record.read_text())["steps"] == 2
+    assert len((stored / "predictions" / f"{record.stem}.jsonl").read_text().splitlines()) == 4
+    assert {"train_log.csv", "scalars.csv", "tensorboard"} <= {p.name for p in cell.iterdir()}
+    assert "eval/accuracy" in (cell / "scalars.csv").read_text()
+    assert (stored / "tables" / "tables.md").exists() and not (tmp_path / "gs:").exists()
