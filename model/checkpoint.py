@@ -216,18 +216,17 @@ def load_sharded(path: str, config: str | PaliGemmaConfig, shardings: Any, dtype
     """Base params placed by `shardings` (a tree like model.sharding.param_shardings(...)), each process
     reading from disk only the slices its own devices hold.
 
-    For an .npz every host maps the members in place (read_member), so a host's memory grows by its
-    share of the model (plus one chunk), not by the whole file: a 28B checkpoint no longer needs ~221 GB
-    on every host. A Hugging Face directory is converted whole on each host (its per-layer tensors are
-    stacked and transposed on the way) and then placed.
+    For an .npz every host maps the members in place (read_member); for a Hugging Face directory every
+    host reads, through the safetensors headers, only the tensors of its slices (read_hf_param: the
+    layers in its range one at a time, and the embedding by rows and columns). Either way a host's
+    memory grows by its share of the model (plus one chunk or one layer's source tensors), not by the
+    whole checkpoint: a 28B checkpoint no longer needs ~221 GB on every host. Every check of the whole
+    loaders (missing, extra and mis-shaped tensors; the file's config against `config`) runs on the
+    headers before any array is built, with the same messages.
     """
     config = _as_config(config)
     if os.path.isdir(path):
-        _, params = load_hf(path, dtype)
-        check_against(flatten(params), config, path)
-        from model.sharding import place
-
-        return place(params, shardings)
+        return _load_hf_sharded(path, config, shardings, dtype)
     members = npz_members(path)
     check_against(members, config, path)
     targets = flatten(shardings)
@@ -242,6 +241,12 @@ def load_sharded(path: str, config: str | PaliGemmaConfig, shardings: Any, dtype
 # ----------------------------------------------------------------------------------------------
 # Hugging Face safetensors directories
 
+def _identity(x: np.ndarray) -> np.ndarray:
+    """The conversion of a tensor stored as we hold it; named so a reader can tell it from the others
+    (read_hf_param reads only the slice it needs of such a tensor)."""
+    return x
+
+
 @dataclass(frozen=True)
 class Rule:
     """Our parameter `ours` is built from the HF tensors `hf` (each of shape `shapes`) by `fn`.
@@ -250,7 +255,7 @@ class Rule:
     ours: str
     hf: tuple[str, ...]
     shapes: tuple[tuple[int, ...], ...]
-    fn: Callable[..., np.ndarray] = lambda x: x
+    fn: Callable[..., np.ndarray] = _identity
     per_layer: bool = False
 
 
@@ -286,14 +291,14 @@ def _vision_rules(v: VisionConfig, out_dim: int) -> list[Rule]:
         layer += [(f"MultiHeadDotProductAttention_0/{name}/kernel", f"self_attn.{proj}.weight", (w, w), heads_in),
                   (f"MultiHeadDotProductAttention_0/{name}/bias", f"self_attn.{proj}.bias", (w,),
                    lambda x: x.reshape(v.num_heads, hd))]
-    return rules + [Rule(ours + o, (hf + h,), (s,), fn or (lambda x: x), per_layer=True) for o, h, s, fn in layer]
+    return rules + [Rule(ours + o, (hf + h,), (s,), fn or _identity, per_layer=True) for o, h, s, fn in layer]
 
 
 def _llm_rules(t: LLMConfig) -> list[Rule]:
     d, f, n, k, h = t.width, t.mlp_dim, t.num_heads, t.num_kv_heads, t.head_dim
     heads_in = lambda x, count: x.reshape(count, h, d).transpose(0, 2, 1)  # (count*h, d) -> (count, d, h)
     layer = "language_model.layers.{i}."
-    rule = lambda ours, names, shapes, fn=lambda x: x: Rule(
+    rule = lambda ours, names, shapes, fn=_identity: Rule(
         "llm/layers/" + ours, tuple(layer + x for x in names), shapes, fn, per_layer=True)
     rules = [
         Rule("llm/embedder/input_embedding", ("language_model.embed_tokens.weight",), ((t.vocab_size, d),)),
@@ -334,21 +339,47 @@ def canonical_hf_name(name: str) -> str:
     return name.replace("vision_tower.vision_model.", "vision_tower.", 1)
 
 
-def read_safetensors(directory: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """All tensors of a (possibly sharded) directory under their canonical names, and for each
-    canonical name the name the file uses (for error messages)."""
+@dataclass(frozen=True)
+class HfTensor:
+    """One tensor of a safetensors directory as its file's header describes it: no data read."""
+
+    file: str
+    name: str  # the file's own spelling, which errors and reads use
+    shape: tuple[int, ...]
+
+
+def safetensors_headers(directory: str) -> dict[str, HfTensor]:
+    """Every tensor of a (possibly sharded) directory under its canonical name, from the files'
+    headers alone. All *.safetensors files are scanned rather than trusting an index json, so a file
+    the index forgets cannot go unchecked; a name in two files is refused, as nothing says which wins."""
     files = sorted(glob.glob(os.path.join(directory, "*.safetensors")))
     if not files:
         raise CheckpointError(f"{directory}: no *.safetensors files")
+    from safetensors import safe_open
+
+    found: dict[str, HfTensor] = {}
+    for file in files:
+        with safe_open(file, framework="numpy") as f:
+            for name in f.keys():
+                key = canonical_hf_name(name)
+                if key in found:
+                    raise CheckpointError(f"{directory}: tensor {key!r} is in both "
+                                          f"{os.path.basename(found[key].file)} and {os.path.basename(file)}")
+                found[key] = HfTensor(file, name, tuple(f.get_slice(name).get_shape()))
+    return found
+
+
+def read_safetensors(directory: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """All tensors of a (possibly sharded) directory under their canonical names, and for each
+    canonical name the name the file uses (for error messages)."""
+    headers = safetensors_headers(directory)
     from safetensors.numpy import load_file
 
     tensors: dict[str, np.ndarray] = {}
-    original: dict[str, str] = {}
-    for file in files:
+    for file in sorted({h.file for h in headers.values()}):
         for name, value in load_file(file).items():
             tensors[canonical_hf_name(name)] = value
-            original[canonical_hf_name(name)] = name
-    return tensors, original
+    return tensors, {key: h.name for key, h in headers.items()}
 
 
 def _ignorable(name: str) -> bool:
@@ -357,37 +388,117 @@ def _ignorable(name: str) -> bool:
     return name.startswith("vision_tower.head.") or name == "lm_head.weight"
 
 
-def convert_hf(tensors: dict[str, np.ndarray], config: PaliGemmaConfig, source: str,
-               original: dict[str, str] | None = None) -> Params:
-    """Applies the rename table to canonically named tensors, checking every tensor's presence and
-    shape on the way. Errors use the file's own names (`original`) where there is one."""
-    used, flat = set(), {}
+def _depth(rule: Rule, config: PaliGemmaConfig) -> int:
+    """How many layers a per-layer rule stacks: the vision tower's or the language model's."""
+    return config.vision.depth if rule.ours.startswith("img/") else config.llm.depth
+
+
+def check_hf(shapes: dict[str, tuple[int, ...]], config: PaliGemmaConfig, source: str,
+             original: dict[str, str] | None = None) -> None:
+    """Raises CheckpointError on the first tensor the rename table needs that is missing or of the
+    wrong shape (in table order), then on the first unexpected one. Needs only the shapes, so the
+    whole-file and the per-host loaders share it and fail with the same message. Errors use the
+    file's own names (`original`) where there is one."""
     original = original or {}
-
-    def take(name: str, shape: tuple[int, ...]) -> np.ndarray:
-        if name not in tensors:
-            raise CheckpointError(f"{source}: missing tensor {name!r} (expected shape {shape}; "
-                                  f"'language_model.model.' and 'model.' prefixes are also accepted)")
-        if tuple(tensors[name].shape) != tuple(shape):
-            raise CheckpointError(f"{source}: tensor {original.get(name, name)!r} has shape "
-                                  f"{tuple(tensors[name].shape)}, expected {shape}")
-        used.add(name)
-        return tensors[name]
-
-    depth = dict(img=config.vision.depth, llm=config.llm.depth)
+    used = set()
     for r in hf_rules(config):
-        if r.per_layer:
-            layers = range(depth[r.ours.split("/")[0]])
-            flat[r.ours] = np.stack([r.fn(*(take(n.format(i=i), s) for n, s in zip(r.hf, r.shapes)))
-                                     for i in layers])
-        else:
-            flat[r.ours] = r.fn(*(take(n, s) for n, s in zip(r.hf, r.shapes)))
-    for name in sorted(tensors.keys() - used):
+        for i in range(_depth(r, config)) if r.per_layer else [None]:
+            for pattern, shape in zip(r.hf, r.shapes):
+                name = pattern.format(i=i) if r.per_layer else pattern
+                if name not in shapes:
+                    raise CheckpointError(f"{source}: missing tensor {name!r} (expected shape {shape}; "
+                                          f"'language_model.model.' and 'model.' prefixes are also accepted)")
+                if tuple(shapes[name]) != tuple(shape):
+                    raise CheckpointError(f"{source}: tensor {original.get(name, name)!r} has shape "
+                                          f"{tuple(shapes[name])}, expected {shape}")
+                used.add(name)
+    for name in sorted(shapes.keys() - used):
         if not _ignorable(name):
             raise CheckpointError(f"{source}: unexpected tensor {original.get(name, name)!r} "
-                                  f"with shape {tuple(tensors[name].shape)}")
+                                  f"with shape {tuple(shapes[name])}")
+
+
+def convert_hf(tensors: dict[str, np.ndarray], config: PaliGemmaConfig, source: str,
+               original: dict[str, str] | None = None) -> Params:
+    """Applies the rename table to canonically named tensors, after checking every tensor's presence
+    and shape (check_hf)."""
+    check_hf({name: tuple(x.shape) for name, x in tensors.items()}, config, source, original)
+    flat = {}
+    for r in hf_rules(config):
+        if r.per_layer:
+            flat[r.ours] = np.stack([r.fn(*(tensors[n.format(i=i)] for n in r.hf))
+                                     for i in range(_depth(r, config))])
+        else:
+            flat[r.ours] = r.fn(*(tensors[n] for n in r.hf))
     check_against(flat, config, source)
     return unflatten(flat)
+
+
+def _read_tensor(tensor: HfTensor, index: tuple | None = None) -> np.ndarray:
+    """tensor[index] (all of it without one), a fresh array owning its bytes.
+
+    safe_open maps the file, and each page a read touches stays in this process's RSS until the map
+    is dropped; so the file is opened and closed around every read, which keeps a host from growing
+    by every tensor it has passed through. The open costs one parse of the file's header.
+    """
+    from safetensors import safe_open
+
+    with safe_open(tensor.file, framework="numpy") as f:
+        return f.get_tensor(tensor.name) if index is None else f.get_slice(tensor.name)[index]
+
+
+def read_hf_param(rule: Rule, tensors: dict[str, HfTensor], shape: tuple[int, ...], index: tuple,
+                  dtype: Any = None) -> np.ndarray:
+    """Our parameter `rule.ours` (global `shape`) at `index` (step-1 slices, as
+    jax.make_array_from_callback passes), cast to `dtype`, reading only what that slice needs.
+
+    A per-layer rule reads the source tensors of the layers in index[0]'s range one layer at a time,
+    converts them, and keeps only index[1:] of each, so the host holds the result plus one layer's
+    sources. A tensor stored as we hold it (the embedding, the largest) is read by the slice itself;
+    the other single tensors (patch embedding, projector; small) are read whole and converted.
+    """
+    index = tuple(index) + (slice(None),) * (len(shape) - len(index))
+    want = tuple(len(range(*s.indices(n))) for s, n in zip(index, shape))
+
+    def cast(x: np.ndarray) -> np.ndarray:
+        return x if dtype is None else x.astype(dtype, copy=False)
+
+    if not rule.per_layer:
+        if rule.fn is _identity:
+            out = cast(_read_tensor(tensors[rule.hf[0]], index))
+        else:
+            out = cast(np.asarray(rule.fn(*(_read_tensor(tensors[n]) for n in rule.hf)))[index])
+    else:
+        out = None
+        for j, i in enumerate(range(*index[0].indices(shape[0]))):  # shape[0]: the depth
+            layer = np.asarray(rule.fn(*(_read_tensor(tensors[n.format(i=i)]) for n in rule.hf)))[index[1:]]
+            if out is None:  # Allocated once the first layer tells the dtype (None: the file's).
+                out = np.empty(want, layer.dtype if dtype is None else dtype)
+            out[j] = layer
+        if out is None:  # An empty layer range: nothing read, so no file dtype to keep.
+            out = np.empty(want, np.float32 if dtype is None else dtype)
+    if out.shape != want:
+        raise CheckpointError(f"{rule.ours}: the rename table gives shape {out.shape} at {index}, expected {want}")
+    return out
+
+
+def _load_hf_sharded(directory: str, config: PaliGemmaConfig, shardings: Any, dtype: Any) -> Params:
+    """load_sharded for a Hugging Face directory: load_hf's checks on the headers, then each
+    parameter built from the slices this process's devices hold (read_hf_param)."""
+    file_config = read_hf_config(directory)
+    tensors = safetensors_headers(directory)
+    check_hf({key: t.shape for key, t in tensors.items()}, file_config, directory,
+             {key: t.name for key, t in tensors.items()})
+    file_shapes = flatten(param_shapes(file_config))
+    check_against(file_shapes, config, directory)  # The file's config.json must give `config`'s shapes.
+    expected = {key: tuple(x.shape) for key, x in file_shapes.items()}
+    targets = flatten(shardings)
+
+    def one(rule: Rule) -> jax.Array:
+        shape = expected[rule.ours]
+        return jax.make_array_from_callback(
+            shape, targets[rule.ours], lambda index: read_hf_param(rule, tensors, shape, index, dtype))
+    return unflatten({rule.ours: one(rule) for rule in hf_rules(file_config)})
 
 
 def config_from_hf(hf: dict, source: str) -> PaliGemmaConfig:
@@ -439,10 +550,15 @@ def config_from_hf(hf: dict, source: str) -> PaliGemmaConfig:
                            vision=vision, llm=llm)
 
 
-def load_hf(directory: str, dtype: Any = None) -> tuple[PaliGemmaConfig, Params]:
+def read_hf_config(directory: str) -> PaliGemmaConfig:
+    """Our config for the directory's config.json (config_from_hf)."""
     with open(os.path.join(directory, "config.json")) as f:
-        hf = json.load(f)
-    config = config_from_hf(hf, directory)
+        return config_from_hf(json.load(f), directory)
+
+
+def load_hf(directory: str, dtype: Any = None) -> tuple[PaliGemmaConfig, Params]:
+    """(config, params) of a Hugging Face directory, every tensor read and converted in this process."""
+    config = read_hf_config(directory)
     tensors, original = read_safetensors(directory)
     return config, _cast(convert_hf(tensors, config, directory, original), dtype)
 
