@@ -317,13 +317,24 @@ def _param_shapes(config: PaliGemmaConfig) -> tuple:
 
 def param_shard_elements(config: PaliGemmaConfig, data: int, model: int) -> dict[str, int]:
     """{parameter path: elements one device holds} under model/sharding.py's rules on a (data, model)
-    mesh: each dim divided by the mesh axes its PartitionSpec entry names, a dim the rules leave whole
-    counted whole (replicated). The same rules place the params, grads and Adam's mu and nu in training."""
-    from model.sharding import DATA, MODEL, param_specs, shard_shape
+    mesh with the minor data axis `data_minor` picks: each dim divided by the mesh axes its PartitionSpec
+    entry names, a dim the rules leave whole counted whole (replicated). The same rules place the params,
+    grads and Adam's mu and nu in training."""
+    from model.sharding import DATA, DATA_MINOR, MODEL, param_specs, shard_shape
 
-    mesh_shape = {DATA: data, MODEL: model}
+    minor = data_minor(config, data, model)
+    mesh_shape = {DATA: data // minor, MODEL: model} | ({DATA_MINOR: minor} if minor > 1 else {})
     return {path: math.prod(shard_shape(shape, spec, mesh_shape))
             for path, (shape, spec) in param_specs(_param_shapes(config), mesh_shape).items()}
+
+
+@functools.lru_cache(maxsize=1024)
+def data_minor(config: PaliGemmaConfig, data: int, model: int) -> int:
+    """The minor data axis a (data, model) mesh of `config` is built with (model.sharding.data_minor_size):
+    1 unless splitting the data devices over two dims holds fewer parameters per device."""
+    from model.sharding import data_minor_size
+
+    return data_minor_size(_param_shapes(config), data, model)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -354,6 +365,7 @@ class MemoryPlan:
     activation_bytes_per_example: int
     activation_bytes: int
     device_bytes: int  # usable: USABLE_FRACTION of the device's memory
+    data_minor: int = 1  # the minor data axis the mesh is built with (data_minor)
 
     @property
     def data_parallel(self) -> int:
@@ -401,7 +413,7 @@ def memory_plan(config: PaliGemmaConfig, text_len: int, batch_size: int, device:
         state_bytes=BYTES_PER_PARAM_TRAINING * params, params_bytes=PARAM_BYTES * shard,
         grads_bytes=GRAD_BYTES * shard, opt_bytes=OPT_BYTES * shard, gathered_bytes=gathered,
         activation_bytes_per_example=per_example, activation_bytes=-(-batch_size // data) * per_example,
-        device_bytes=int(capacity * USABLE_FRACTION))
+        device_bytes=int(capacity * USABLE_FRACTION), data_minor=data_minor(config, data, model_parallel))
 
 
 def mesh_candidates(config: PaliGemmaConfig, batch_size: int, num_devices: int) -> list[int]:

@@ -27,7 +27,7 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-DATA, MODEL = "data", "model"
+DATA, DATA_MINOR, MODEL = "data", "data_minor", "model"
 
 # (path regex, axis split over 'model'), first match wins. Shapes without the scan axis:
 MODEL_AXIS_RULES: tuple[tuple[str, int], ...] = (
@@ -49,29 +49,43 @@ MODEL_AXIS_RULES: tuple[tuple[str, int], ...] = (
 )
 
 
-def make_mesh(model_parallel: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
+def make_mesh(model_parallel: int = 1, devices: Sequence[jax.Device] | None = None,
+              data_minor: int = 1) -> Mesh:
     """A (data, model) mesh over `devices` (default: all), with `model_parallel` devices per model group.
 
-    One slice: `jax.make_mesh`, which lays the axes along the physical torus. Devices of several TPU
-    slices (their `slice_index` differs): a hybrid mesh, each slice holding a contiguous block of `data`
-    and whole model groups, so only the data axis' collectives cross the slower DCN.
+    `data_minor` > 1 splits the data devices into ('data', 'data_minor') = (data / data_minor,
+    data_minor): the batch goes over both, and a parameter no dim of which divides by all the data devices
+    can go over two dims (partition_spec; data_minor_size picks the split). One slice: `jax.make_mesh`,
+    which lays the axes along the physical torus. Devices of several TPU slices (their `slice_index`
+    differs): a hybrid mesh, each slice holding a contiguous block of `data` and whole model groups, so
+    only the data axis' collectives cross the slower DCN.
     """
     devices = list(jax.devices() if devices is None else devices)
     if model_parallel < 1 or len(devices) % model_parallel:
         raise ValueError(f"model_parallel={model_parallel} must be >= 1 and divide the "
                          f"{len(devices)} devices")
-    shape = (len(devices) // model_parallel, model_parallel)
+    data = len(devices) // model_parallel
+    if data_minor < 1 or data % data_minor:
+        raise ValueError(f"data_minor={data_minor} must be >= 1 and divide the data axis ({data})")
+    shape, names = _axes(data, model_parallel, data_minor)
     slices = num_slices(devices)
     if slices > 1:
-        return hybrid_mesh(model_parallel, devices, slices)
+        return hybrid_mesh(model_parallel, devices, slices, data_minor)
     try:
-        return jax.make_mesh(shape, (DATA, MODEL), axis_types=(AxisType.Auto, AxisType.Auto), devices=devices)
+        return jax.make_mesh(shape, names, axis_types=(AxisType.Auto,) * len(names), devices=devices)
     except NotImplementedError:
         # jax.make_mesh splits a physical torus axis only on v5e: on a v4 / v5p 4x4x4 a model axis of 2
         # is no product of physical axis sizes. Splitting one (as MaxText allows) keeps model groups on
         # neighbouring chips.
         grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
-        return Mesh(grid, (DATA, MODEL), axis_types=(AxisType.Auto, AxisType.Auto))
+        return Mesh(grid, names, axis_types=(AxisType.Auto,) * len(names))
+
+
+def _axes(data: int, model: int, data_minor: int) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """Mesh shape and axis names: (data, model), or (data / data_minor, data_minor, model)."""
+    if data_minor > 1:
+        return (data // data_minor, data_minor, model), (DATA, DATA_MINOR, MODEL)
+    return (data, model), (DATA, MODEL)
 
 
 def num_slices(devices: Sequence[jax.Device]) -> int:
@@ -79,47 +93,113 @@ def num_slices(devices: Sequence[jax.Device]) -> int:
     return len({getattr(d, "slice_index", 0) for d in devices})
 
 
-def hybrid_mesh(model_parallel: int, devices: Sequence[jax.Device], slices: int) -> Mesh:
+def hybrid_mesh(model_parallel: int, devices: Sequence[jax.Device], slices: int, data_minor: int = 1) -> Mesh:
     """A (data, model) mesh over `slices` slices: (data / slices, model) inside each slice over ICI, times
-    (slices, 1) over DCN (jax.experimental.mesh_utils.create_hybrid_device_mesh)."""
+    (slices, 1) over DCN (jax.experimental.mesh_utils.create_hybrid_device_mesh). A minor data axis
+    stays inside each slice."""
     per_slice = len(devices) // slices
     if per_slice * slices != len(devices) or per_slice % model_parallel:
         raise ValueError(f"{len(devices)} devices over {slices} slices: each slice must hold the same number "
                          f"of devices, a multiple of model_parallel={model_parallel}")
-    grid = mesh_utils.create_hybrid_device_mesh((per_slice // model_parallel, model_parallel), (slices, 1),
-                                                devices, allow_split_physical_axes=True)
-    return Mesh(grid, (DATA, MODEL), axis_types=(AxisType.Auto, AxisType.Auto))
+    data = per_slice // model_parallel
+    if data % data_minor:
+        raise ValueError(f"data_minor={data_minor} must divide each slice's data axis ({data})")
+    shape, names = _axes(data, model_parallel, data_minor)
+    dcn = (slices,) + (1,) * (len(shape) - 1)
+    grid = mesh_utils.create_hybrid_device_mesh(shape, dcn, devices, allow_split_physical_axes=True)
+    return Mesh(grid, names, axis_types=(AxisType.Auto,) * len(names))
 
 
 def partition_spec(path: str, shape: Sequence[int], mesh_shape: Mapping[str, int],
                    rules: Sequence[tuple[str, int]] = MODEL_AXIS_RULES) -> PartitionSpec:
-    """Where one parameter lives: its rule's axis over 'model', its largest other divisible axis over 'data'.
+    """Where one parameter lives: its rule's axis over 'model', its largest other dim that divides by the
+    data devices over all of them ('data', or ('data', 'data_minor') on a mesh with a minor data axis).
 
     An axis that does not divide by the mesh size stays whole (e.g. 4 kv heads on 8 model devices), so
     any config runs on any mesh, at worst with more replication. A parameter the model axis leaves whole
     (no rule, or its axis does not divide) may put both axes on one dim, ('data', 'model'), where that
     dim divides by their product: norms and biases on a 2 x 4 mesh are then split 8 ways, not 2.
-    When no dim divides by 'data' (SigLIP's 1152 / 4304 on 256 data devices) the parameter stays whole
-    over it; the memory plan (model/cost.py) counts that replication, so `auto` moves to a model axis.
+    When no dim divides by all the data devices (SigLIP's 1152 / 4304 / 16 heads on 256 of them), a mesh
+    with a minor data axis splits two dims instead, 'data' on one and 'data_minor' on another (1152 / 16
+    and 4304 / 16 on a 16 x 16 split of 256); what still does not divide stays whole over data, and the
+    memory plan (model/cost.py) counts that replication.
     """
     spec: list[str | tuple[str, ...] | None] = [None] * len(shape)
-    model_size, data_size = mesh_shape.get(MODEL, 1), mesh_shape.get(DATA, 1)
+    model_size, data = mesh_shape.get(MODEL, 1), data_size(mesh_shape)
     if model_size > 1:
         for pattern, axis in rules:
             if re.search(pattern, path):
                 if len(shape) >= -axis and shape[axis] % model_size == 0:
                     spec[axis] = MODEL
                 break
-    if data_size > 1:
-        free = [i for i in range(len(shape)) if spec[i] is None and shape[i] % data_size == 0]
+    if data > 1:
+        entry = data_entry(mesh_shape)
+        free = [i for i in range(len(shape)) if spec[i] is None]
+        whole = [i for i in free if shape[i] % data == 0]
         if MODEL not in spec and model_size > 1:
-            both = [i for i in free if shape[i] % (data_size * model_size) == 0]
+            both = [i for i in whole if shape[i] % (data * model_size) == 0]
             if both:
-                spec[max(both, key=lambda i: shape[i])] = (DATA, MODEL)
+                spec[max(both, key=lambda i: shape[i])] = (*_names(entry), MODEL)
                 return PartitionSpec(*spec)
-        if free:
-            spec[max(free, key=lambda i: shape[i])] = DATA
+        if whole:
+            spec[max(whole, key=lambda i: shape[i])] = entry
+        elif DATA_MINOR in mesh_shape:
+            _split_two_dims(spec, shape, free, mesh_shape)
     return PartitionSpec(*spec)
+
+
+def _split_two_dims(spec: list, shape: Sequence[int], free: list[int], mesh_shape: Mapping[str, int]) -> None:
+    """'data' on one free dim and 'data_minor' on another where both divide (the largest such dims), else
+    the larger of the two axes alone on the largest dim it divides; nothing when neither divides any."""
+    major, minor = mesh_shape[DATA], mesh_shape[DATA_MINOR]
+    pairs = [(i, j) for i in free for j in free
+             if i != j and shape[i] % major == 0 and shape[j] % minor == 0]
+    if pairs:
+        i, j = max(pairs, key=lambda p: (shape[p[0]] * shape[p[1]], shape[p[0]]))
+        spec[i], spec[j] = DATA, DATA_MINOR
+        return
+    single = [(size, shape[i], i, name) for name, size in ((DATA, major), (DATA_MINOR, minor))
+              for i in free if size > 1 and shape[i] % size == 0]
+    if single:
+        *_, i, name = max(single)
+        spec[i] = name
+
+
+def data_size(mesh_shape: Mapping[str, int]) -> int:
+    """How many ways the batch is split: the product of the data axes."""
+    return mesh_shape.get(DATA, 1) * mesh_shape.get(DATA_MINOR, 1)
+
+
+def data_entry(mesh_shape: Mapping[str, int]) -> str | tuple[str, str]:
+    """The PartitionSpec entry that splits one dim over every data device."""
+    return (DATA, DATA_MINOR) if DATA_MINOR in mesh_shape else DATA
+
+
+def _names(entry: str | tuple[str, ...]) -> tuple[str, ...]:
+    return (entry,) if isinstance(entry, str) else tuple(entry)
+
+
+def data_minor_size(params, data: int, model: int = 1,
+                    rules: Sequence[tuple[str, int]] = MODEL_AXIS_RULES) -> int:
+    """The minor data axis for `params` (arrays or ShapeDtypeStructs) on `data` x `model` devices: the
+    divisor f of `data` whose (data / f, f, model) mesh leaves the fewest parameter elements per device,
+    1 (no minor axis) unless a split holds fewer. Only a data axis that some large dim does not divide
+    gains from it: SigLIP So400m on 256 or 512 chips (35x and 230x replicated on one axis for 3B)."""
+    shapes = [tuple(x.shape) for x in jax.tree_util.tree_leaves(params)]
+    paths = [_path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+
+    def per_device(f: int) -> int:
+        mesh_shape = {DATA: data // f, MODEL: model} | ({DATA_MINOR: f} if f > 1 else {})
+        return sum(math.prod(shard_shape(s, partition_spec(p, s, mesh_shape, rules), mesh_shape))
+                   for p, s in zip(paths, shapes))
+
+    best, best_elements = 1, per_device(1)
+    for f in range(2, data):
+        if data % f == 0 and data // f >= f:
+            elements = per_device(f)
+            if elements < best_elements:
+                best, best_elements = f, elements
+    return best
 
 
 def shard_shape(shape: Sequence[int], spec: PartitionSpec, mesh_shape: Mapping[str, int]) -> tuple[int, ...]:
@@ -166,8 +246,8 @@ def shard_params(params, mesh: Mesh, rules: Sequence[tuple[str, int]] = MODEL_AX
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Batch axis (the leading one) split over 'data', replicated over 'model'."""
-    return NamedSharding(mesh, PartitionSpec(DATA))
+    """Batch axis (the leading one) split over the data axes, replicated over 'model'."""
+    return NamedSharding(mesh, PartitionSpec(data_entry(mesh.shape)))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -181,14 +261,19 @@ def local_mesh() -> Mesh:
 
 
 def mesh_from_axes(data: int | None = None, model: int | None = None,
-                   devices: Sequence[jax.Device] | None = None) -> Mesh:
+                   devices: Sequence[jax.Device] | None = None, data_minor: int = 1) -> Mesh:
     """A (data, model) mesh from either axis, the other filled in from the device count.
 
     `data * model` must equal the number of devices: a mesh that leaves devices idle is a mistake in
-    the grid file, not something to guess around.
+    the grid file, not something to guess around. `data_minor`: see make_mesh.
     """
     devices = list(jax.devices() if devices is None else devices)
-    n = len(devices)
+    data, model = axes_for(len(devices), data, model)
+    return make_mesh(model, devices=devices, data_minor=data_minor)
+
+
+def axes_for(n: int, data: int | None = None, model: int | None = None) -> tuple[int, int]:
+    """(data, model) covering `n` devices from either axis (see mesh_from_axes), or a one-line error."""
     for name, value in (("data", data), ("model", model)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"mesh {name}={value!r}; expected an integer >= 1")
@@ -199,7 +284,7 @@ def mesh_from_axes(data: int | None = None, model: int | None = None,
     if data * model != n:
         raise ValueError(f"mesh data={data} x model={model} does not cover the {n} device(s) here; "
                          f"data x model must equal the device count")
-    return make_mesh(model, devices=devices)
+    return data, model
 
 
 def check_batch(batch_size: int, mesh: Mesh, *, where: str = "", fix: str = "") -> int:
@@ -208,7 +293,7 @@ def check_batch(batch_size: int, mesh: Mesh, *, where: str = "", fix: str = "") 
     One check for every caller: the grid (`harness.cell.mesh.resolve_mesh`, once per cell) passes what it was
     asked for as `where` and the grid field to change as `fix`; the trainer checks each step's batch.
     """
-    data = mesh.shape[DATA]
+    data = data_size(mesh.shape)
     if batch_size % data:
         where = where or f"mesh data={data} x model={mesh.shape[MODEL]}"
         fix = fix or f"choose a batch size divisible by {data} or another mesh"
@@ -221,17 +306,19 @@ def mesh_info(mesh: Mesh) -> dict:
     """What a record says about the mesh a cell ran on (it does not change the cell's numbers)."""
     devices = mesh.devices.flat
     first = next(iter(devices))
-    return {"data": int(mesh.shape[DATA]), "model": int(mesh.shape[MODEL]), "devices": int(mesh.size),
+    return {"data": data_size(mesh.shape), "data_minor": int(mesh.shape.get(DATA_MINOR, 1)),
+            "model": int(mesh.shape[MODEL]), "devices": int(mesh.size),
             "device_kind": first.device_kind, "processes": len({d.process_index for d in mesh.devices.flat})}
 
 
 def axis_spec(shape: Sequence[int], mesh: Mesh, axes: Mapping[int, str]) -> PartitionSpec:
-    """`axes` {dim: mesh axis} kept where the dim divides by that axis' size, else that dim replicated."""
-    spec: list[str | None] = [None] * len(shape)
+    """`axes` {dim: mesh axis} kept where the dim divides by that axis' size, else that dim replicated.
+    DATA stands for all the data axes (('data', 'data_minor') on a mesh with a minor data axis)."""
+    spec: list[str | tuple[str, ...] | None] = [None] * len(shape)
     for dim, name in axes.items():
-        size = mesh.shape[name]
+        entry, size = (data_entry(mesh.shape), data_size(mesh.shape)) if name == DATA else (name, mesh.shape[name])
         if size > 1 and shape[dim] % size == 0:
-            spec[dim] = name
+            spec[dim] = entry
     return PartitionSpec(*spec)
 
 

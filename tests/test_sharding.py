@@ -11,7 +11,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from model import sharding
-from model.sharding import DATA, MODEL, initialize_distributed, partition_spec
+from model.sharding import DATA, DATA_MINOR, MODEL, initialize_distributed, partition_spec
 from tests.helpers.fake_devices import run_on_fake_devices
 
 MESH_4x1, MESH_2x2 = {DATA: 4, MODEL: 1}, {DATA: 2, MODEL: 2}
@@ -54,6 +54,33 @@ def test_an_axis_no_dim_divides_stays_whole_and_shard_shape_counts_it():
     assert partition_spec(dense0, (27, 1152, 4304), {DATA: 128, MODEL: 2}) == P(None, DATA, MODEL)
     assert sharding.shard_shape((27, 1152, 4304), P(None, DATA, MODEL), {DATA: 128, MODEL: 2}) == (27, 9, 2152)
     assert sharding.shard_shape((8, 6), P((DATA, MODEL)), {DATA: 2, MODEL: 4}) == (1, 6)
+
+
+def test_a_minor_data_axis_splits_two_dims_where_no_dim_divides_every_data_device():
+    """The same SigLIP on 256 data devices as (data 32, data_minor 8): its kernels go over two dims."""
+    mesh = {DATA: 32, DATA_MINOR: 8, MODEL: 1}
+    block = "img/Transformer/encoderblock/"
+    assert partition_spec(block + "MlpBlock_0/Dense_0/kernel", (27, 1152, 4304), mesh) == P(None, DATA, DATA_MINOR)
+    assert partition_spec(block + "MlpBlock_0/Dense_1/kernel", (27, 4304, 1152), mesh) == P(None, DATA_MINOR, DATA)
+    query = block + "MultiHeadDotProductAttention_0/query/kernel"
+    assert partition_spec(query, (27, 1152, 16, 72), mesh) == P(None, DATA, None, DATA_MINOR)
+    # Only one axis divides: the larger one that does (4304 / 8; 4304 / 32 is not whole).
+    assert partition_spec(block + "MlpBlock_0/Dense_0/bias", (27, 4304), mesh) == P(None, DATA_MINOR)
+    # A dim that divides by all 256 takes both axes, as it would take a single data axis of 256.
+    assert partition_spec("llm/layers/mlp/linear", (26, 9216, 2304), mesh) == P(None, (DATA, DATA_MINOR), None)
+    assert sharding.shard_shape((27, 1152, 4304), P(None, DATA, DATA_MINOR), mesh) == (27, 36, 538)
+    # Heads over 'model' and the rest over both data axes on one dim.
+    mesh_2 = {DATA: 16, DATA_MINOR: 8, MODEL: 2}
+    assert partition_spec("llm/final_norm/scale", (2304,), mesh_2) == P((DATA, DATA_MINOR, MODEL))
+
+
+def test_the_minor_axis_is_chosen_only_where_it_holds_fewer_params():
+    from model.config import config_for
+    from model.paligemma import param_shapes
+
+    shapes = param_shapes(config_for("3b", 896))
+    assert sharding.data_minor_size(shapes, 8) == 1  # every large dim divides 8: no minor axis
+    assert sharding.data_minor_size(shapes, 256) == 8  # SigLIP whole on one axis of 256
 
 
 def test_make_mesh_checks_the_model_axis():

@@ -3,8 +3,10 @@
 `auto` (and no `mesh:` at all) asks the memory plan (model.cost.auto_model_parallel) for the model axis
 that fits, and puts the other devices on 'data'; on a CPU, which has no memory figures, that is 1 (pure
 FSDP). `{model_parallel: M}` gives data = devices / M; `{data: D, model: M}` must cover the devices
-exactly. The mesh changes where the
-numbers are computed, not what they are, so it is not part of a cell's identity (harness/run/grid.py).
+exactly. Where no dim of some parameter divides by D (SigLIP on 256 chips), the data devices are split
+into a minor axis as well (model.cost.data_minor), so that parameter is split over two of its dims.
+The mesh changes where the numbers are computed, not what they are, so it is not part of a cell's
+identity (harness/run/grid.py).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import jax
 from jax.sharding import Mesh
 
 from harness.cell.recipe import AUTO_MESH, MeshRequest
-from model import sharding
+from model import cost, sharding
 from model.config import PaliGemmaConfig
 
 # jax's device_kind -> the device names model.cost's memory plan knows.
@@ -39,8 +41,6 @@ def auto_model_parallel(config: PaliGemmaConfig, *, text_len: int, batch_size: i
     On a device it has no memory figures for (a CPU) this is model_parallel 1: pure FSDP over all
     devices, the layout that keeps the least state per device.
     """
-    from model import cost
-
     name = device_name(devices[0])
     if name == "cpu":
         return 1
@@ -55,12 +55,13 @@ def resolve_mesh(request: MeshRequest, config: PaliGemmaConfig, *, text_len: int
     if request is None or request == AUTO_MESH:
         mp = auto_model_parallel(config, text_len=text_len, batch_size=batch_size, devices=devices,
                                  remat=remat, compute_dtype=compute_dtype)
-        mesh = sharding.mesh_from_axes(model=mp, devices=devices)
+        data, model = sharding.axes_for(len(devices), model=mp)
     else:
         axes: dict[str, Any] = dict(request)
         if "model_parallel" in axes:
             axes = {"model": axes["model_parallel"]}
-        mesh = sharding.mesh_from_axes(data=axes.get("data"), model=axes.get("model"), devices=devices)
+        data, model = sharding.axes_for(len(devices), data=axes.get("data"), model=axes.get("model"))
+    mesh = sharding.make_mesh(model, devices=devices, data_minor=cost.data_minor(config, data, model))
     sharding.check_batch(batch_size, mesh, where=f"mesh {describe(request)} on {len(devices)} device(s)",
                          fix="set the grid's mesh (or overrides batch_size) so that data divides the batch")
     return mesh
