@@ -10,7 +10,11 @@ ckpt.corrupt-<UTC time> (never deleted) and the cell trains again from its base 
 
 Multi-host: every process writes its own shards (orbax), each hashes an equal share of the files, and
 process 0 writes the manifest; on resume each checks its share and all act on the same verdict
-(harness/cell/hosts.py), so no process restores a checkpoint another one set aside.
+(harness/cell/hosts.py), so no process restores a checkpoint another one set aside. A host may see the
+checkpoint differently from the others (a stale NFS cache, a disk error on that host only), so what can
+fail on one host alone (listing the steps, hashing its share, the orbax read) runs with no collective
+inside it and is followed by an agreement every process reaches: a process whose read failed never skips
+a collective the others are in (which would hang them, or pair the wrong collectives and abort).
 
 Paths go through etils.epath, so `gs://bucket/run/cells/x/ckpt` reaches orbax as the bucket path it is
 (`pathlib.Path` would turn it into `gs:/bucket/...`).
@@ -24,7 +28,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
 import jax
@@ -119,42 +123,67 @@ class Checkpoints:
         return self.manager.latest_step()
 
     def verify(self, step: int) -> str | None:
-        """None when the step's files match its manifest, else what is wrong. A checkpoint written before
-        manifests existed (no MANIFEST) is not checked; orbax's own read still has to succeed."""
+        """None when the step's files, as this process sees them, match the manifest, else what is wrong.
+        A checkpoint written before manifests existed (no MANIFEST) is not checked; orbax's own read still
+        has to succeed.
+
+        Each process hashes its share of the files and reports only its own findings, so the verdict
+        (open_checkpoints) names the host whose view is bad. The one collective here, process 0's
+        manifest to every process, is reached whatever fails: every read is local and caught."""
         step_dir = self.directory / str(step)
-        try:
-            expected = json.loads((step_dir / MANIFEST).read_text()) if jax.process_index() == 0 else None
-        except FileNotFoundError:
-            expected = None
-        except (OSError, ValueError) as e:
-            expected = {"?": f"unreadable manifest ({one_line(e, 100)})"}
-        expected = hosts.broadcast_json(expected)
+        manifest: dict | None = None
+        unreadable: str | None = None
+        if jax.process_index() == 0:
+            try:
+                manifest = json.loads((step_dir / MANIFEST).read_text())
+                if not isinstance(manifest, dict):
+                    raise ValueError(f"a JSON {type(manifest).__name__}, not an object")
+            except FileNotFoundError:
+                manifest = None
+            except Exception as e:  # noqa: BLE001 - an unreadable manifest is process 0's finding
+                manifest, unreadable = None, f"unreadable {MANIFEST} ({one_line(e, 100)})"
+        shared = hosts.broadcast_json({"manifest": manifest, "unreadable": unreadable is not None})
+        if shared["unreadable"]:
+            return unreadable  # process 0's problem; the others have none of their own
+        expected = shared["manifest"]
         if expected is None:
             return None
         names = sorted(expected)
         try:
-            actual = _digests(step_dir, [n for n in names if (step_dir / n).is_file()])
-        except OSError as e:
-            return f"{MANIFEST}: {one_line(e, 200)}"
-        missing = [n for n in names if n not in actual]
-        changed = [n for n in names if n in actual and actual[n] != expected[n]]
+            missing = [n for n in names if not (step_dir / n).is_file()]
+            mine = [n for n in names[jax.process_index()::jax.process_count()] if n not in missing]
+            changed = [n for n in mine if _digest(step_dir / n) != expected[n]]
+        except Exception as e:  # noqa: BLE001 - a read error on this host is this host's finding
+            return f"{MANIFEST} check could not read a file: {one_line(e, 200)}"
         if missing or changed:
             what = ([f"missing {', '.join(missing[:3])}"] if missing else []) + \
                    ([f"sha256 differs for {', '.join(changed[:3])}"] if changed else [])
             return f"{MANIFEST} check failed: {'; '.join(what)}"
         return None
 
-    def restore(self, like: dict, shardings: dict | None = None) -> dict | None:
-        """The latest checkpoint, or None. With `shardings` (a tree like `like`) every array is read
-        straight into its place on the current mesh, whatever mesh wrote it: orbax reads each device's
-        slice from the stored array."""
-        step = self.manager.latest_step()
+    def restore(self, like: dict, shardings: dict | None = None, step: int | None = None) -> dict | None:
+        """Step `step` (default: the latest), or None when there is none. With `shardings` (a tree like
+        `like`) every array is read straight into its place on the current mesh, whatever mesh wrote it:
+        orbax reads each device's slice from the stored array.
+
+        The step's item folder is read by its handler, not by CheckpointManager.restore: the manager's
+        read ends in a barrier (a collective) that a process whose read failed never reaches, while it
+        enters the next collective itself. The handler's read has no collective; the verdict after it
+        (open_checkpoints) is where the processes meet."""
+        from orbax.checkpoint.checkpoint_manager import DEFAULT_ITEM_NAME
+
+        step = self.manager.latest_step() if step is None else step
         if step is None:
             return None
         abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), like)
         if shardings is not None:
             abstract = sharding.with_shardings(abstract, shardings)
-        return self.manager.restore(step, args=self._ocp.args.StandardRestore(abstract))
+        handler = self._ocp.StandardCheckpointHandler()
+        try:
+            return handler.restore(self.directory / str(step) / DEFAULT_ITEM_NAME,
+                                   args=self._ocp.args.StandardRestore(abstract))
+        finally:
+            handler.close()
 
     def save(self, step: int, state: dict) -> None:
         """Write the step and wait for it, then its manifest. Any failure of the write (orbax's worker
@@ -194,6 +223,19 @@ class Checkpoints:
             self.manager.close()
 
 
+def _agreed(work: Callable[[], str | None]) -> str | None:
+    """`work()`'s problem on this process (an exception is one too), then the first process's problem
+    on every process (hosts.first_problem): a failure on one host alone still reaches the agreement the
+    others wait in, and all take the same path after it. `work` must make no collective that it could
+    skip on one process by failing before it."""
+    try:
+        with quiet_libraries():
+            problem = work()
+    except Exception as e:  # noqa: BLE001 - any failure to read means the checkpoint is unusable
+        problem = one_line(e)
+    return hosts.first_problem(problem)
+
+
 def open_checkpoints(directory: str | os.PathLike, every: int, like: dict,
                      shardings: dict | None = None) -> tuple[Checkpoints, dict | None]:
     """The cell's checkpoints and the state restored from the latest one (None: start from the base).
@@ -201,31 +243,39 @@ def open_checkpoints(directory: str | os.PathLike, every: int, like: dict,
     A checkpoint that fails its manifest or cannot be read (bytes overwritten, files missing, from an
     incompatible run) is named in one line on stderr and moved aside to ckpt.corrupt-<UTC time>, never
     deleted, and training starts again from the base params: a bad checkpoint costs the steps it held,
-    not the cell. Every process of a multi-host job reaches the same verdict; process 0 moves it.
+    not the cell. Every process of a multi-host job reaches the same verdict, after each stage (open and
+    list the steps, check the manifest, read) in turn, and the line names the process that saw the
+    problem first ('process 1: ...'); process 0 moves it. A process that lists another latest step than
+    process 0 (a stale directory listing) has a problem too: it would read a different checkpoint.
     """
     directory = as_path(directory)
-    ckpt: Checkpoints | None = None
-    restored = None
-    problem: str | None
-    try:
-        with quiet_libraries():
-            ckpt = Checkpoints(directory, every)
-            step = ckpt.latest_step()
-            problem = ckpt.verify(step) if step is not None else None
-            if problem is None and step is not None:
-                restored = ckpt.restore(like, shardings)
-    except Exception as e:  # noqa: BLE001 - any failure to read means the checkpoint is unusable
-        problem = one_line(e)
-    problem = hosts.first_problem(problem)
-    if problem is None and ckpt is not None:
-        return ckpt, restored
+    opened: list[Checkpoints] = []
+    step: int | None = None
+    restored: list[dict | None] = []
+
+    def open_latest() -> None:
+        nonlocal step
+        opened.append(Checkpoints(directory, every))
+        step = opened[0].latest_step()
+
+    problem = _agreed(open_latest)
+    if problem is None:
+        first = hosts.broadcast_json(step)
+        problem = hosts.first_problem(
+            None if step == first else f"its latest checkpoint step is {step}, process 0's is {first}")
+    if problem is None and step is not None:
+        problem = _agreed(lambda: opened[0].verify(step))
+    if problem is None and step is not None:
+        problem = _agreed(lambda: restored.append(opened[0].restore(like, shardings, step)))
+    if problem is None:
+        return opened[0], restored[0] if restored else None
+    ckpt = opened[0] if opened else None
     if ckpt is not None:
         try:
             with quiet_libraries():
                 ckpt.manager.close()
         except Exception:  # noqa: BLE001 - closing a manager over unreadable files may fail too
             pass
-    restored = None
     aside = directory.parent / f"{directory.name}.corrupt-{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}"
     aside = epath.Path(hosts.broadcast_json(os.fspath(aside)))
     if jax.process_index() == 0:
