@@ -93,19 +93,29 @@ resolutions: [32]
 lrs: [1.0e-3, 3.0e-3]
 data_root: {data}
 checkpoints: random
-mesh: {{model_parallel: 2}}
+mesh: {mesh}
 keep_checkpoints: params
+runner: tests.helpers.interleaved_runner:run
 overrides:
   all: {{steps: 2, batch_size: 4, text_len: 24, max_decode_len: 4, eval_batch_size: 4, tokenizer: {tok}}}
 """
+# (mesh field, axes in the record, the rows of a batch of 4 each process feeds). The runner lays the
+# mesh's devices out alternating between the processes: on (4, 1) each process's rows are not one range
+# (as on a TPU pod); on (2, 2) every model group spans both processes.
+LAYOUTS = {"4x1 interleaved": ("{data: 4, model: 1}", (4, 1), [[0, 2], [1, 3]]),
+           "2x2 across hosts": ("{model_parallel: 2}", (2, 2), [[0, 1, 2, 3], [0, 1, 2, 3]])}
 
 
 @pytest.mark.slow
-def test_grid_run_on_two_processes_writes_each_record_once(tmp_path):
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_grid_run_on_two_processes_writes_each_record_once(tmp_path, layout):
     """`paligemma-transfer run` started on both processes: process 0 takes the locks and writes; the
-    sweep's 2 cells and the final cell each get one record, with the 2-process (2, 2)-per-host mesh."""
+    sweep's 2 cells and the final cell each get one record, train, decode and keep their params across
+    both processes, and equal the same grid on one device."""
+    mesh, (data, model), fed = LAYOUTS[layout]
     grid = tmp_path / "mh.yaml"
-    grid.write_text(GRID.format(data=tmp_path / "data", tok=ROOT / "model" / "assets" / "nano_tokenizer.model"))
+    grid.write_text(GRID.format(data=tmp_path / "data", mesh=mesh,
+                                tok=ROOT / "model" / "assets" / "nano_tokenizer.model"))
     codes = run_two([sys.executable, "-m", "harness.cli", "run", str(grid), "--workdir", str(tmp_path / "out"),
                      "--quiet"], tmp_path, devices=2, timeout=1200,
                     per_process={"PALIGEMMA_TRANSFER_CACHE": str(tmp_path / "cache")})
@@ -115,16 +125,18 @@ def test_grid_run_on_two_processes_writes_each_record_once(tmp_path):
     assert sorted(r["phase"] for r in records) == ["final", "sweep", "sweep"]
     for r in records:
         assert {k: r["extra"]["mesh"][k] for k in ("data", "model", "devices", "processes")} == {
-            "data": 2, "model": 2, "devices": 4, "processes": 2}
+            "data": data, "model": model, "devices": 4, "processes": 2}
+        cell = tmp_path / "out" / "cells" / r["cell_id"]
+        assert [json.loads((cell / f"rows-{i}.json").read_text()) for i in range(2)] == fed
         assert (tmp_path / "out" / "predictions" / f"{r['cell_id']}.jsonl").exists()
         # Kept params: each process wrote its own shards into one orbax folder (no gather onto a host).
-        assert (tmp_path / "out" / "cells" / r["cell_id"] / "params").is_dir()
+        assert (cell / "params").is_dir()
     assert (tmp_path / "out" / "best_lr.json").exists()
 
     # The same grid on one device (no `mesh:`: the mesh is not part of a cell's id) writes the same cells
     # with the same metrics and predictions.
     one = tmp_path / "one.yaml"
-    one.write_text(grid.read_text().replace("mesh: {model_parallel: 2}\n", ""))
+    one.write_text(grid.read_text().replace(f"mesh: {mesh}\n", ""))
     env = dict(os.environ, JAX_PLATFORMS="cpu", PALIGEMMA_TRANSFER_CACHE=str(tmp_path / "cache-one"))
     env.pop("XLA_FLAGS", None)
     done = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(one), "--workdir", str(tmp_path / "one"),

@@ -1,10 +1,13 @@
 """Sharded training and decoding on 8 fake CPU devices equal the single-device run.
 
 Reference: the same `train` / `generate` on a 1x1 mesh (one device, no collectives). On meshes (8,1),
-(4,2) and (2,4) the params, optimizer state and batch are split by model/sharding.py's rules, so every
-matmul and reduction is partitioned differently; the numbers may only differ by float reassociation.
+(8,1) with a minor data axis of 2 (axes (4, 2, 1)), (4,2) and (2,4) the params, optimizer state and
+batch are split by model/sharding.py's rules, so every matmul and reduction is partitioned differently;
+the numbers may only differ by float reassociation.
 The tiny config has 2 KV heads and a 300-token vocabulary, so on 4 model devices the KV heads and on
-8 data devices the vocabulary axis do not divide and those fall back to replication.
+8 data devices the vocabulary axis do not divide and those fall back to replication. A second config
+with a SigLIP of width 36 and MLP 76 (no dim divides 8) trains on the minor-axis mesh, where its kernels
+are split over two dims ('data' on one, 'data_minor' on another).
 
 One subprocess runs everything (XLA reads the fake device count before jax starts). It compiles the
 train step on 4 meshes and decoding on 4 meshes x 2 batch sizes x {greedy, beam}: about 3 CPU-minutes,
@@ -21,10 +24,10 @@ from tests.helpers.fake_devices import run_on_fake_devices
 
 pytestmark = pytest.mark.slow
 
-MESHES = ("8x1", "4x2", "2x4")
+MESHES = ("8x1", "8x1 minor 2", "4x2", "2x4")
 
 SCRIPT = textwrap.dedent("""
-    import json, sys, tempfile, time
+    import dataclasses, json, sys, tempfile, time
     from pathlib import Path
     import jax, numpy as np
     from harness.cell.train import TrainConfig, train
@@ -58,7 +61,8 @@ SCRIPT = textwrap.dedent("""
 
     ref, ref_summary = run(None)
     ref_flat = flat(ref)
-    meshes = {"8x1": make_mesh(1), "4x2": make_mesh(2), "2x4": make_mesh(4)}
+    meshes = {"8x1": make_mesh(1), "8x1 minor 2": make_mesh(1, data_minor=2), "4x2": make_mesh(2),
+              "2x4": make_mesh(4)}
     for name, mesh in meshes.items():
         params, summary = run(mesh)
         got = flat(params)
@@ -66,6 +70,19 @@ SCRIPT = textwrap.dedent("""
                      "param_diff": max(float(np.max(np.abs(got[k] - ref_flat[k]))) for k in ref_flat),
                      "specs": sorted({str(v.sharding.spec) for v in jax.tree.leaves(params)}),
                      "num_devices": len(jax.tree.leaves(params)[0].sharding.device_set)}
+
+    # SigLIP widths no dim of which divides 8: split over two dims on the minor-axis mesh.
+    wide = dataclasses.replace(config, vision=dataclasses.replace(config.vision, width=36, mlp_dim=76))
+    wide_params = jax.tree.map(np.asarray, init_params(wide, jax.random.key(1)))
+    wide_ref, wide_summary = train(wide, wide_params, batches, cfg, progress=False, mesh=None)
+    wide_got, wide_sum = train(wide, wide_params, batches, cfg, progress=False, mesh=meshes["8x1 minor 2"])
+    want, got = flat(wide_ref), flat(wide_got)
+    dense0 = [v for k, v in jax.tree_util.tree_flatten_with_path(wide_got)[0] if "Dense_0" in jax.tree_util.keystr(k)
+              and "kernel" in jax.tree_util.keystr(k)][0]
+    out["two_dims"] = {"loss_diff": abs(wide_sum["final_loss"] - wide_summary["final_loss"]),
+                       "param_diff": max(float(np.max(np.abs(got[k] - want[k]))) for k in want),
+                       "dense0_spec": str(dense0.sharding.spec),
+                       "dense0_shard": list(dense0.sharding.shard_shape(dense0.shape))}
 
     # A checkpoint written on (8,1) at step 2, resumed on (2,4) for steps 3-4.
     with tempfile.TemporaryDirectory() as tmp:
@@ -122,7 +139,15 @@ def test_sharded_steps_equal_single_device(eight_devices, mesh):
     assert result["loss_diff"] <= 1e-5 and result["param_diff"] <= 1e-5, result
     # The state really is split: some leaf over 'data', and over 'model' when the mesh has one.
     assert any("data" in spec for spec in result["specs"])
-    assert any("model" in spec for spec in result["specs"]) == (mesh != "8x1")
+    assert any("model" in spec for spec in result["specs"]) == (not mesh.startswith("8x1"))
+    assert any("data_minor" in spec for spec in result["specs"]) == ("minor" in mesh)
+
+
+def test_a_parameter_no_dim_of_which_divides_the_data_devices_is_split_over_two_dims(eight_devices):
+    result = eight_devices["two_dims"]
+    assert result["dense0_spec"] == "P(None, 'data_minor', 'data')"
+    assert result["dense0_shard"] == [2, 18, 19]  # (depth 2, width 36 / 2, MLP 76 / 4)
+    assert result["loss_diff"] <= 1e-5 and result["param_diff"] <= 1e-5, result
 
 
 def test_checkpoint_from_one_mesh_resumes_on_another(eight_devices):
