@@ -5,8 +5,9 @@ first checkpoint; in the second job process 1 alone lists no checkpoint, sees it
 fails to read one of its files, or fails its orbax restore (tests/helpers/one_host_view.py). Every
 process must reach the same verdict (a process that skips a collective the other is in hangs or aborts
 the job): the checkpoint is moved aside once, stderr names process 1 as the one that saw the problem,
-both processes train the cell again from its base params and exit 0 within 60 s of the fault, and the
-cell that had finished in the first job does not run again."""
+both processes train the cell again from its base params and exit 0 (within 150 s of the fault, the
+retraining included, where a process left waiting would sit until the job's timeout), and the cell
+that had finished in the first job does not run again."""
 
 from __future__ import annotations
 
@@ -87,7 +88,7 @@ def test_a_checkpoint_bad_in_one_hosts_view_is_set_aside_once_and_the_cell_resta
     ended = time.time()
     assert codes == [0, 0], (codes, [e[-3000:] for e in errs])
     seen, fired = (workdir / "view_fault.log").read_text().split()
-    assert seen == fault and ended - float(fired) < 60, ended - float(fired)  # no process waited on another
+    assert seen == fault and ended - float(fired) < 150, ended - float(fired)  # no process waited on another
 
     cell = workdir / "cells" / stopped
     assert len(list(cell.glob("ckpt.corrupt-*"))) == 1  # moved aside once, by process 0
