@@ -87,14 +87,59 @@ UNREADABLE = LockOwner("?", 0, "unreadable")
 UNREADABLE_GRACE_S = 10.0
 
 
-class CellLock:
-    """acquire() -> True when this process now holds the lock; release() gives it back."""
+class _Held:
+    """What both kinds of lock share: the owner this process writes, a heartbeat thread that renews the
+    lock while it is held and still ours, and release. Subclasses say how to read and renew."""
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
+    def __init__(self, path: AnyPath):
+        self.path = path
         self.me = LockOwner(socket.gethostname(), os.getpid(), secrets.token_hex(8), boot_id())
         self.held = False
         self._stop = threading.Event()
+
+    def owner(self) -> LockOwner | None:
+        raise NotImplementedError
+
+    def acquire(self) -> bool:
+        raise NotImplementedError
+
+    def _renew(self) -> None:
+        raise NotImplementedError
+
+    def _hold(self) -> None:
+        """Mark the lock held and renew it every LEASE_S / 4 until release."""
+        self.held = True
+        self._stop.clear()
+        threading.Thread(target=self._heartbeat, name=f"lock {self.path}", daemon=True).start()
+
+    def _heartbeat(self) -> None:
+        """Renew the lock while it is held and still ours, so other hosts see its holder is alive."""
+        while not self._stop.wait(LEASE_S / 4):
+            try:
+                if self.owner() == self.me:
+                    self._renew()
+            except OSError:
+                pass
+
+    def clear_if_stale(self) -> None:
+        """Remove the lock if its holder is dead: a scheduler killed after writing a finished cell's
+        record but before releasing the cell's lock leaves one behind. A live holder's lock stays."""
+        if self.acquire():
+            self.release()
+
+    def release(self) -> None:
+        """Remove the lock if it is still ours."""
+        self._stop.set()
+        if self.held and self.owner() == self.me:
+            self.path.unlink(missing_ok=True)
+        self.held = False
+
+
+class CellLock(_Held):
+    """acquire() -> True when this process now holds the lock; release() gives it back."""
+
+    def __init__(self, path: str | Path):
+        super().__init__(Path(path))
 
     def owner(self) -> LockOwner | None:
         """The current holder, or None when there is no lock (or it is being written right now)."""
@@ -114,19 +159,11 @@ class CellLock:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump({"host": self.me.host, "pid": self.me.pid, "token": self.me.token, "boot": self.me.boot,
                        "started": time.time()}, f)
-        self.held = True
-        self._stop.clear()
-        threading.Thread(target=self._heartbeat, name=f"lock {self.path}", daemon=True).start()
+        self._hold()
         return True
 
-    def _heartbeat(self) -> None:
-        """Renew the lock's mtime while it is held, so other hosts see its holder is alive."""
-        while not self._stop.wait(LEASE_S / 4):
-            try:
-                if self.owner() == self.me:
-                    os.utime(self.path)
-            except OSError:
-                pass
+    def _renew(self) -> None:
+        os.utime(self.path)  # the heartbeat is the file's mtime
 
     def _live(self, owner: LockOwner) -> bool:
         """A live holder: alive as far as this host can tell, and its heartbeat fresher than LEASE_S."""
@@ -177,29 +214,12 @@ class CellLock:
             aside.unlink(missing_ok=True)
         return self._create()
 
-    def clear_if_stale(self) -> None:
-        """Remove the lock if its holder is dead: a scheduler killed after writing a finished cell's
-        record but before releasing the cell's lock leaves one behind. A live holder's lock stays."""
-        if self.acquire():
-            self.release()
-
-    def release(self) -> None:
-        """Remove the lock if it is still ours."""
-        self._stop.set()
-        if self.held and self.owner() == self.me:
-            self.path.unlink(missing_ok=True)
-        self.held = False
-
-
-class ObjectStoreLock:
+class ObjectStoreLock(_Held):
     """The lease of the module docstring on an object store: acquire() -> True when this process now
     holds it; release() gives it back. Same interface as CellLock."""
 
     def __init__(self, path: str | AnyPath):
-        self.path = as_path(path)
-        self.me = LockOwner(socket.gethostname(), os.getpid(), secrets.token_hex(8), boot_id())
-        self.held = False
-        self._stop = threading.Event()
+        super().__init__(as_path(path))
 
     def _read(self) -> tuple[LockOwner, float] | None:
         """(holder, heartbeat time) of the lease object; None when there is none, UNREADABLE with a
@@ -236,31 +256,11 @@ class ObjectStoreLock:
         time.sleep(SETTLE_S)
         if self.owner() != self.me:  # another contender wrote after us: theirs
             return False
-        self.held = True
-        self._stop.clear()
-        threading.Thread(target=self._heartbeat, name=f"lease {self.path}", daemon=True).start()
+        self._hold()
         return True
 
-    def _heartbeat(self) -> None:
-        """Rewrite the lease with a new heartbeat time while it is held and still ours."""
-        while not self._stop.wait(LEASE_S / 4):
-            try:
-                if self.owner() == self.me:
-                    self._write()
-            except OSError:
-                pass
-
-    def clear_if_stale(self) -> None:
-        """Remove the lease if its holder is gone (see CellLock.clear_if_stale)."""
-        if self.acquire():
-            self.release()
-
-    def release(self) -> None:
-        """Delete the lease if it is still ours."""
-        self._stop.set()
-        if self.held and self.owner() == self.me:
-            self.path.unlink(missing_ok=True)
-        self.held = False
+    def _renew(self) -> None:
+        self._write()  # a new heartbeat time in the lease
 
 
 def open_lock(path: str | AnyPath) -> CellLock | ObjectStoreLock:
