@@ -384,6 +384,13 @@ class MemoryPlan:
     def mesh(self) -> str:
         return f"{self.data_parallel}x{self.model_parallel}"
 
+    @property
+    def layout(self) -> str:
+        """The mesh with its minor data axis, where it has one: '256x1 (data 32x8)'."""
+        if self.data_minor == 1:
+            return self.mesh
+        return f"{self.mesh} (data {self.data_parallel // self.data_minor}x{self.data_minor})"
+
 
 def memory_plan(config: PaliGemmaConfig, text_len: int, batch_size: int, device: str, num_devices: int,
                 *, model_parallel: int = 1, remat: bool = False, compute_dtype: str = "float32",
@@ -564,11 +571,11 @@ def format_plan_table(entries: list[PlanEntry]) -> str:
     g = lambda n: f"{n / 2**30:.1f}"
     for e in entries:
         s, a = e.smallest, e.auto
-        auto = f"{a.mesh}: {g(a.bytes_per_device)}" if a is not None else "does not fit"
+        auto = f"{a.layout}: {g(a.bytes_per_device)}" if a is not None else "does not fit"
         if s is None:
             lines.append(f"| {e.config} | {e.text_len} | - | - | - | - | - | - | - | does not fit | {auto} |")
             continue
-        lines.append(f"| {e.config} | {e.text_len} | {s.num_devices} | {s.mesh} | {g(s.params_bytes)} | "
+        lines.append(f"| {e.config} | {e.text_len} | {s.num_devices} | {s.layout} | {g(s.params_bytes)} | "
                      f"{g(s.grads_bytes)} | {g(s.opt_bytes)} | {g(s.gathered_bytes)} | {g(s.activation_bytes)} | "
                      f"{g(s.bytes_per_device)} | {auto} |")
     return "\n".join(lines) + "\n"

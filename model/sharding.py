@@ -28,6 +28,9 @@ from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 DATA, DATA_MINOR, MODEL = "data", "data_minor", "model"
+# The share of per-device parameters a minor data axis must save to be used (data_minor_size): below it
+# the plain (data, model) mesh, the layout records and grid files name, is kept.
+MINOR_AXIS_GAIN = 0.05
 
 # (path regex, axis split over 'model'), first match wins. Shapes without the scan axis:
 MODEL_AXIS_RULES: tuple[tuple[str, int], ...] = (
@@ -183,8 +186,9 @@ def data_minor_size(params, data: int, model: int = 1,
                     rules: Sequence[tuple[str, int]] = MODEL_AXIS_RULES) -> int:
     """The minor data axis for `params` (arrays or ShapeDtypeStructs) on `data` x `model` devices: the
     divisor f of `data` whose (data / f, f, model) mesh leaves the fewest parameter elements per device,
-    1 (no minor axis) unless a split holds fewer. Only a data axis that some large dim does not divide
-    gains from it: SigLIP So400m on 256 or 512 chips (35x and 230x replicated on one axis for 3B)."""
+    or 1 (no minor axis) unless that saves at least MINOR_AXIS_GAIN of them. Only a data axis that some
+    large dim does not divide gains much: SigLIP So400m on 256 or 512 chips (3B's params are 35x and
+    230x what a full split holds on one axis); a few replicated biases are not worth a third axis."""
     shapes = [tuple(x.shape) for x in jax.tree_util.tree_leaves(params)]
     paths = [_path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
 
@@ -193,13 +197,14 @@ def data_minor_size(params, data: int, model: int = 1,
         return sum(math.prod(shard_shape(s, partition_spec(p, s, mesh_shape, rules), mesh_shape))
                    for p, s in zip(paths, shapes))
 
-    best, best_elements = 1, per_device(1)
+    single = per_device(1)
+    best, best_elements = 1, single
     for f in range(2, data):
         if data % f == 0 and data // f >= f:
             elements = per_device(f)
             if elements < best_elements:
                 best, best_elements = f, elements
-    return best
+    return best if best_elements <= (1 - MINOR_AXIS_GAIN) * single else 1
 
 
 def shard_shape(shape: Sequence[int], spec: PartitionSpec, mesh_shape: Mapping[str, int]) -> tuple[int, ...]:

@@ -80,6 +80,7 @@ def test_the_minor_axis_is_chosen_only_where_it_holds_fewer_params():
 
     shapes = param_shapes(config_for("3b", 896))
     assert sharding.data_minor_size(shapes, 8) == 1  # every large dim divides 8: no minor axis
+    assert sharding.data_minor_size(shapes, 128) == 1  # only a few biases stay whole: under 5% to gain
     assert sharding.data_minor_size(shapes, 256) == 8  # SigLIP whole on one axis of 256
 
 
