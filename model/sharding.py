@@ -10,7 +10,9 @@ with or without the leading scan (layer) axis.
 On a TPU pod `jax.make_mesh` orders chips by the physical torus, so one host's chips are spread along
 `data` (host 0 of a v5e-256 holds batch rows 0, 1, 16, 17 on a (256, 1) mesh): `process_rows` gives
 the rows in whatever order the mesh has and `global_batch` assembles them. Devices that span several
-slices (multi-slice over DCN) get a hybrid mesh with `data` outermost across slices.
+slices (multi-slice over DCN) get a hybrid mesh with `data` outermost across slices. Where no dim of a
+parameter divides by all the data devices (SigLIP So400m on 256 chips), the data devices are laid out
+as ('data', 'data_minor') and that parameter is split over two of its dims (data_minor_size).
 """
 
 from __future__ import annotations
@@ -123,8 +125,8 @@ def partition_spec(path: str, shape: Sequence[int], mesh_shape: Mapping[str, int
     (no rule, or its axis does not divide) may put both axes on one dim, ('data', 'model'), where that
     dim divides by their product: norms and biases on a 2 x 4 mesh are then split 8 ways, not 2.
     When no dim divides by all the data devices (SigLIP's 1152 / 4304 / 16 heads on 256 of them), a mesh
-    with a minor data axis splits two dims instead, 'data' on one and 'data_minor' on another (1152 / 16
-    and 4304 / 16 on a 16 x 16 split of 256); what still does not divide stays whole over data, and the
+    with a minor data axis splits two dims instead, 'data' on one and 'data_minor' on another (1152 / 32
+    and 4304 / 8 on a 32 x 8 split of 256); what still does not divide stays whole over data, and the
     memory plan (model/cost.py) counts that replication.
     """
     spec: list[str | tuple[str, ...] | None] = [None] * len(shape)
