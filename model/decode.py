@@ -28,6 +28,7 @@ from model import sharding
 from model.config import PaliGemmaConfig
 from model.gemma2 import unstack_layers
 from model.paligemma import Cache, PaliGemma, Params
+from model.siglip import normalize_images
 
 
 def _reorder(cache: Cache, index: jax.Array) -> Cache:
@@ -133,7 +134,8 @@ def _compiled(config: PaliGemmaConfig, dtype: np.dtype, max_len: int, beam_size:
         params = jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
         variables = {"params": params}
         cache_size = config.num_image_tokens + tokens.shape[1] + max_len
-        logits, cache = model.apply(variables, images, tokens, mask_ar, mask_input, cache_size=cache_size,
+        logits, cache = model.apply(variables, normalize_images(images), tokens, mask_ar, mask_input,
+                                    cache_size=cache_size,
                                     method=PaliGemma.prefill)
         layers = unstack_layers(params["llm"]["layers"], config.llm.depth)
         step = functools.partial(model.apply, variables, layers=layers, method=PaliGemma.extend)
@@ -157,7 +159,8 @@ def generate(config: PaliGemmaConfig, params: Params, images: Any, tokens: Any, 
     0 after it.
 
     The prompt is big_vision's eval layout [BOS, prefix, "\\n"] (mask_ar all 0), right-padded with
-    mask_input 0; images [B, H, W, 3] in [-1, 1]. beam_size 1 is greedy (where an eos_id outside the
+    mask_input 0; images [B, H, W, 3]: uint8 pixels (normalised on the device, a quarter of the bytes to
+    move) or floats in [-1, 1]. beam_size 1 is greedy (where an eos_id outside the
     vocabulary never stops it early). Pass params already on the device (jax arrays) when calling
     repeatedly, or they are copied over on every call. `mesh` (default: this process's first device)
     is where decoding runs; params already placed on it by the partition rules (as harness/cell/train.py
@@ -180,7 +183,9 @@ def generate(config: PaliGemmaConfig, params: Params, images: Any, tokens: Any, 
     fn = _compiled(*key) if mesh is None else _compiled(*key, mesh)  # one cache entry per (key, mesh)
     where = sharding.local_mesh() if mesh is None else mesh
     params = sharding.place(params, sharding.param_shardings(params, where))
-    inputs = [np.asarray(images, np.float32), tokens, np.asarray(mask_ar, np.int32), np.asarray(mask_input, bool)]
+    images = np.asarray(images)
+    images = images if images.dtype == np.uint8 else images.astype(np.float32)
+    inputs = [images, tokens, np.asarray(mask_ar, np.int32), np.asarray(mask_input, bool)]
     inputs = [sharding.place(x, sharding.rows_sharding(x.shape, where)) for x in inputs]
     out = fn(params, *inputs, sharding.place(np.int32(eos_id), sharding.replicated(where)))
     return np.asarray(out, np.int32)

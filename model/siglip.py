@@ -23,6 +23,17 @@ from model.config import VisionConfig
 LAYER_NORM_EPS = 1e-6
 
 
+def normalize_images(images: Any) -> Any:
+    """uint8 pixels -> float32 in [-1, 1] (x / 127.5 - 1), the encoder's input range (docs/paligemma2-facts.md
+    §1.2); float images pass through as they are.
+
+    Works on numpy and JAX arrays alike, so the jitted train and decode steps call it on the device: the
+    host moves a quarter of the bytes float32 would take."""
+    if jnp.dtype(images.dtype) != jnp.uint8:
+        return images
+    return images.astype(jnp.float32) / 127.5 - 1.0
+
+
 # lax.dot_general for flax's Dense*, returning lhs's dtype, accumulated in float32; written per backend
 # (model/precision.py: cast from a float32 product on CPU, a native bfloat16 dot on accelerators).
 dot_general = precision.dot_general

@@ -25,6 +25,7 @@ import numpy as np
 from grain.experimental import index_shuffle
 from PIL import Image
 
+from model.siglip import normalize_images
 from tasks.base import Example
 
 # Rounds of grain's Feistel network per shuffle (its `MapDataset.shuffle` uses 4).
@@ -90,16 +91,6 @@ def host_image(image: np.ndarray, resolution: int, square_pad: bool = False,
     if antialias:
         return np.asarray(Image.fromarray(image).resize((resolution, resolution), Image.BILINEAR))
     return np.clip(np.rint(resize_bilinear(image, resolution, resolution)), 0, 255).astype(np.uint8)
-
-
-def normalize_images(images: Any) -> Any:
-    """uint8 pixels -> float32 in [-1, 1] (x / 127.5 - 1); float images pass through as they are.
-
-    Works on numpy and JAX arrays alike, so the jitted step calls it on the device: the host moves a
-    quarter of the bytes float32 would take."""
-    if np.dtype(images.dtype) != np.uint8:
-        return images
-    return images.astype(np.float32) / 127.5 - 1.0
 
 
 def preprocess_image(image: np.ndarray, resolution: int, square_pad: bool = False,
@@ -349,7 +340,7 @@ class _EvalBatch:
 def eval_batches(examples: Sequence[Example], tokenizer, spec: TextSpec, *,
                  batch_size: int) -> Iterator[EvalBatch]:
     """Fixed-size batches of eval prompts (the last one padded by repeating its first row), uint8
-    images (normalize_images before the model), read ahead of the decoder by reader threads."""
+    images (model.siglip.normalize_images before the model), read ahead of the decoder by reader threads."""
     count = -(-len(examples) // batch_size)
     ds = grain.MapDataset.range(count).map(_EvalBatch(examples, tokenizer, spec, batch_size))
     it = iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=READ_THREADS, prefetch_buffer_size=READ_AHEAD)))

@@ -15,7 +15,7 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from harness.cell.data import TextSpec, eval_batches, normalize_images
+from harness.cell.data import TextSpec, eval_batches
 from harness.cell.train import progress_kwargs
 from model.config import PaliGemmaConfig
 from model.decode import generate
@@ -36,7 +36,7 @@ def predict(config: PaliGemmaConfig, params: Any, examples: Sequence[Example], t
     for batch in tqdm(eval_batches(examples, tokenizer, spec, batch_size=batch_size), total=total,
                       desc=desc, leave=False, **progress_kwargs(progress), unit="batch", dynamic_ncols=True):
         a = batch.arrays
-        out = generate(config, params, normalize_images(a["image"]), a["text"], a["mask_ar"], a["mask_input"],
+        out = generate(config, params, a["image"], a["text"], a["mask_ar"], a["mask_input"],
                        max_decode_len=recipe.max_decode_len, beam_size=beam, eos_id=tokenizer.eos_id,
                        mesh=mesh)
         for i, ex_id in enumerate(batch.ids):

@@ -34,11 +34,12 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from harness.cell.checkpoints import Checkpoints, as_path, open_checkpoints
-from harness.cell.data import host_batches, normalize_images
+from harness.cell.data import host_batches
 from model import sharding
 from model.config import PaliGemmaConfig
 from model.losses import chunked_token_losses, default_chunk, masked_mean, token_losses
 from model.paligemma import PaliGemma
+from model.siglip import normalize_images
 from results import paths as workdir_paths
 
 

@@ -31,11 +31,10 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from harness.cell.data import normalize_images
 from harness.cell.train import TrainConfig, make_optimizer, open_checkpoints
 from model import checkpoint
 from model.config import VisionConfig
-from model.siglip import SigLIP
+from model.siglip import SigLIP, normalize_images
 
 CLASSIFIER = "classifier"
 
