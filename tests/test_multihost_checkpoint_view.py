@@ -1,13 +1,13 @@
 """A cell's checkpoint that is good on disk but bad in one host's view (a stale NFS cache, a disk error on
 one host) in a multi-host job (docs/fault-matrix.md): two CPU processes form one jax.distributed job and
 run the real cell runner on the nano model. A first job is interrupted right after the second cell's
-first checkpoint; in the second job process 1 alone lists no checkpoint, sees it fail its sha256 check,
-fails to read one of its files, or fails its orbax restore (tests/helpers/one_host_view.py). Every
-process must reach the same verdict (a process that skips a collective the other is in hangs or aborts
-the job): the checkpoint is moved aside once, stderr names process 1 as the one that saw the problem,
-both processes train the cell again from its base params and exit 0 (within 150 s of the fault, the
-retraining included, where a process left waiting would sit until the job's timeout), and the cell
-that had finished in the first job does not run again."""
+first checkpoint; in the second job process 1 alone fails to open the checkpoint folder, lists no
+checkpoint, sees it fail its sha256 check, fails to read one of its files, or fails its orbax restore
+(tests/helpers/one_host_view.py). Every process must reach the same verdict (a process that skips a
+collective the other is in hangs or aborts the job): the checkpoint is moved aside once, stderr names
+process 1 as the one that saw the problem, both processes train the cell again from its base params and
+exit 0 (within 150 s of the fault, the retraining included, where a process left waiting would sit until
+the job's timeout), and the cell that had finished in the first job does not run again."""
 
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ def interrupted(tmp_path_factory) -> tuple[Path, Path, str, str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fault", ["listing", "digest", "unreadable", "restore"])
+@pytest.mark.parametrize("fault", ["open", "listing", "digest", "unreadable", "restore"])
 def test_a_checkpoint_bad_in_one_hosts_view_is_set_aside_once_and_the_cell_restarts(interrupted, tmp_path, fault):
     grid, first, finished, stopped = interrupted
     workdir = tmp_path / "out"
@@ -96,7 +96,8 @@ def test_a_checkpoint_bad_in_one_hosts_view_is_set_aside_once_and_the_cell_resta
     said = [line for line in errs[0].splitlines() if "unreadable checkpoint" in line]
     assert len(said) == 1 and "unreadable checkpoint (process 1: " in said[0], errs[0][-3000:]
     assert not any("unreadable checkpoint" in line for line in errs[1].splitlines())
-    expected = {"listing": "its latest checkpoint step is None, process 0's is 2",
+    expected = {"open": "Input/output error opening ",
+                "listing": "its latest checkpoint step is None, process 0's is 2",
                 "digest": "sha256 differs for ", "unreadable": "could not read a file: OSError: [Errno 5]",
                 "restore": "Input/output error reading "}[fault]
     assert expected in said[0], said[0]

@@ -12,9 +12,10 @@ Multi-host: every process writes its own shards (orbax), each hashes an equal sh
 process 0 writes the manifest; on resume each checks its share and all act on the same verdict
 (harness/cell/hosts.py), so no process restores a checkpoint another one set aside. A host may see the
 checkpoint differently from the others (a stale NFS cache, a disk error on that host only), so what can
-fail on one host alone (listing the steps, hashing its share, the orbax read) runs with no collective
-inside it and is followed by an agreement every process reaches: a process whose read failed never skips
-a collective the others are in (which would hang them, or pair the wrong collectives and abort).
+fail on one host alone (opening the folder and listing the steps, hashing its share, the orbax read)
+runs with no collective inside it and is followed by an agreement every process reaches: a process
+whose read failed never skips a collective the others are in (which would hang them, or pair the wrong
+collectives and abort).
 
 Paths go through etils.epath, so `gs://bucket/run/cells/x/ckpt` reaches orbax as the bucket path it is
 (`pathlib.Path` would turn it into `gs:/bucket/...`).
@@ -108,7 +109,15 @@ def _digests(step_dir: epath.Path, names: list[str]) -> dict[str, str]:
 
 
 class Checkpoints:
-    """Orbax manager for (params, opt_state, step): synchronous saves, each followed by its manifest."""
+    """Orbax manager for (params, opt_state, step): synchronous saves, each followed by its manifest.
+
+    Creating it waits for no other process, so that opening the folder can fail on one host alone and
+    still reach the agreement after it (open_checkpoints). Orbax's own creation has two barriers: one
+    after process 0 creates the folder (`create=True`) and one after the root metadata is written
+    (`save_root_metadata`, a barrier even with no metadata to write). A process whose listing of the
+    folder failed before them would sit in the agreement while the others sit in orbax's barrier. So the
+    folder must exist already (open_checkpoints makes it on every process, mkdir being harmless where it
+    exists) and neither option is on: nothing here writes root metadata."""
 
     def __init__(self, directory: str | os.PathLike, every: int):
         import orbax.checkpoint as ocp
@@ -117,7 +126,8 @@ class Checkpoints:
         self.every = every
         self.directory = as_path(directory)
         self.manager = ocp.CheckpointManager(
-            self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=1, create=False, save_root_metadata=False))
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -223,6 +233,13 @@ class Checkpoints:
             self.manager.close()
 
 
+def _open(directory: epath.Path, every: int) -> Checkpoints:
+    """The folder made where this process does not see it yet, then its manager: no collective in
+    either (Checkpoints), so a failure of either on one host still reaches the agreement after it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    return Checkpoints(directory, every)
+
+
 def _agreed(work: Callable[[], str | None]) -> str | None:
     """`work()`'s problem on this process (an exception is one too), then the first process's problem
     on every process (hosts.first_problem): a failure on one host alone still reaches the agreement the
@@ -255,7 +272,7 @@ def open_checkpoints(directory: str | os.PathLike, every: int, like: dict,
 
     def open_latest() -> None:
         nonlocal step
-        opened.append(Checkpoints(directory, every))
+        opened.append(_open(directory, every))
         step = opened[0].latest_step()
 
     problem = _agreed(open_latest)
@@ -283,4 +300,8 @@ def open_checkpoints(directory: str | os.PathLike, every: int, like: dict,
         print(f"{directory}: unreadable checkpoint ({problem}); moved aside to {aside.name}, training "
               "restarts from the base checkpoint", file=sys.stderr)
     hosts.barrier(f"set aside {directory}")
-    return Checkpoints(directory, every), None
+    fresh: list[Checkpoints] = []
+    problem = _agreed(lambda: fresh.append(_open(directory, every)))
+    if problem is not None:  # every process raises: none trains on while another has failed
+        raise OSError(f"{directory}: no new checkpoint folder after setting the old one aside ({problem})")
+    return fresh[0], None

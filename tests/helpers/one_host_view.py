@@ -4,6 +4,8 @@ the files on disk stay good and only that host's view of them is bad (a stale NF
 one host).
 
 CHECKPOINT_VIEW=<fault>:<process> picks the fault and the process that sees it, once per process:
+  open        creating orbax's CheckpointManager over the folder raises OSError(EIO) first thing, as a
+              listing of the folder that fails on that host does (before orbax would wait for the others)
   listing     the process lists no checkpoint step (a stale directory listing)
   digest      one file of the process's share hashes to a wrong sha256 (stale bytes)
   unreadable  reading one file of the process's share raises OSError(EIO) while it is hashed
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import orbax.checkpoint as ocp
 
 from harness.cell import checkpoints
 from harness.cell.run_cell import run_cell
@@ -79,6 +82,10 @@ def _read_error(path: Any) -> str:
     raise OSError(errno.EIO, os.strerror(errno.EIO), str(path))
 
 
+def _open_error(self: Any, directory: Any, *args: Any, **kwargs: Any) -> None:
+    raise OSError(errno.EIO, f"{os.strerror(errno.EIO)} opening {directory} on this host")
+
+
 def _restore_error(self: checkpoints.Checkpoints, *args: Any, **kwargs: Any) -> Any:
     raise OSError(errno.EIO, f"{os.strerror(errno.EIO)} reading {self.directory} on this host")
 
@@ -94,6 +101,7 @@ def _view_fault(stack: contextlib.ExitStack, workdir: Path) -> None:
             f.write(f"{fault} {time.time()}\n")
 
     owner, name, replacement = {
+        "open": (ocp.CheckpointManager, "__init__", _open_error),
         "listing": (checkpoints.Checkpoints, "latest_step", _no_steps),
         "digest": (checkpoints, "_digest", _stale_digest),
         "unreadable": (checkpoints, "_digest", _read_error),
