@@ -15,17 +15,15 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from harness.cli import main
+from harness.run import scheduler
+from harness.run.demo_data import prepare_demo_data
+from harness.run.grid import GridError, load_grid
+from harness.run.scheduler import RunError, run_grid
+from harness.run.workdir import OUTCOME, cell_dir
+from results.store import has_record, load_records, record_path
 
-from harness.cli import main  # noqa: E402 - after the sys.path line above
-from harness.run import scheduler  # noqa: E402 - after the sys.path line above
-from harness.run.demo_data import prepare_demo_data  # noqa: E402 - after the sys.path line above
-from harness.run.grid import GridError, load_grid  # noqa: E402 - after the sys.path line above
-from harness.run.scheduler import RunError, run_grid  # noqa: E402
-from harness.run.workdir import OUTCOME, cell_dir  # noqa: E402
-from results.store import has_record, load_records, record_path  # noqa: E402 - after the sys.path line above
+REPO = Path(__file__).resolve().parents[1]
 
 GRID = """\
 name: faults

@@ -5,16 +5,11 @@ from __future__ import annotations
 
 import itertools
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # grids name the runner tests.helpers.fake_runner:run
-    sys.path.insert(0, str(REPO))
-
-from harness.cell.memory_check import (  # noqa: E402
+from harness.cell.memory_check import (
     CHECK_ENV,
     CellDoesNotFit,
     Devices,
@@ -22,12 +17,12 @@ from harness.cell.memory_check import (  # noqa: E402
     local_devices,
     plan_device_name,
 )
-from harness.cli import main  # noqa: E402
-from harness.run.grid import load_grid  # noqa: E402
-from harness.run.placement import cluster_accelerators, ray_request  # noqa: E402
-from harness.run.scheduler import RunError, run_grid  # noqa: E402
-from model.config import get_config  # noqa: E402
-from model.cost import (  # noqa: E402
+from harness.cli import main
+from harness.run.grid import load_grid
+from harness.run.placement import cluster_accelerators, ray_request
+from harness.run.scheduler import RunError, run_grid
+from model.config import get_config
+from model.cost import (
     activations,
     auto_model_parallel,
     memory_plan,
@@ -39,6 +34,8 @@ from model.cost import (  # noqa: E402
     sharded_param_count,
     smallest_mesh,
 )
+
+REPO = Path(__file__).resolve().parents[1]
 
 GIB = 2**30
 

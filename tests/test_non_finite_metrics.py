@@ -2,17 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
 from harness.run.grid import load_grid
 from harness.run.scheduler import RunError, run_grid
-
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:  # the grid names its runner from tests.helpers
-    sys.path.insert(0, str(REPO))
 
 GRID = """\
 name: nan

@@ -11,23 +11,20 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from harness.run.grid import load_grid
+from harness.run.scheduler import run_grid
+from harness.run.workdir import cell_dir
+from results.store import load_records
+
 ray = pytest.importorskip("ray")
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from harness.run.grid import load_grid  # noqa: E402
-from harness.run.scheduler import run_grid  # noqa: E402
-from harness.run.workdir import cell_dir  # noqa: E402
-from results.store import load_records  # noqa: E402
 
 # Workers are forked by the raylet, which inherits the driver's environment at ray.init: this is how
 # they find this checkout (PYTHONPATH) and how slow the fake runner's steps are.

@@ -8,7 +8,6 @@ import json
 import re
 import shlex
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,9 +17,6 @@ from tasks.registry import get_task
 
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text(encoding="utf-8")
-if str(REPO) not in sys.path:  # the stand-in grid names its runner tests.helpers.fake_runner:run
-    sys.path.insert(0, str(REPO))
-
 FAST = {
     "paligemma-transfer run configs/grids/paper.yaml --dry-run",
     "paligemma-transfer run my_grid.yaml",

@@ -6,22 +6,19 @@ from __future__ import annotations
 
 import json
 import socket
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # grids name the runner tests.helpers.fake_runner:run
-    sys.path.insert(0, str(REPO))
+from harness import cli
+from harness.run import locks
+from harness.run.locks import ObjectStoreLock, open_lock
+from results.paths import as_path, write_object
+from tests.helpers.fake_bucket import serve_as_gs
 
-from harness import cli  # noqa: E402
-from harness.run import locks  # noqa: E402
-from harness.run.locks import ObjectStoreLock, open_lock  # noqa: E402
-from results.paths import as_path, write_object  # noqa: E402
-from tests.helpers.fake_bucket import serve_as_gs  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 GRID = """\
 name: remote

@@ -19,18 +19,16 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # grids name the runner tests.helpers.fake_runner:run
-    sys.path.insert(0, str(REPO))
+from harness.run.demo_data import prepare_demo_data
+from harness.run.grid import load_grid
+from harness.run.locks import UNREADABLE_GRACE_S, CellLock
+from harness.run.scheduler import RunError, execute_cell, make_record, run_grid
+from harness.run.workdir import cell_dir
+from results.store import has_record, load_records, predictions_path, write_record
+from results.tables import write_tables
+from tests.helpers import fake_runner
 
-from harness.run.demo_data import prepare_demo_data  # noqa: E402
-from harness.run.grid import load_grid  # noqa: E402
-from harness.run.locks import UNREADABLE_GRACE_S, CellLock  # noqa: E402
-from harness.run.scheduler import RunError, execute_cell, make_record, run_grid  # noqa: E402
-from harness.run.workdir import cell_dir  # noqa: E402
-from results.store import has_record, load_records, predictions_path, write_record  # noqa: E402
-from results.tables import write_tables  # noqa: E402
-from tests.helpers import fake_runner  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 GRID = """\
 name: sched

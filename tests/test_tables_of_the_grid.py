@@ -3,16 +3,11 @@ undone (steps 6 -> 12 -> 6) tables the 6-step records again, never the newer 12-
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pandas as pd
 
 from harness.cli import main
-
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:  # the grid names the runner tests.helpers.steps_runner:run
-    sys.path.insert(0, str(REPO))
 
 GRID = """\
 name: revert
