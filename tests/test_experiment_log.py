@@ -29,16 +29,21 @@ def read_tensorboard(directory: Path) -> dict[str, list[tuple[int, float]]]:
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
+def tiny_batches(count: int) -> list[dict]:
+    """`count` random batches of 2 examples for tiny_config (prefix 4 tokens, suffix 4), the same each call."""
+    rng = np.random.default_rng(0)
+    mask_ar = np.array([0] * 4 + [1] * 4, np.int32)
+    return [dict(image=rng.uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32),
+                 text=rng.integers(3, 300, (2, 8)).astype(np.int32), mask_ar=np.tile(mask_ar, (2, 1)),
+                 mask_loss=np.tile(mask_ar, (2, 1)), mask_input=np.ones((2, 8), np.int32)) for _ in range(count)]
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """Five steps of a seconds-to-compile model on random batches (prefix 4 tokens, suffix 4)."""
     work = tmp_path_factory.mktemp("train")
-    rng = np.random.default_rng(0)
     config = tiny_config(sliding_window=None)
-    mask_ar = np.array([0] * 4 + [1] * 4, np.int32)
-    batches = [dict(image=rng.uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32),
-                    text=rng.integers(3, 300, (2, 8)).astype(np.int32), mask_ar=np.tile(mask_ar, (2, 1)),
-                    mask_loss=np.tile(mask_ar, (2, 1)), mask_input=np.ones((2, 8), np.int32)) for _ in range(5)]
+    batches = tiny_batches(5)
     cfg = TrainConfig(lr=1e-3, num_steps=5, warmup_fraction=0.4, seed=0)
     log = open_log(["csv", "tensorboard"], work, run_name="cell")
     train(config, init_params(config, jax.random.key(0)), batches, cfg, workdir=work, progress=False,

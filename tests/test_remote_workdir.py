@@ -168,20 +168,15 @@ def test_experiment_logs_of_a_cell_in_a_bucket(bucket):
     """train_log.csv, scalars.csv and the TensorBoard event files of a cell folder in a bucket: written
     through local copies, uploaded at flush and close, and continued by a resumed cell."""
     import jax
-    import numpy as np
 
     from harness.cell.experiment_log import open_log
     from harness.cell.train import TrainConfig, train
     from model.paligemma import init_params
     from model.testing import tiny_config
-    from tests.test_experiment_log import TRAIN_TAGS, read_tensorboard
+    from tests.test_experiment_log import TRAIN_TAGS, read_tensorboard, tiny_batches
 
-    rng = np.random.default_rng(0)
     config = tiny_config(sliding_window=None)
-    mask_ar = np.array([0] * 4 + [1] * 4, np.int32)
-    batches = [dict(image=rng.uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32),
-                    text=rng.integers(3, 300, (2, 8)).astype(np.int32), mask_ar=np.tile(mask_ar, (2, 1)),
-                    mask_loss=np.tile(mask_ar, (2, 1)), mask_input=np.ones((2, 8), np.int32)) for _ in range(3)]
+    batches = tiny_batches(3)
     log = open_log(["csv", "tensorboard"], "gs://b/run/cells/c", run_name="c")
     train(config, init_params(config, jax.random.key(0)), batches, TrainConfig(lr=1e-3, num_steps=3, seed=0),
           workdir="gs://b/run/cells/c", progress=False, metrics_log=log)
