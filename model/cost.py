@@ -320,12 +320,11 @@ def param_shard_elements(config: PaliGemmaConfig, data: int, model: int) -> dict
     mesh with the minor data axis `data_minor` picks: each dim divided by the mesh axes its PartitionSpec
     entry names, a dim the rules leave whole counted whole (replicated). The same rules place the params,
     grads and Adam's mu and nu in training."""
-    from model.sharding import DATA, DATA_MINOR, MODEL, param_specs, shard_shape
+    from model.sharding import mesh_shape, param_specs, shard_shape
 
-    minor = data_minor(config, data, model)
-    mesh_shape = {DATA: data // minor, MODEL: model} | ({DATA_MINOR: minor} if minor > 1 else {})
-    return {path: math.prod(shard_shape(shape, spec, mesh_shape))
-            for path, (shape, spec) in param_specs(_param_shapes(config), mesh_shape).items()}
+    axes = mesh_shape(data, model, data_minor(config, data, model))
+    return {path: math.prod(shard_shape(shape, spec, axes))
+            for path, (shape, spec) in param_specs(_param_shapes(config), axes).items()}
 
 
 @functools.lru_cache(maxsize=1024)

@@ -93,6 +93,12 @@ def _axes(data: int, model: int, data_minor: int) -> tuple[tuple[int, ...], tupl
     return (data, model), (DATA, MODEL)
 
 
+def mesh_shape(data: int, model: int, data_minor: int = 1) -> dict[str, int]:
+    """{axis name: size} of the mesh make_mesh builds for these sizes, as partition_spec reads it."""
+    shape, names = _axes(data, model, data_minor)
+    return dict(zip(names, shape))
+
+
 def num_slices(devices: Sequence[jax.Device]) -> int:
     """How many TPU slices `devices` span (their distinct `slice_index`; 1 on GPUs and CPUs)."""
     return len({getattr(d, "slice_index", 0) for d in devices})
@@ -191,13 +197,10 @@ def data_minor_size(params, data: int, model: int = 1,
     or 1 (no minor axis) unless that saves at least MINOR_AXIS_GAIN of them. Only a data axis that some
     large dim does not divide gains much: SigLIP So400m on 256 or 512 chips (3B's params are 35x and
     230x what a full split holds on one axis); a few replicated biases are not worth a third axis."""
-    shapes = [tuple(x.shape) for x in jax.tree_util.tree_leaves(params)]
-    paths = [_path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
-
     def per_device(f: int) -> int:
-        mesh_shape = {DATA: data // f, MODEL: model} | ({DATA_MINOR: f} if f > 1 else {})
-        return sum(math.prod(shard_shape(s, partition_spec(p, s, mesh_shape, rules), mesh_shape))
-                   for p, s in zip(paths, shapes))
+        axes = mesh_shape(data, model, f)
+        return sum(math.prod(shard_shape(shape, spec, axes))
+                   for shape, spec in param_specs(params, axes, rules).values())
 
     single = per_device(1)
     best, best_elements = 1, single
